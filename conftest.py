@@ -1,0 +1,101 @@
+"""pytest plugin of ucvm-lab: reads matrix.yaml once, parametrises suites/ over its cells,
+and provides the session's run, boot loader and targets.
+
+Options (also environment variables, like cloud-init's integration settings):
+  --matrix PATH     the matrix (UCVM_MATRIX; default: matrix.yaml beside this file)
+  --targets a,b     only these targets (UCVM_TARGETS; default: every target)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab import matrix
+from lab.build import bootloader
+from lab.targets.base import Target
+from lab.targets.profiles import PROFILES
+from lab.targets.registry import DRIVERS, make_target
+from lab.targets.run import Run, new_run_id
+
+HERE = Path(__file__).parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ucvm-lab")
+    group.addoption("--matrix", default=os.environ.get("UCVM_MATRIX", str(HERE / "matrix.yaml")))
+    group.addoption("--targets", default=os.environ.get("UCVM_TARGETS", ""),
+                    help="comma-separated target names (default: all in matrix.yaml)")
+
+
+def load_matrix(path: str) -> matrix.Matrix:
+    return matrix.load(Path(path), profiles=PROFILES, drivers=DRIVERS,
+                       image_formats=bootloader.IMAGE_FORMATS)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        config.ucvm_matrix = load_matrix(config.getoption("--matrix"))  # type: ignore[attr-defined]
+    except matrix.MatrixError as error:
+        raise pytest.UsageError(f"invalid matrix:\n{error}") from None
+    worker_input = getattr(config, "workerinput", None)
+    config.ucvm_run_id = (  # type: ignore[attr-defined]
+        worker_input["ucvm_run_id"] if worker_input else os.environ.get("UCVM_RUN_ID") or new_run_id()
+    )
+
+
+def pytest_configure_node(node) -> None:  # xdist: every worker joins the controller's run
+    node.workerinput["ucvm_run_id"] = node.config.ucvm_run_id
+
+
+def selected_cells(config: pytest.Config) -> list[matrix.Cell]:
+    only = [name for name in config.getoption("--targets").split(",") if name]
+    try:
+        return config.ucvm_matrix.cells(only or None)  # type: ignore[attr-defined]
+    except matrix.MatrixError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "cell" in metafunc.fixturenames:
+        cells = selected_cells(metafunc.config)
+        metafunc.parametrize("cell", [
+            pytest.param(cell, id=cell.id, marks=pytest.mark.xdist_group(cell.target.settings.get("uri", "local")))
+            for cell in cells
+        ])
+
+
+@pytest.fixture(scope="session")
+def lab_matrix(pytestconfig: pytest.Config) -> matrix.Matrix:
+    return pytestconfig.ucvm_matrix  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def lab_run(pytestconfig: pytest.Config, lab_matrix: matrix.Matrix) -> Iterator[Run]:
+    run = Run(pytestconfig.ucvm_run_id, lab_matrix.settings.run_root).hold()  # type: ignore[attr-defined]
+    yield run
+    run.release()
+
+
+@pytest.fixture(scope="session")
+def boot_loader() -> bootloader.BootLoader:
+    """Built once per input hash; xdist workers share it under the artifact store's lock."""
+    return bootloader.build()
+
+
+@pytest.fixture(scope="session")
+def lab_targets(lab_matrix: matrix.Matrix, lab_run: Run) -> dict[str, Target]:
+    return {spec.name: make_target(spec, lab_matrix.settings, lab_run) for spec in lab_matrix.targets}
+
+
+@pytest.fixture
+def target(cell: matrix.Cell, lab_targets: dict[str, Target]) -> Target:
+    """The cell's target, or a skip saying why it cannot run here (the table shows `?`)."""
+    chosen = lab_targets[cell.target.name]
+    ok, why = chosen.available()
+    if not ok:
+        pytest.skip(f"{cell.target.name}: {why}")
+    return chosen

@@ -1,0 +1,1 @@
+"""Everything that makes the appliance: kernel, initramfs, boot images (and later OS and solver)."""

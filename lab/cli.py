@@ -1,0 +1,164 @@
+"""ucvm-lab: build | targets | run | report | gate | sweep.
+
+    ucvm-lab build                 build the boot loader in every format (cached by input hash)
+    ucvm-lab targets               every target, whether it can run here, and why not
+    ucvm-lab run [--targets a,b] [--shard K/N] [-n WORKERS]
+                                   run the suites over the matrix, then write the report
+    ucvm-lab report [DIR ...]      support table + Allure HTML from allure-results dirs (CI shards)
+    ucvm-lab gate [DIR ...]        the release verdict from the gate policy; exit 1 when it fails
+    ucvm-lab sweep                 remove what dead runs left (domains, files)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from lab import matrix
+from lab.build import bootloader
+from lab.report import allure_html, gate, known_issues, table
+from lab.targets.libvirt import LibvirtTarget
+from lab.targets.profiles import PROFILES
+from lab.targets.registry import DRIVERS, make_target
+from lab.targets.run import Run, new_run_id
+
+REPO = Path(__file__).resolve().parent.parent
+out = Console(width=None if sys.stdout.isatty() else 200)
+
+
+def load_matrix(path: Path) -> matrix.Matrix:
+    return matrix.load(path, profiles=PROFILES, drivers=DRIVERS,
+                       image_formats=bootloader.IMAGE_FORMATS)
+
+
+def cmd_build(args: argparse.Namespace, lab: matrix.Matrix) -> int:
+    loader = bootloader.build()
+    manifest = loader.manifest
+    budget_mb = lab.checks["image_size"].budget_mb or 12
+    sizes = Table(title=f"boot loader {manifest['loader_version']} in {loader.root}")
+    for column in ("format", "file", "bytes", "gzip'd", f"vs {budget_mb:g} MB"):
+        sizes.add_column(column)
+    for fmt, image in manifest["images"].items():
+        sizes.add_row(fmt, image["file"], f"{image['bytes']:,}", f"{image['gzip_bytes']:,}",
+                      f"{image['gzip_bytes'] / (budget_mb * 1e6):.2f}")
+    out.print(sizes)
+    out.print(f"kernel {manifest['kernel']['package']} {manifest['kernel']['version']}, "
+              f"{manifest['modules']['count']} modules ({manifest['modules']['bytes'] / 1e6:.1f} MB)")
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace, lab: matrix.Matrix) -> int:
+    run = Run(new_run_id(), lab.settings.run_root)
+    listing = Table(title=f"targets in {lab.path}")
+    for column in ("target", "driver", "profile", "platform", "tier", "evidence", "here?", "why"):
+        listing.add_column(column)
+    for spec in lab.targets:
+        ok, why = make_target(spec, lab.settings, run).available()
+        listing.add_row(spec.name, spec.driver, spec.profile, PROFILES[spec.profile].platform,
+                        str(spec.tier), spec.evidence, "yes" if ok else "no", why)
+    out.print(listing)
+    return 0
+
+
+def shard_targets(lab: matrix.Matrix, shard: str) -> list[str]:
+    index, _, count = shard.partition("/")
+    k, n = int(index), int(count)
+    if not 1 <= k <= n:
+        raise SystemExit(f"--shard {shard}: expected K/N with 1 <= K <= N")
+    return [t.name for i, t in enumerate(lab.targets) if i % n == k - 1]
+
+
+def cmd_run(args: argparse.Namespace, lab: matrix.Matrix) -> int:
+    results = lab.settings.reports / "allure-results"
+    chosen = args.targets.split(",") if args.targets else []
+    if args.shard:
+        chosen = shard_targets(lab, args.shard)
+    command = [sys.executable, "-m", "pytest", str(REPO / "suites"), "-p", "no:cacheprovider",
+               f"--matrix={lab.path}", f"--alluredir={results}", "--clean-alluredir",
+               "-n", str(args.workers), "--dist", "loadgroup"]
+    if chosen:
+        command.append("--targets=" + ",".join(chosen))
+    out.print(f"[bold]ucvm-lab run[/]: {' '.join(command[3:])}")
+    tests = subprocess.run(command, cwd=REPO, env=os.environ | {"UCVM_RUN_ID": new_run_id()})
+    report_status = write_report([results], lab)
+    return tests.returncode or report_status
+
+
+def write_report(results_dirs: list[Path], lab: matrix.Matrix) -> int:
+    reports = lab.settings.reports
+    reports.mkdir(parents=True, exist_ok=True)
+    results = table.read_results(results_dirs)
+    issues = known_issues.load_known_issues(lab.gate.known_issues)
+    planned = [(t.name, PROFILES[t.profile].platform, t.evidence) for t in lab.targets]
+    support = table.build_table(results, versions=lab.versions, known_issues=issues,
+                                planned=planned, sources=results_dirs)
+    markdown, html = table.write_table(support, reports)
+    report = allure_html.generate_html(results_dirs, reports / "allure-report")
+    out.print(f"support table: {markdown}\n               {html}\nAllure report: {report}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, lab: matrix.Matrix) -> int:
+    dirs = [Path(d) for d in args.dirs] or [lab.settings.reports / "allure-results"]
+    return write_report(dirs, lab)
+
+
+def cmd_gate(args: argparse.Namespace, lab: matrix.Matrix) -> int:
+    dirs = [Path(d) for d in args.dirs] or [lab.settings.reports / "allure-results"]
+    verdict = gate.verdict(
+        [r for r in table.read_results(dirs) if r.check == "boot"],
+        required_tiers=lab.gate.required_tiers,
+        allow_known_issues=lab.gate.allow_known_issues,
+        known_issues=known_issues.load_known_issues(lab.gate.known_issues),
+    )
+    out.print(str(verdict))
+    return 0 if verdict.passed else 1
+
+
+def cmd_sweep(args: argparse.Namespace, lab: matrix.Matrix) -> int:
+    run = Run(new_run_id(), lab.settings.run_root)
+    local = [t for t in lab.targets if t.driver == "libvirt" and "uri" not in t.settings]
+    removed = LibvirtTarget("sweeper", PROFILES[local[0].profile], {}, run,
+                            default_uri=lab.settings.libvirt_uri).sweep() if local else []
+    out.print("\n".join(removed) or "nothing to sweep")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="ucvm-lab", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    main.add_argument("--matrix", type=Path, default=Path(os.environ.get("UCVM_MATRIX", "matrix.yaml")))
+    commands = main.add_subparsers(dest="command", required=True)
+    commands.add_parser("build").set_defaults(func=cmd_build)
+    commands.add_parser("targets").set_defaults(func=cmd_targets)
+    run = commands.add_parser("run")
+    run.add_argument("--targets", default=os.environ.get("UCVM_TARGETS", ""))
+    run.add_argument("--shard", help="K/N: run the K-th of N slices of the targets (CI fan-out)")
+    run.add_argument("-n", "--workers", default="2", help="pytest-xdist workers (default 2)")
+    run.set_defaults(func=cmd_run)
+    for name, func in (("report", cmd_report), ("gate", cmd_gate)):
+        command = commands.add_parser(name)
+        command.add_argument("dirs", nargs="*", help="allure-results directories (default: the run's)")
+        command.set_defaults(func=func)
+    commands.add_parser("sweep").set_defaults(func=cmd_sweep)
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        lab = load_matrix(args.matrix)
+    except matrix.MatrixError as error:
+        print(f"ucvm-lab: invalid matrix\n{error}", file=sys.stderr)
+        return 2
+    return args.func(args, lab)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Serial console -> boot record: the phases with guest uptime and host time, the accelerator,
+and how the boot ended (ready, a failed phase, a kernel panic, a hang).
+
+The guest prints ``ucvm: phase=NAME t=UPTIME [key=value ...]`` per phase (see DESIGN.md);
+``phase=ready`` ends the boot. A failed phase carries ``status=failed reason=WORD``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+
+from lab.targets.base import Instance, InstanceGone, TargetError, WaitAborted, WaitTimeout
+
+MARKER = re.compile(r"ucvm: phase=(?P<name>[\w-]+) t=(?P<t>[\d.]+)(?P<rest>.*)")
+FIELD = re.compile(r'(?P<key>\w+)=(?:"(?P<quoted>[^"]*)"|(?P<plain>\S*))')
+PANIC = re.compile(r"Kernel panic - not syncing: ?(?P<why>.*)")
+BREAK = re.compile(r"ucvm: break before phase=(?P<name>[\w-]+)")
+# What ends a wait early: the boot can no longer reach `ready`.
+FAILURE = r"ucvm: phase=\S+ t=\S+ status=failed|Kernel panic - not syncing"
+READY = r"ucvm: phase=ready "
+# The boot loader's phases, in order. The OS phases join when OS on demand lands (issue 4).
+PHASES = ("start", "modules", "network", "scratch", "ready")
+
+
+@dataclass
+class Phase:
+    name: str
+    guest_s: float
+    host_s: float | None
+    status: str = "ok"
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class BootRecord:
+    instance: str
+    outcome: str                  # ready | failed | panic | hang | gone | error
+    phases: list[Phase]
+    accel: str
+    accel_reason: str = ""
+    failed_phase: str | None = None
+    reason: str | None = None
+    os_phase: str = "not-run"     # the OS repository phase: not-run until issue 4
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.outcome == "ready"
+
+    def phase(self, name: str) -> Phase | None:
+        return next((p for p in self.phases if p.name == name), None)
+
+    @property
+    def host_to_ready_s(self) -> float | None:
+        ready = self.phase("ready")
+        return ready.host_s if ready else None
+
+    @property
+    def guest_to_ready_s(self) -> float | None:
+        ready = self.phase("ready")
+        return ready.guest_s if ready else None
+
+    def summary(self) -> str:
+        if self.ready:
+            return (f"ready after {self.host_to_ready_s:.1f} s host time "
+                    f"({self.guest_to_ready_s:.2f} s guest uptime), accel {self.accel}")
+        return f"{self.outcome} in phase {self.failed_phase}: {self.reason}"
+
+    def phase_table(self) -> str:
+        rows = [f"{'phase':<10} {'guest s':>8} {'host s':>8}  status  details"]
+        for phase in self.phases:
+            host = f"{phase.host_s:8.2f}" if phase.host_s is not None else f"{'-':>8}"
+            details = " ".join(f"{k}={v}" for k, v in phase.fields.items())
+            rows.append(f"{phase.name:<10} {phase.guest_s:8.2f} {host}  {phase.status:<6}  {details}")
+        rows.append(f"outcome: {self.summary()}; OS phase: {self.os_phase}")
+        return "\n".join(rows)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self) | {"summary": self.summary()}, indent=2)
+
+
+def parse_fields(text: str) -> dict[str, str]:
+    return {m["key"]: m["quoted"] if m["quoted"] is not None else m["plain"] for m in FIELD.finditer(text)}
+
+
+def parse_phases(lines: list[tuple[float | None, str]]) -> list[Phase]:
+    """Markers from (host seconds, line) pairs; host time is None where it is unknown."""
+    phases = []
+    for host_s, line in lines:
+        match = MARKER.search(line)
+        if match:
+            fields = parse_fields(match["rest"])
+            status = fields.pop("status", "ok")
+            phases.append(Phase(match["name"], float(match["t"]), host_s, status, fields))
+    return phases
+
+
+def next_phase_after(phases: list[Phase]) -> str:
+    if not phases:
+        return PHASES[0]
+    last = phases[-1].name
+    if last in PHASES and PHASES.index(last) + 1 < len(PHASES):
+        return PHASES[PHASES.index(last) + 1]
+    return last
+
+
+def judge(phases: list[Phase], console: str, *, waited: str | None = None) -> tuple[str, str | None, str | None]:
+    """(outcome, failed phase, reason) from what the console shows and how the wait ended."""
+    failed = next((p for p in phases if p.status == "failed"), None)
+    if failed:
+        detail = " ".join(f"{k}={v}" for k, v in failed.fields.items())
+        return "failed", failed.name, detail or "failed"
+    panic = PANIC.search(console)
+    if panic:
+        return "panic", next_phase_after(phases), f"kernel panic: {panic['why'].strip()}"
+    if any(p.name == "ready" for p in phases):
+        return "ready", None, None
+    pending = next_phase_after(phases)
+    stopped = BREAK.search(console)
+    if waited == "timeout":
+        why = f" (held by ucvm.break={stopped['name']})" if stopped else ""
+        return "hang", pending, f"no `ready` within the budget; stuck before phase {pending}{why}"
+    if waited == "gone":
+        return "gone", pending, "the guest stopped running before `ready`"
+    return "error", pending, waited or "the boot ended without `ready`"
+
+
+def record_from_console(console: str, timeline: list[tuple[float, str]] | None = None, *,
+                        instance: str = "", accel: str = "unknown", waited: str | None = None,
+                        ) -> BootRecord:
+    """A boot record from a console text; ``timeline`` gives the host time of each line."""
+    lines: list[tuple[float | None, str]] = list(timeline) if timeline else [
+        (None, line) for line in console.splitlines()]
+    phases = parse_phases(lines)
+    outcome, failed_phase, reason = judge(phases, console, waited=waited)
+    os_phase = "run" if any(p.name.startswith("os") for p in phases) else "not-run"
+    return BootRecord(instance, outcome, phases, accel, failed_phase=failed_phase,
+                      reason=reason, os_phase=os_phase)
+
+
+def observe_boot(instance: Instance, budget_s: float) -> BootRecord:
+    """Wait for the current boot of ``instance`` to reach `ready` (or fail), and record it."""
+    waited = None
+    try:
+        instance.wait_for(READY, budget_s, stop_on=FAILURE)
+    except WaitAborted:
+        time.sleep(0.5)  # let the rest of the failure message reach the console
+        instance.timeline.feed(instance.console())
+    except WaitTimeout:
+        waited = "timeout"
+    except InstanceGone:
+        waited = "gone"
+    except TargetError as error:
+        waited = str(error)
+    record = record_from_console(instance.current_boot_console(), instance.current_boot_timeline(),
+                                 instance=instance.name, accel=instance.accel, waited=waited)
+    record.accel_reason = getattr(instance, "accel_reason", "")
+    return record

@@ -1,0 +1,87 @@
+"""The release gate: every result of a required tier must be a pass."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from lab.report.known_issues import KnownIssue
+from lab.report.table import Result, latest_results
+
+
+@dataclass
+class GateVerdict:
+    passed: bool
+    reasons: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The verdict as text: a headline, then why (``reasons``), then what was allowed."""
+        headline = "gate: PASSED" if self.passed else "gate: FAILED"
+        return [
+            headline,
+            *(f"  - {reason}" for reason in self.reasons),
+            *(f"  note: {note}" for note in self.notes),
+        ]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+def verdict(
+    results: Iterable[Result],
+    *,
+    required_tiers: Collection[int],
+    allow_known_issues: bool,
+    known_issues: Sequence[KnownIssue],
+) -> GateVerdict:
+    """Judge the newest result of each (target, version, check) of the required tiers.
+
+    A failed or broken result fails the gate; so does a skipped one (a required cell that did
+    not run is not a pass); so does a pass with a known issue of kind "issue", unless
+    ``allow_known_issues``. No result at all of a required tier fails the gate too.
+    """
+    required = sorted(
+        (result for result in latest_results(results) if result.tier in required_tiers),
+        key=lambda r: (r.tier, r.target, r.version, r.check),
+    )
+    tiers = ", ".join(str(tier) for tier in sorted(required_tiers))
+    if required_tiers and not required:
+        return GateVerdict(False, [f"no result of required tier(s) {tiers}: nothing was proven"])
+    reasons: list[str] = []
+    notes: list[str] = []
+    for result in required:
+        problem, note = _judge(result, allow_known_issues, known_issues)
+        reasons += problem
+        notes += note
+    if not reasons:
+        reasons.append(f"all {len(required)} result(s) of required tier(s) {tiers or '-'} passed")
+        return GateVerdict(True, reasons, notes)
+    return GateVerdict(False, reasons, notes)
+
+
+def _judge(
+    result: Result, allow_known_issues: bool, known_issues: Sequence[KnownIssue]
+) -> tuple[list[str], list[str]]:
+    """(reasons the result fails the gate, notes on what was allowed)."""
+    where = f"{result.describe()} (tier {result.tier}, {result.platform}, {result.evidence})"
+    if not result.ran:
+        return [
+            f"{where}: did not run ({result.skip_reason}); a required cell that did not run "
+            "is not a pass"
+        ], []
+    if result.failed:
+        phase = f" in phase {result.failed_phase}" if result.failed_phase else ""
+        message = result.message.strip().splitlines()[0] if result.message.strip() else ""
+        return [f"{where}: {result.status}{phase}" + (f": {message}" if message else "")], []
+    issues = [
+        issue.summary
+        for issue in known_issues
+        if issue.is_issue and issue.applies_to(result.platform, result.version, result.evidence)
+    ]
+    if not issues:
+        return [], []
+    text = f"{where}: passed with known issue(s): {'; '.join(issues)}"
+    if allow_known_issues:
+        return [], [f"{text} (allowed: allow_known_issues is true)"]
+    return [f"{text}; allow_known_issues is false"], []

@@ -1,0 +1,1 @@
+"""Where the appliance runs: profiles (virtual hardware) and drivers (Target, Instance)."""

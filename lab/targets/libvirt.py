@@ -1,0 +1,443 @@
+"""KVM / QEMU through libvirt: one domain per instance, booted from the image as a hypervisor
+boots it (firmware -> disk or CD), with the platform profile's virtual hardware.
+
+The accelerator is decided by a probe boot, not by the presence of /dev/kvm: on some hosts a
+KVM device exists but runs no normal guest. The result is cached per host boot.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import libvirt
+
+from lab.build.bootloader import KERNEL_CMDLINE, BootLoader
+from lab.targets.base import CommandResult, Instance, Target, TargetError, WaitTimeout
+from lab.targets.profiles import Profile
+from lab.targets.run import Run, dead_run_dirs, run_id_of, run_is_alive, sweep_files
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+LAB_NS = "https://ucvm-lab.invalid/ns/instance/1"
+MEMORY_MIB = 768
+PROBE_BUDGET_S = 30
+SCRATCH_MIN_GB = 0.25
+
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
+ET.register_namespace("qemu", QEMU_NS)
+ET.register_namespace("ucvm", LAB_NS)
+
+
+def connect(uri: str) -> libvirt.virConnect:
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as error:
+        raise TargetError(f"cannot connect to libvirt at {uri}: {error.get_error_message()}") from error
+
+
+def qemu_user() -> tuple[int, int] | None:
+    """The account libvirt runs QEMU as (Debian's default), for files libvirt does not label."""
+    try:
+        account = pwd.getpwnam("libvirt-qemu")
+    except KeyError:
+        return None
+    return account.pw_uid, account.pw_gid
+
+
+# --- the domain -----------------------------------------------------------------------------
+
+def sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    element = ET.SubElement(parent, tag, {k.rstrip("_"): v for k, v in attrs.items()})
+    if text is not None:
+        element.text = text
+    return element
+
+
+def disk_element(devices: ET.Element, path: Path, fmt: str, bus: str, dev: str, *,
+                 cdrom: bool = False, boot_order: int | None = None) -> None:
+    disk = sub(devices, "disk", type="file", device="cdrom" if cdrom else "disk")
+    sub(disk, "driver", name="qemu", type=fmt)
+    sub(disk, "source", file=str(path))
+    sub(disk, "target", dev=dev, bus=bus)
+    if cdrom:
+        sub(disk, "readonly")
+    if boot_order:
+        sub(disk, "boot", order=str(boot_order))
+
+
+DEVICE_NAMES = {"virtio": "vd", "scsi": "sd", "sata": "sd", "ide": "hd"}
+# Image formats libvirt 9.0 can describe; a chain with any other (vhdx) goes to QEMU directly.
+LIBVIRT_FORMATS = {"raw", "qcow2", "vmdk", "vdi", "vpc"}
+# QEMU devices for disks libvirt does not manage: libvirt 9.0 has no NVMe disk bus.
+# PCI ones get slots from 0x10 up, clear of those libvirt assigns (from 0x1).
+QEMU_DISK_DEVICES = {"nvme": "nvme,serial=ucvm{index},bus={pci_bus},addr={slot:#x}",
+                     "virtio": "virtio-blk-pci,bus={pci_bus},addr={slot:#x}",
+                     "ide": "ide-hd,bus=ide.{index}"}
+
+
+def needs_passthrough(profile: Profile, formats: set[str]) -> bool:
+    return profile.disk_bus == "nvme" or not formats <= LIBVIRT_FORMATS
+
+
+def add_disks(devices: ET.Element, qemu_args: list[str], profile: Profile,
+              disks: list[tuple[Path, str, bool]], passthrough: bool) -> None:
+    """disks: (path, qemu format, is_cdrom) in boot order."""
+    if profile.scsi_controller:
+        sub(devices, "controller", type="scsi", index="0", model=profile.scsi_controller)
+    for index, (path, fmt, cdrom) in enumerate(disks):
+        if passthrough:
+            if cdrom or profile.disk_bus not in QEMU_DISK_DEVICES:
+                raise TargetError(f"cannot pass a {profile.disk_bus} disk straight to QEMU")
+            drive = f"ucvm-disk{index}"
+            device = QEMU_DISK_DEVICES[profile.disk_bus].format(
+                index=index, slot=0x10 + index, pci_bus="pcie.0" if profile.machine == "q35" else "pci.0")
+            qemu_args += ["-drive", f"file={path},if=none,id={drive},format={fmt}",
+                          "-device", f"{device},drive={drive}" + (",bootindex=1" if index == 0 else "")]
+            continue
+        dev = DEVICE_NAMES[profile.disk_bus] + "abcdefgh"[index]
+        disk_element(devices, path, fmt, profile.disk_bus, dev, cdrom=cdrom,
+                     boot_order=1 if index == 0 else None)
+
+
+def domain_xml(*, name: str, domain_type: str, profile: Profile, disks: list[tuple[Path, str, bool]],
+               console_log: Path, channel: Path, run_id: str, target: str,
+               passthrough: bool = False, direct_boot: tuple[Path, Path, str] | None = None) -> str:
+    domain = ET.Element("domain", type=domain_type)
+    sub(domain, "name", name)
+    metadata = sub(domain, "metadata")
+    ET.SubElement(metadata, f"{{{LAB_NS}}}instance", run=run_id, target=target, profile=profile.name)
+    sub(domain, "memory", str(MEMORY_MIB), unit="MiB")
+    sub(domain, "vcpu", "1")
+    os_element = sub(domain, "os")
+    sub(os_element, "type", "hvm", arch="x86_64", machine=profile.machine)
+    if direct_boot:
+        kernel, initrd, cmdline = direct_boot
+        sub(os_element, "kernel", str(kernel))
+        sub(os_element, "initrd", str(initrd))
+        sub(os_element, "cmdline", cmdline)
+    features = sub(domain, "features")
+    sub(features, "acpi")
+    sub(features, "apic")
+    clock = sub(domain, "clock", offset="utc")
+    if profile.hyperv_flags:
+        hyperv = sub(features, "hyperv", mode="custom")
+        for flag in profile.hyperv_flags:
+            if flag == "time":
+                sub(clock, "timer", name="hypervclock", present="yes")
+            else:
+                sub(hyperv, flag, state="on")
+    for event, action in (("on_poweroff", "destroy"), ("on_reboot", "restart"), ("on_crash", "destroy")):
+        sub(domain, event, action)
+
+    devices = sub(domain, "devices")
+    qemu_args: list[str] = []
+    add_disks(devices, qemu_args, profile, disks, passthrough)
+    interface = sub(devices, "interface", type="user")
+    sub(interface, "model", type=profile.nic_model)
+    console = sub(devices, "serial", type="file")
+    sub(console, "source", path=str(console_log))
+    sub(console, "target", port="0")
+    control = sub(devices, "serial", type="unix")
+    sub(control, "source", mode="bind", path=str(channel))
+    sub(control, "target", port="1")
+    sub(devices, "memballoon", model="none")
+    if qemu_args:
+        commandline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
+        for arg in qemu_args:
+            ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=arg)
+    return ET.tostring(domain, encoding="unicode")
+
+
+# --- accelerator ----------------------------------------------------------------------------
+
+def host_boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def kvm_offered(conn: libvirt.virConnect) -> tuple[bool, str]:
+    try:
+        conn.getDomainCapabilities(None, "x86_64", None, "kvm")
+    except libvirt.libvirtError as error:
+        return False, f"libvirt offers no KVM domains: {error.get_error_message()}"
+    return True, ""
+
+
+class LibvirtTarget(Target):
+    """A libvirt host: qemu:///system by default, or any URI from the target's settings."""
+
+    def __init__(self, name: str, profile: Profile, settings: dict[str, str], run: Run, *,
+                 default_uri: str = "qemu:///system", accel: str = "auto",
+                 scratch_gb: float = 1.0) -> None:
+        super().__init__(name, profile, settings, run)
+        self.uri = settings.get("uri", default_uri)
+        self.accel_setting = accel
+        self.scratch_gb = scratch_gb
+        self._conn: libvirt.virConnect | None = None
+        self._accel: tuple[str, str] | None = None
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        if self._conn is None or not self._conn.isAlive():
+            self._conn = connect(self.uri)
+        return self._conn
+
+    def available(self) -> tuple[bool, str]:
+        if self.profile.not_emulated:
+            return False, self.profile.not_emulated
+        if "unavailable" in self.settings:
+            return False, self.settings["unavailable"]
+        if not self.uri.startswith("qemu"):
+            return False, f"the lab builds QEMU domains only; {self.uri} is not a QEMU host"
+        try:
+            conn = self.conn
+            conn.getDomainCapabilities(None, "x86_64", self.profile.machine, "qemu")
+        except TargetError as error:
+            return False, str(error)
+        except libvirt.libvirtError as error:
+            return False, f"{self.uri} cannot run machine {self.profile.machine}: {error.get_error_message()}"
+        return True, f"libvirt {self.uri}"
+
+    # --- accelerator ------------------------------------------------------------------
+    def accelerator(self, image: BootLoader) -> tuple[str, str]:
+        """('kvm' | 'tcg', why), decided once per target object and cached per host boot."""
+        if self._accel is None:
+            self._accel = self._decide_accel(image)
+        return self._accel
+
+    def _decide_accel(self, image: BootLoader) -> tuple[str, str]:
+        if self.accel_setting in ("kvm", "tcg"):
+            return self.accel_setting, "set by matrix.yaml / UCVM_ACCEL"
+        offered, why = kvm_offered(self.conn)
+        if not offered:
+            return "tcg", why
+        cache = self.run.root / f".accel-{re.sub(r'[^a-z0-9]+', '_', self.uri)}.json"
+        key = {"boot_id": host_boot_id(), "kernel": image.kernel_release}
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            cached = json.loads(cache.read_text())
+            if cached.get("key") == key:
+                return cached["accel"], cached["why"] + " (cached probe)"
+        accel, why = self._probe_kvm(image)
+        cache.write_text(json.dumps({"key": key, "accel": accel, "why": why}))
+        return accel, why
+
+    def _probe_kvm(self, image: BootLoader) -> tuple[str, str]:
+        probe = self._define(image, domain_type="kvm", suffix="kvmprobe", profile=self.profile,
+                             kernel_args="ucvm.break=network")
+        with probe:
+            try:
+                probe.wait_for(r"ucvm: phase=start", PROBE_BUDGET_S)
+            except TargetError as error:
+                return "tcg", f"KVM probe boot failed ({error}); using software emulation"
+        return "kvm", "KVM probe boot printed its first marker"
+
+    # --- launching --------------------------------------------------------------------
+    def launch(self, image: BootLoader, context: object | None = None, profile: Profile | None = None,
+               *, image_format: str | None = None, kernel_args: str | None = None) -> LibvirtInstance:
+        if context is not None:
+            raise TargetError("contextualization media are not supported yet (issue 5)")
+        accel, why = self.accelerator(image)
+        instance = self._define(image, domain_type="kvm" if accel == "kvm" else "qemu",
+                                profile=profile or self.profile, image_format=image_format,
+                                kernel_args=kernel_args)
+        instance.accel, instance.accel_reason = accel, why
+        return instance
+
+    def _define(self, image: BootLoader, *, domain_type: str, profile: Profile,
+                suffix: str | None = None, image_format: str | None = None,
+                kernel_args: str | None = None) -> LibvirtInstance:
+        name = self.run.resource_name(self.name, suffix or f"{time.monotonic_ns() % 10**6:06d}")
+        workdir = self.run.dir / name
+        workdir.mkdir(parents=True)
+        workdir.chmod(0o755)
+        fmt = image_format or profile.image_format
+        disks, passthrough = self._prepare_disks(image, profile, fmt, workdir)
+        direct = None
+        if kernel_args is not None:
+            kernel, initrd = workdir / "vmlinuz", workdir / "initrd.img"
+            shutil.copy2(image.vmlinuz, kernel)
+            shutil.copy2(image.initrd, initrd)
+            direct = (kernel, initrd, f"{KERNEL_CMDLINE} {kernel_args}".strip())
+        xml = domain_xml(name=name, domain_type=domain_type, profile=profile, disks=disks,
+                         console_log=workdir / "console.log", channel=workdir / "channel.sock",
+                         run_id=self.run.id, target=self.name, passthrough=passthrough,
+                         direct_boot=direct)
+        (workdir / "domain.xml").write_text(xml)
+        instance = LibvirtInstance(name, self, profile, workdir)
+        try:
+            domain = self.conn.defineXML(xml)
+            instance.domain = domain
+            instance.timeline.launched_at = time.monotonic()
+            domain.create()
+            instance.qemu_pid = read_qemu_pid(name)
+        except (libvirt.libvirtError, TargetError) as error:
+            instance.destroy()
+            message = error.get_error_message() if isinstance(error, libvirt.libvirtError) else error
+            raise TargetError(f"{self.uri} could not start {name}: {message}") from error
+        return instance
+
+    def _prepare_disks(self, image: BootLoader, profile: Profile, fmt: str,
+                       workdir: Path) -> tuple[list[tuple[Path, str, bool]], bool]:
+        """The instance's own disks: a copy of the image plus a copy-on-write layer on top
+        that the platform has grown by scratch_gb (clouds hand out disks larger than the image);
+        or, booting from ISO, the ISO and a blank disk for scratch."""
+        source, qemu_format = image.disk_for_qemu(fmt)
+        base = workdir / f"base-{source.name}"
+        subprocess.run(["cp", "--sparse=always", str(source), str(base)], check=True)
+        scratch_bytes = int(max(self.scratch_gb, SCRATCH_MIN_GB) * (1 << 30))
+        if fmt == "iso":
+            blank = workdir / f"scratch.{profile.scratch_format}"
+            qemu_img("create", "-q", "-f", profile.scratch_format, str(blank), str(scratch_bytes))
+            disks = [(base, "raw", True), (blank, profile.scratch_format, False)]
+        else:
+            overlay = workdir / "disk.qcow2"
+            size = base_virtual_size(base, qemu_format) + scratch_bytes
+            qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", qemu_format,
+                     str(overlay), str(size))
+            disks = [(overlay, "qcow2", False)]
+        passthrough = needs_passthrough(profile, {qemu_format} | {f for _, f, _ in disks})
+        owner = qemu_user()
+        if passthrough and owner:  # libvirt labels only the disks it manages
+            for path in [base, *(p for p, _, _ in disks)]:
+                os.chown(path, *owner)
+        return disks, passthrough
+
+    # --- sweeping ---------------------------------------------------------------------
+    def sweep(self) -> list[str]:
+        """Remove the domains and files of dead runs; returns what was removed."""
+        removed = []
+        live = {d.name for d in self.run.root.iterdir() if d.is_dir() and run_is_alive(d)} \
+            if self.run.root.is_dir() else set()
+        dead = {d.name for d in dead_run_dirs(self.run.root)}
+        for domain in self.conn.listAllDomains():
+            run_id = run_id_of(domain.name())
+            if run_id and (run_id in dead or run_id not in live):
+                undefine(domain)
+                removed.append(f"domain {domain.name()}")
+        return removed + [f"files {path}" for path in sweep_files(self.run.root)]
+
+
+def qemu_img(*args: str) -> None:
+    result = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise TargetError(f"qemu-img {' '.join(args)}: {result.stderr.strip()}")
+
+
+def base_virtual_size(path: Path, fmt: str) -> int:
+    info = subprocess.run(["qemu-img", "info", "--output=json", "-f", fmt, str(path)],
+                          capture_output=True, text=True, check=True)
+    return int(json.loads(info.stdout)["virtual-size"])
+
+
+def read_qemu_pid(name: str) -> int | None:
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
+    return None
+
+
+def undefine(domain: libvirt.virDomain) -> None:
+    with contextlib.suppress(libvirt.libvirtError):
+        if domain.isActive():
+            domain.destroy()
+    with contextlib.suppress(libvirt.libvirtError):
+        domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+
+
+class LibvirtInstance(Instance):
+    def __init__(self, name: str, target: LibvirtTarget, profile: Profile, workdir: Path) -> None:
+        super().__init__(name, target, profile, workdir)
+        self.domain: libvirt.virDomain | None = None
+        self.qemu_pid: int | None = None
+        self.accel_reason = ""
+        self._channel: socket.socket | None = None
+        self._destroyed = False
+
+    @property
+    def console_log(self) -> Path:
+        return self.workdir / "console.log"
+
+    def console(self) -> str:
+        try:
+            return self.console_log.read_bytes().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def is_running(self) -> bool:
+        if self.domain is None:
+            return False
+        try:
+            return bool(self.domain.isActive())
+        except libvirt.libvirtError as error:
+            raise TargetError(f"libvirt lost {self.name}: {error.get_error_message()}") from error
+
+    def run(self, command: str, timeout: float = 60) -> CommandResult:
+        """Run a shell command in the guest over the second serial port (a shell /init starts
+        once the boot ends)."""
+        nonce = os.urandom(4).hex()
+        end = re.compile(rf"__UCVM_RC_{nonce}=(\d+)")
+        channel = self._open_channel()
+        encoded = base64.b64encode(command.encode()).decode()
+        channel.sendall(f'eval "$(echo {encoded} | base64 -d)"; echo __UCVM_RC_{nonce}=$?\n'.encode())
+        received = b""
+        deadline = time.monotonic() + timeout
+        while not (match := end.search(received.decode("utf-8", "replace"))):
+            if time.monotonic() > deadline:
+                raise WaitTimeout(f"{command!r} did not finish in {timeout:g} s on {self.name}")
+            channel.settimeout(max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                chunk = channel.recv(65536)
+                if not chunk:
+                    raise TargetError(f"the console channel of {self.name} closed")
+                received += chunk
+        output = received.decode("utf-8", "replace")[: match.start()]
+        return CommandResult(command, int(match.group(1)), output)
+
+    def _open_channel(self) -> socket.socket:
+        if self._channel is None:
+            channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            channel.connect(str(self.workdir / "channel.sock"))
+            self._channel = channel
+        return self._channel
+
+    def reboot(self) -> None:
+        """A hard reset, as a hypervisor's reset button: the guest must survive it."""
+        if self.domain is None:
+            raise TargetError(f"{self.name} is not running")
+        self.mark_new_boot()
+        try:
+            self.domain.reset(0)
+        except libvirt.libvirtError as error:
+            raise TargetError(f"reset of {self.name} failed: {error.get_error_message()}") from error
+
+    def destroy(self) -> None:
+        if self._destroyed:
+            return
+        self._destroyed = True
+        if self._channel:
+            self._channel.close()
+        try:
+            if self.domain is not None:
+                undefine(self.domain)
+                self.domain = None
+        finally:
+            self._kill_orphan_qemu()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _kill_orphan_qemu(self) -> None:
+        """If libvirtd died, its QEMU lives on: kill it so nothing outlives the run."""
+        if self.qemu_pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError, FileNotFoundError):
+            cmdline = Path(f"/proc/{self.qemu_pid}/cmdline").read_bytes()
+            if self.name.encode() in cmdline:
+                os.kill(self.qemu_pid, signal.SIGKILL)

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One install for everything ucvm-lab needs; `nightly` and `test` both call it.
+# Idempotent: a second call on a ready machine only checks and returns.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv="$here/.venv"
+
+apt_packages=(
+  qemu-system-x86 qemu-utils ovmf seabios ipxe-qemu   # the hypervisor, its firmware
+  libvirt-daemon-system libvirt-dev pkg-config gcc   # libvirtd, and what libvirt-python builds with
+  busybox-static cpio xz-utils kmod                  # the boot loader's initramfs (kmod: depmod)
+  syslinux syslinux-common syslinux-utils isolinux extlinux mtools dosfstools fdisk  # disk and ISO boot
+  xorriso genisoimage squashfs-tools                 # ISO images; OS snapshots
+  python3-venv                                       # the virtual environment
+)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+apt_install_now() {
+  log "apt-get install $*"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+((${#missing[@]})) && apt_install_now "${missing[@]}"
+
+# libvirtd without systemd (see ../shared/FACTS.md): start the daemons when they are not running.
+# Without udev, /dev/kvm stays 0600 root; libvirt then finds its cached QEMU capabilities
+# invalid on every call ("KVM ... is not available now") and re-probes QEMU each time.
+# Give it udev's usual mode. Whether KVM really runs a guest is decided by the lab's probe boot.
+if [ -c /dev/kvm ] && getent group kvm >/dev/null; then
+  chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+fi
+mkdir -p /var/log/libvirt/qemu /var/lib/libvirt/qemu /run/libvirt
+pgrep -x virtlogd >/dev/null || { log "starting virtlogd"; virtlogd -d; }
+if ! pgrep -x libvirtd >/dev/null; then
+  log "starting libvirtd"
+  libvirtd -d
+fi
+for _ in $(seq 50); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.1; done
+
+# The Python side, reinstalled only when pyproject.toml changes.
+stamp="$venv/.installed-$(sha256sum "$here/pyproject.toml" | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+  log "creating the virtual environment in $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q -e "$here[dev]"
+  touch "$stamp"
+fi
+
+# The Allure HTML report generator (npm package `allure`, v3, Node only).
+command -v npm >/dev/null || apt_install_now nodejs npm
+if [ ! -x "$here/node_modules/.bin/allure" ]; then
+  log "installing the Allure report generator"
+  (cd "$here" && npm install --silent --no-audit --no-fund --no-save allure@3 >/dev/null)
+fi

@@ -1,0 +1,52 @@
+"""Evidence for the report: every cell test carries the labels the support table is built
+from, and attaches its console, phase table and boot record."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import allure
+import pytest
+
+from lab import matrix
+from lab.build.bootloader import BootLoader
+from lab.observe import BootRecord
+from lab.targets.profiles import PROFILES
+
+
+@pytest.fixture(autouse=True)
+def cell_labels(request: pytest.FixtureRequest) -> None:
+    """Label the result before anything can skip it, so a skip still lands in its cell."""
+    if "cell" not in request.fixturenames:
+        return
+    cell: matrix.Cell = request.getfixturevalue("cell")
+    check = request.node.get_closest_marker("check")
+    if check is None:
+        return
+    labels = {
+        "ucvm.check": check.args[0],
+        "ucvm.target": cell.target.name,
+        "ucvm.platform": PROFILES[cell.target.profile].platform,
+        "ucvm.version": cell.version,
+        "ucvm.evidence": cell.target.evidence,
+        "ucvm.tier": str(cell.target.tier),
+    }
+    for name, value in labels.items():
+        allure.dynamic.label(name, value)
+    allure.dynamic.tag(cell.target.profile)
+    allure.dynamic.parent_suite(PROFILES[cell.target.profile].platform)
+
+
+@pytest.fixture
+def attach_boot(boot_loader: BootLoader) -> Callable[[BootRecord, str, str], None]:
+    def attach(record: BootRecord, console: str, image_format: str) -> None:
+        allure.dynamic.label("ucvm.accel", record.accel)
+        if record.failed_phase:
+            allure.dynamic.label("ucvm.failed_phase", record.failed_phase)
+        allure.attach(console, "console.log", allure.attachment_type.TEXT)
+        allure.attach(record.phase_table(), "phases", allure.attachment_type.TEXT)
+        allure.attach(record.to_json(), "boot-record.json", allure.attachment_type.JSON)
+        image = boot_loader.manifest["images"][image_format]
+        allure.attach(json.dumps(image, indent=2), "image", allure.attachment_type.JSON)
+    return attach

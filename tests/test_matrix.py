@@ -1,0 +1,518 @@
+"""Tests of lab.matrix: the real matrix.yaml loads, and every bad input is reported precisely."""
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from lab.matrix import Cell, Matrix, MatrixError, load
+
+REAL_MATRIX = Path(__file__).resolve().parents[1] / "matrix.yaml"
+
+PROFILES = {
+    "kvm", "openstack", "opennebula", "vmware", "virtualbox",
+    "hyperv", "ec2", "gce", "xen", "parallels",
+}  # fmt: skip
+DRIVERS = {"libvirt"}
+IMAGE_FORMATS = {"raw", "qcow2", "iso", "ova", "vdi", "vhd", "vhdx", "gce-tar"}
+
+# A small valid matrix; each bad case below changes one piece of it (line numbers after it).
+GOOD_MATRIX = """\
+settings:
+  accel: auto
+  libvirt_uri: qemu:///system
+  run_root: /tmp/ucvm
+  reports: reports
+  boot_budget_s: 240
+  scratch_gb: 1
+versions: [newest, previous]
+checks:
+  boot: {description: boots}
+  image_size: {description: size, budget_mb: 12}
+targets:
+  - {name: kvm, driver: libvirt, profile: kvm, tier: 1}
+  - {name: vmware, driver: libvirt, profile: vmware, tier: 2}
+gate:
+  required_tiers: [1]
+  allow_known_issues: true
+  known_issues: known-issues.yaml
+"""
+#  1 settings        5 reports          9 checks       13 target kvm       17 allow_known_issues
+#  2 accel           6 boot_budget_s   10 boot         14 target vmware    18 known_issues
+#  3 libvirt_uri     7 scratch_gb      11 image_size   15 gate
+#  4 run_root        8 versions        12 targets      16 required_tiers
+
+VMWARE = "targets[1] (name 'vmware')"
+
+
+def load_matrix(path: Path, env: dict[str, str] | None = None) -> Matrix:
+    return load(
+        path,
+        profiles=PROFILES,
+        drivers=DRIVERS,
+        image_formats=IMAGE_FORMATS,
+        env={} if env is None else env,
+    )
+
+
+def problems_of(path: Path, env: dict[str, str] | None = None) -> tuple[str, ...]:
+    with pytest.raises(MatrixError) as caught:
+        load_matrix(path, env)
+    assert str(caught.value) == "\n".join(caught.value.problems)
+    return caught.value.problems
+
+
+@pytest.fixture
+def matrix_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`matrix.yaml`, relative, in an empty working directory; the test writes its text."""
+    monkeypatch.chdir(tmp_path)
+    return Path("matrix.yaml")
+
+
+# --------------------------------------------------------------------------- the real matrix
+
+
+def test_the_real_matrix_loads() -> None:
+    matrix = load_matrix(REAL_MATRIX)
+
+    assert [target.name for target in matrix.targets][:3] == ["kvm", "openstack", "opennebula"]
+    assert matrix.versions == ("newest",)
+    assert matrix.settings.accel == "auto"
+    assert matrix.settings.boot_budget_s == 240.0
+    assert matrix.settings.reports == REAL_MATRIX.parent / "reports"
+    assert matrix.gate.required_tiers == (1,)
+    assert matrix.gate.known_issues == REAL_MATRIX.parent / "known-issues.yaml"
+    assert matrix.gate.known_issues.is_file()
+    assert matrix.checks["image_size"].budget_mb == 12.0
+    assert matrix.checks["boot"].budget_mb is None
+
+
+def test_the_real_matrix_targets_keep_their_options() -> None:
+    matrix = load_matrix(REAL_MATRIX)
+
+    assert matrix.target("kvm").evidence == "profile"
+    assert matrix.target("kvm").image_format is None
+    assert matrix.target("virtualbox-vdi").image_format == "vdi"
+    assert matrix.target("xen").tier == 3
+    assert matrix.target("xen").settings == {"uri": "xen:///system"}
+    assert matrix.target("kvm-remote").evidence == "real"
+
+
+def test_the_real_matrix_takes_a_uri_from_the_environment() -> None:
+    matrix = load_matrix(REAL_MATRIX, env={"UCVM_KVM_REMOTE_URI": "qemu+ssh://lab1/system"})
+
+    assert matrix.target("kvm-remote").settings["uri"] == "qemu+ssh://lab1/system"
+
+
+# --------------------------------------------------------------------------- bad input
+
+# (text to replace, its replacement, line reported, key path reported, what the message says)
+BAD_CASES = [
+    pytest.param(
+        "accel: auto", "accel: auto: x",
+        2, "YAML", "mapping values are not allowed here",
+        id="yaml-syntax",
+    ),
+    pytest.param(
+        "  scratch_gb: 1\n", "  scratch_gb: 1\n  accel: kvm\n",
+        8, "YAML", 'duplicate key "accel"',
+        id="duplicate-key",
+    ),
+    pytest.param(
+        "tier: 2}", "tier: 2, colour: red}",
+        14, f"{VMWARE}.colour",
+        "unknown key 'colour'; allowed keys: name, driver, profile, tier, evidence, "
+        "image_format, settings",
+        id="unknown-key-in-target",
+    ),
+    pytest.param(
+        "gate:", "extras: 1\ngate:",
+        15, "extras",
+        "unknown key 'extras'; allowed keys: settings, versions, checks, targets, gate",
+        id="unknown-top-level-key",
+    ),
+    pytest.param(
+        "budget_mb: 12", "budget: 12",
+        11, "checks.image_size.budget",
+        "allowed keys: description, budget_mb",
+        id="unknown-key-in-check",
+    ),
+    pytest.param(
+        "boot_budget_s: 240", "boot_budget_s: soon",
+        6, "settings.boot_budget_s", "expected a number; found string 'soon'",
+        id="wrong-type-number",
+    ),
+    pytest.param(
+        "boot_budget_s: 240", "boot_budget_s: '240'",
+        6, "settings.boot_budget_s", "expected a number; found string '240'",
+        id="wrong-type-quoted-number",
+    ),
+    pytest.param(
+        "allow_known_issues: true", "allow_known_issues: 'yes'",
+        17, "gate.allow_known_issues", "expected true or false; found string 'yes'",
+        id="wrong-type-bool",
+    ),
+    pytest.param(
+        "boot: {description: boots}", "boot: boots",
+        10, "checks.boot", "expected a mapping; found string 'boots'",
+        id="wrong-type-mapping",
+    ),
+    pytest.param(
+        "[newest, previous]", "[newest, 2024.10]",
+        8, "versions[1]", "expected a string; found number 2024.1 (put it in quotes",
+        id="wrong-type-unquoted-version",
+    ),
+    pytest.param(
+        "tier: 2}", "tier: true}",
+        14, f"{VMWARE}.tier", "expected an integer; found boolean true",
+        id="wrong-type-tier",
+    ),
+    pytest.param(
+        "tier: 2}", "tier: 2, settings: {port: 22}}",
+        14, f"{VMWARE}.settings.port", "expected a string; found integer 22",
+        id="wrong-type-driver-setting",
+    ),
+    pytest.param(
+        "{name: kvm, driver: libvirt,", "{name: kvm,",
+        13, "targets[0] (name 'kvm').driver", "required key is missing",
+        id="missing-key-in-target",
+    ),
+    pytest.param(
+        "  known_issues: known-issues.yaml\n", "",
+        16, "gate.known_issues", "required key is missing",
+        id="missing-key-in-gate",
+    ),
+    pytest.param(
+        "profile: vmware", "profile: vmwar",
+        14, f"{VMWARE}.profile",
+        "unknown profile 'vmwar'; expected one of: ec2, gce, hyperv, kvm, opennebula, "
+        "openstack, parallels, virtualbox, vmware, xen",
+        id="unknown-profile",
+    ),
+    pytest.param(
+        "driver: libvirt, profile: vmware", "driver: vbox, profile: vmware",
+        14, f"{VMWARE}.driver", "unknown driver 'vbox'; expected one of: libvirt",
+        id="unknown-driver",
+    ),
+    pytest.param(
+        "tier: 2}", "tier: 2, image_format: vmdk}",
+        14, f"{VMWARE}.image_format",
+        "unknown image_format 'vmdk'; expected one of: gce-tar, iso, ova, qcow2, raw, vdi, "
+        "vhd, vhdx",
+        id="unknown-image-format",
+    ),
+    pytest.param(
+        "name: vmware", "name: kvm",
+        14, "targets[1] (name 'kvm').name",
+        "duplicate target name 'kvm'; first defined at line 13",
+        id="duplicate-target-name",
+    ),
+    pytest.param(
+        "tier: 2}", "tier: 4}",
+        14, f"{VMWARE}.tier", "expected a tier: 1, 2 or 3; found 4",
+        id="tier-too-high",
+    ),
+    pytest.param(
+        "tier: 2}", "tier: 0}",
+        14, f"{VMWARE}.tier", "expected a tier: 1, 2 or 3; found 0",
+        id="tier-too-low",
+    ),
+    pytest.param(
+        "required_tiers: [1]", "required_tiers: [1, 5]",
+        16, "gate.required_tiers[1]", "expected a tier: 1, 2 or 3; found 5",
+        id="required-tier-out-of-range",
+    ),
+    pytest.param(
+        "tier: 2}", "tier: 2, evidence: proof}",
+        14, f"{VMWARE}.evidence", "expected one of 'profile' or 'real'; found string 'proof'",
+        id="unknown-evidence",
+    ),
+    pytest.param(
+        "[newest, previous]", "[]",
+        8, "versions", "expected at least 1 item(s); found 0",
+        id="empty-versions",
+    ),
+    pytest.param(
+        "versions: [newest, previous]", "versions:\n  - newest\n  - previous\n  - newest",
+        11, "versions[2]", "duplicate version 'newest'; first listed at line 9",
+        id="duplicate-version",
+    ),
+    pytest.param(
+        "[newest, previous]", "[newest, 'new est']",
+        8, "versions[1]",
+        "expected a name matching ^[A-Za-z0-9][A-Za-z0-9._-]*$; found string 'new est'",
+        id="version-name-pattern",
+    ),
+    pytest.param(
+        "name: vmware", "name: vm/ware",
+        14, "targets[1] (name 'vm/ware').name", "expected a name matching",
+        id="target-name-pattern",
+    ),
+    pytest.param(
+        "accel: auto", "accel: fast",
+        2, "settings.accel", "expected one of 'auto', 'kvm' or 'tcg'; found string 'fast'",
+        id="unknown-accel",
+    ),
+    pytest.param(
+        "scratch_gb: 1", "scratch_gb: -1",
+        7, "settings.scratch_gb", "expected a number greater than 0; found integer -1",
+        id="negative-size",
+    ),
+    pytest.param(
+        "boot_budget_s: 240", "boot_budget_s: .inf",
+        6, "settings.boot_budget_s", "expected a finite number",
+        id="infinite-budget",
+    ),
+    pytest.param(
+        "tier: 2}", "tier: 2, settings: {uri: 'x:///', uri_env: X}}",
+        14, f"{VMWARE}.settings", "give either uri or uri_env, not both",
+        id="uri-and-uri-env",
+    ),
+    pytest.param(
+        "  boot: {description: boots}", "  7: {description: boots}",
+        10, "checks.7", "invalid key: expected a string; found integer 7",
+        id="check-name-not-a-string",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("old", "new", "line", "key_path", "expected"), BAD_CASES)
+def test_a_bad_matrix_is_reported_with_its_place_and_expectation(
+    matrix_file: Path, old: str, new: str, line: int, key_path: str, expected: str
+) -> None:
+    assert GOOD_MATRIX.count(old) == 1, "the case must change exactly one place"
+    matrix_file.write_text(GOOD_MATRIX.replace(old, new))
+
+    problems = problems_of(matrix_file)
+
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"matrix.yaml:{line}:"), problems[0]
+    assert f": {key_path}: " in problems[0], problems[0]
+    assert expected in problems[0], problems[0]
+
+
+def test_the_good_matrix_of_the_bad_cases_is_good(matrix_file: Path) -> None:
+    matrix_file.write_text(GOOD_MATRIX)
+
+    assert load_matrix(matrix_file).versions == ("newest", "previous")
+
+
+def test_the_column_points_at_the_bad_value(matrix_file: Path) -> None:
+    matrix_file.write_text(GOOD_MATRIX.replace("profile: vmware", "profile: vmwar"))
+    line_text = GOOD_MATRIX.splitlines()[13]
+    column = line_text.index("profile: vmware") + len("profile: ") + 1
+
+    assert problems_of(matrix_file)[0].startswith(f"matrix.yaml:14:{column}: ")
+
+
+def test_an_unknown_key_is_reported_at_the_key(matrix_file: Path) -> None:
+    matrix_file.write_text(
+        GOOD_MATRIX.replace("  scratch_gb: 1\n", "  scratch_gb: 1\n  turbo: 1\n")
+    )
+
+    assert problems_of(matrix_file)[0].startswith("matrix.yaml:8:3: settings.turbo: ")
+
+
+def test_every_problem_is_reported_in_file_order(matrix_file: Path) -> None:
+    text = (
+        GOOD_MATRIX.replace("profile: vmware", "profile: vmwar")
+        .replace("accel: auto", "accel: fast")
+        .replace("allow_known_issues: true", "allow_known_issues: 1")
+    )
+    matrix_file.write_text(text)
+
+    problems = problems_of(matrix_file)
+
+    assert [problem.split(":")[1] for problem in problems] == ["2", "14", "17"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("", "expected a mapping; found nothing (null)", id="empty-file"),
+        pytest.param("- newest\n", "expected a mapping; found a list", id="a-list"),
+    ],
+)
+def test_a_file_that_is_not_a_mapping(matrix_file: Path, text: str, expected: str) -> None:
+    matrix_file.write_text(text)
+
+    assert problems_of(matrix_file) == (f"matrix.yaml:1:1: (top level): {expected}",)
+
+
+def test_a_missing_file_is_a_matrix_error(matrix_file: Path) -> None:
+    (problem,) = problems_of(matrix_file)
+
+    assert problem.startswith("matrix.yaml: cannot read the file: ")
+
+
+def test_gate_may_require_a_tier_no_target_has(matrix_file: Path) -> None:
+    matrix_file.write_text(GOOD_MATRIX.replace("required_tiers: [1]", "required_tiers: [1, 3]"))
+
+    assert load_matrix(matrix_file).gate.required_tiers == (1, 3)
+
+
+# --------------------------------------------------------------------------- uri_env
+
+
+@pytest.mark.parametrize(
+    ("env", "expected_settings"),
+    [
+        pytest.param(
+            {"LAB_URI": "qemu+ssh://lab1/system"},
+            {"uri_env": "LAB_URI", "uri": "qemu+ssh://lab1/system"},
+            id="set",
+        ),
+        pytest.param(
+            {},
+            {"uri_env": "LAB_URI", "unavailable": "environment variable LAB_URI is not set"},
+            id="unset",
+        ),
+        pytest.param(
+            {"LAB_URI": ""},
+            {"uri_env": "LAB_URI", "unavailable": "environment variable LAB_URI is not set"},
+            id="empty",
+        ),
+    ],
+)
+def test_uri_env_is_resolved_at_load(
+    matrix_file: Path, env: dict[str, str], expected_settings: dict[str, str]
+) -> None:
+    matrix_file.write_text(
+        GOOD_MATRIX.replace("tier: 2}", "tier: 2, settings: {uri_env: LAB_URI}}")
+    )
+
+    assert load_matrix(matrix_file, env).target("vmware").settings == expected_settings
+
+
+# --------------------------------------------------------------------------- environment overrides
+
+
+def test_settings_are_overridden_by_the_environment(matrix_file: Path) -> None:
+    matrix_file.write_text(GOOD_MATRIX)
+    env = {
+        "UCVM_ACCEL": "tcg",
+        "UCVM_LIBVIRT_URI": "qemu:///session",
+        "UCVM_RUN_ROOT": "/srv/runs",
+        "UCVM_REPORTS": "out/reports",
+        "UCVM_BOOT_BUDGET_S": "60",
+        "UCVM_SCRATCH_GB": "2.5",
+    }
+
+    settings = load_matrix(matrix_file, env).settings
+
+    assert settings.accel == "tcg"
+    assert settings.libvirt_uri == "qemu:///session"
+    assert settings.run_root == Path("/srv/runs")
+    assert settings.reports == matrix_file.resolve().parent / "out" / "reports"
+    assert settings.boot_budget_s == 60.0
+    assert settings.scratch_gb == 2.5
+
+
+def test_without_env_the_process_environment_is_used(
+    matrix_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    matrix_file.write_text(GOOD_MATRIX)
+    monkeypatch.setenv("UCVM_ACCEL", "kvm")
+
+    matrix = load(matrix_file, profiles=PROFILES, drivers=DRIVERS, image_formats=IMAGE_FORMATS)
+
+    assert matrix.settings.accel == "kvm"
+
+
+def test_ucvm_targets_is_left_to_the_caller(matrix_file: Path) -> None:
+    matrix_file.write_text(GOOD_MATRIX)
+
+    matrix = load_matrix(matrix_file, {"UCVM_TARGETS": "kvm"})
+
+    assert [target.name for target in matrix.targets] == ["kvm", "vmware"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("UCVM_BOOT_BUDGET_S", "soon", "expected a number; found string 'soon'"),
+        ("UCVM_BOOT_BUDGET_S", "-5", "expected a number greater than 0"),
+        ("UCVM_SCRATCH_GB", "nan", "expected a finite number"),
+        ("UCVM_ACCEL", "TCG", "expected one of 'auto', 'kvm' or 'tcg'; found string 'TCG'"),
+    ],
+)
+def test_a_bad_override_names_the_variable_value_and_type(
+    matrix_file: Path, variable: str, value: str, expected: str
+) -> None:
+    matrix_file.write_text(GOOD_MATRIX)
+
+    (problem,) = problems_of(matrix_file, {variable: value})
+
+    assert problem.startswith(f"{variable}={value!r} ")
+    assert expected in problem
+
+
+def test_bad_overrides_and_bad_file_are_reported_together(matrix_file: Path) -> None:
+    matrix_file.write_text(GOOD_MATRIX.replace("profile: vmware", "profile: vmwar"))
+
+    problems = problems_of(matrix_file, {"UCVM_SCRATCH_GB": "lots"})
+
+    assert len(problems) == 2
+    assert problems[0].startswith("matrix.yaml:14:")
+    assert problems[1].startswith("UCVM_SCRATCH_GB='lots' ")
+
+
+# --------------------------------------------------------------------------- cells
+
+
+@pytest.fixture
+def matrix(matrix_file: Path) -> Matrix:
+    matrix_file.write_text(GOOD_MATRIX)
+    return load_matrix(matrix_file)
+
+
+def test_cells_are_every_target_times_every_version(matrix: Matrix) -> None:
+    assert [cell.id for cell in matrix.cells()] == [
+        "kvm-newest",
+        "kvm-previous",
+        "vmware-newest",
+        "vmware-previous",
+    ]
+
+
+def test_cells_only_keeps_the_named_targets_in_matrix_order(matrix: Matrix) -> None:
+    cells = matrix.cells(only=["vmware", "kvm"])
+    assert [cell.target.name for cell in cells] == ["kvm", "kvm", "vmware", "vmware"]
+
+    assert [cell.id for cell in matrix.cells(only=["vmware"])] == [
+        "vmware-newest",
+        "vmware-previous",
+    ]
+
+
+def test_cells_only_with_an_unknown_name_lists_the_known_names(matrix: Matrix) -> None:
+    with pytest.raises(MatrixError, match=r"unknown target 'vbox'; known targets: kvm, vmware"):
+        matrix.cells(only=["kvm", "vbox"])
+
+
+def test_cells_only_refuses_a_single_string(matrix: Matrix) -> None:
+    with pytest.raises(TypeError):
+        matrix.cells(only="kvm")
+
+
+def test_target_by_name(matrix: Matrix) -> None:
+    assert matrix.target("vmware").tier == 2
+    with pytest.raises(MatrixError, match=r"unknown target 'vbox'; known targets: kvm, vmware"):
+        matrix.target("vbox")
+
+
+def test_cells_can_be_hashed_and_compared(matrix: Matrix) -> None:
+    first, again = matrix.cells()[0], Cell(matrix.target("kvm"), "newest")
+
+    assert first == again
+    assert len({first, again}) == 1
+
+
+def test_a_matrix_error_survives_pickling() -> None:
+    """pytest-xdist workers send exceptions to the controller pickled."""
+    error = MatrixError("first problem", "second problem")
+
+    copy = pickle.loads(pickle.dumps(error))
+
+    assert copy.problems == ("first problem", "second problem")
+    assert str(copy) == "first problem\nsecond problem"

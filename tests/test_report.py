@@ -1,0 +1,547 @@
+"""lab.report: support table, known issues, gate, Allure HTML report."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from lab.report.allure_html import AllureError, generate_html
+from lab.report.gate import verdict
+from lab.report.known_issues import KnownIssue, KnownIssuesError, load_known_issues
+from lab.report.table import (
+    FAIL,
+    KNOWN_ISSUE,
+    NO_TARGET,
+    PASS,
+    PLATFORMS,
+    UNKNOWN,
+    Result,
+    ResultsError,
+    build_table,
+    read_results,
+    render_html,
+    render_markdown,
+    write_table,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "tests" / "data" / "allure-results-sample"
+T0 = datetime(2025, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def make_result(**changes: object) -> Result:
+    base = Result(
+        check="boot",
+        target="kvm",
+        platform="KVM",
+        version="newest",
+        evidence="profile",
+        tier=1,
+        status="passed",
+        message="",
+        stop=T0,
+        accel="tcg",
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def table_of(results: list[Result], **kwargs: object):
+    kwargs.setdefault("versions", ["newest"])
+    kwargs.setdefault("known_issues", [])
+    return build_table(results, **kwargs)  # type: ignore[arg-type]
+
+
+def footnote_text(table, number: int) -> str:
+    return next(note.text for note in table.footnotes if note.number == number)
+
+
+def cell_notes(table, platform: str, evidence: str = "profile") -> list[str]:
+    cell = table.cell(platform, "newest", evidence)
+    return [footnote_text(table, number) for number in cell.notes]
+
+
+@pytest.fixture(scope="module")
+def sample_results() -> list[Result]:
+    return read_results([SAMPLE])
+
+
+@pytest.fixture(scope="module")
+def known() -> list[KnownIssue]:
+    return load_known_issues(REPO / "known-issues.yaml")
+
+
+@pytest.fixture(scope="module")
+def sample_table(sample_results, known):
+    return build_table(sample_results, versions=["newest"], known_issues=known, sources=[SAMPLE])
+
+
+# --- reading allure-results ---------------------------------------------------------------------
+
+
+def test_read_results_takes_ucvm_labels_and_leaves_out_unit_tests(sample_results):
+    assert len(sample_results) == 10  # 11 result files, one without ucvm labels
+    vdi = next(r for r in sample_results if r.target == "virtualbox-vdi")
+    assert (vdi.platform, vdi.evidence, vdi.tier, vdi.status) == (
+        "VirtualBox",
+        "profile",
+        2,
+        "failed",
+    )
+    assert vdi.failed_phase == "mount-os"
+    assert vdi.console is not None and "phase=union-root" not in vdi.console.read_text()
+    assert vdi.stop == datetime(2025, 11, 24, 13, 15, 8, tzinfo=UTC)
+    xen = next(r for r in sample_results if r.target == "xen")
+    assert (xen.status, xen.accel, xen.console) == ("skipped", None, None)
+    assert xen.skip_reason == "QEMU 7.2 has no Xen emulation"
+
+
+def test_read_results_names_file_and_label_when_mislabelled(tmp_path):
+    source = next(p for p in SAMPLE.glob("*-result.json") if "kvm-newest" in p.read_text())
+    data = json.loads(source.read_text())
+    for label in data["labels"]:
+        if label["name"] == "ucvm.platform":
+            label["value"] = "kvm"
+    bad = tmp_path / "x-result.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(ResultsError, match=r"x-result\.json: label ucvm\.platform='kvm'.*KVM"):
+        read_results([tmp_path])
+    data["labels"] = [lb for lb in data["labels"] if lb["name"] != "ucvm.tier"]
+    bad.write_text(json.dumps(data))
+    with pytest.raises(ResultsError, match=r"missing label\(s\): ucvm\.tier"):
+        read_results([tmp_path])
+
+
+def test_read_results_refuses_a_missing_directory(tmp_path):
+    with pytest.raises(ResultsError, match="no such directory"):
+        read_results([tmp_path / "nope"])
+
+
+def split_into_shards(tmp_path: Path) -> list[Path]:
+    """The sample's results dealt over two shard directories, attachments beside each."""
+    shards = [tmp_path / "shard-1", tmp_path / "shard-2"]
+    for shard in shards:
+        shard.mkdir()
+        for path in SAMPLE.glob("*-attachment.*"):
+            shutil.copy(path, shard)
+    for index, path in enumerate(sorted(SAMPLE.glob("*-result.json"))):
+        shutil.copy(path, shards[index % 2])
+    return shards
+
+
+def test_shards_are_merged_and_the_newest_rerun_wins(tmp_path, known):
+    shards = split_into_shards(tmp_path)
+    merged = read_results(shards)
+    assert sorted(r.target for r in merged) == sorted(r.target for r in read_results([SAMPLE]))
+    table = build_table(merged, versions=["newest"], known_issues=known)
+    assert table.cell("VMware", "newest", "profile").symbol == PASS
+
+
+# --- cell symbols -------------------------------------------------------------------------------
+
+
+def test_fixture_table_symbols(sample_table):
+    symbols = {
+        (row.platform, cell.evidence): cell.symbol
+        for row in sample_table.rows
+        for cell in row.cells
+    }
+    assert symbols[("KVM", "profile")] == PASS
+    assert symbols[("KVM", "real")] == PASS  # kvm-remote
+    assert symbols[("VirtualBox", "profile")] == FAIL  # virtualbox-vdi failed
+    assert symbols[("VMware", "profile")] == PASS  # broken, then a newer pass
+    assert symbols[("Amazon EC2", "profile")] == PASS  # a note does not make ⚡
+    assert symbols[("Xen", "profile")] == UNKNOWN
+    assert symbols[("OpenStack", "profile")] == UNKNOWN
+    assert symbols[("VMware", "real")] == UNKNOWN
+
+
+def test_fixture_footnotes(sample_table):
+    assert cell_notes(sample_table, "Xen") == ["QEMU 7.2 has no Xen emulation"]
+    assert cell_notes(sample_table, "OpenStack") == [NO_TARGET]
+    assert cell_notes(sample_table, "Amazon EC2")[0].startswith("QEMU has no ENA NIC")
+    assert cell_notes(sample_table, "Amazon EC2", "real") == [NO_TARGET]  # note is profile-only
+    assert cell_notes(sample_table, "KVM") == []
+
+
+def test_check_filter_leaves_out_other_checks(sample_results):
+    table = table_of(sample_results, check="image_size")
+    assert table.cell("KVM", "newest", "profile").symbol == PASS
+    assert table.cell("VMware", "newest", "profile").symbol == UNKNOWN
+
+
+def test_two_targets_on_one_platform_are_combined():
+    both_pass = [
+        make_result(target="virtualbox", platform="VirtualBox"),
+        make_result(target="virtualbox-vdi", platform="VirtualBox", tier=2),
+    ]
+    cell = table_of(both_pass).cell("VirtualBox", "newest", "profile")
+    assert (cell.symbol, cell.targets) == (PASS, ("virtualbox", "virtualbox-vdi"))
+    one_fails = [
+        both_pass[0],
+        dataclasses.replace(both_pass[1], status="failed", failed_phase="network"),
+    ]
+    table = table_of(one_fails)
+    assert table.cell("VirtualBox", "newest", "profile").symbol == FAIL
+    row = next(
+        line
+        for line in render_markdown(table, link_base=Path(".")).splitlines()
+        if line.startswith("| VirtualBox")
+    )
+    assert "virtualbox (tcg)" in row and "virtualbox-vdi: failed in phase network" in row
+
+
+def test_broken_and_unknown_statuses_are_failures():
+    for status in ("broken", "unknown"):
+        cell = table_of([make_result(status=status)]).cell("KVM", "newest", "profile")
+        assert cell.symbol == FAIL
+
+
+def test_known_issue_of_kind_issue_gives_lightning_and_respects_version_and_evidence():
+    issue = KnownIssue(
+        platform="KVM", summary="slow TSC", kind="issue", version="newest", evidence="profile"
+    )
+    results = [
+        make_result(),
+        make_result(version="previous"),
+        make_result(target="kvm-remote", evidence="real"),
+    ]
+    table = table_of(results, versions=["newest", "previous"], known_issues=[issue])
+    assert table.cell("KVM", "newest", "profile").symbol == KNOWN_ISSUE
+    assert table.cell("KVM", "previous", "profile").symbol == PASS
+    assert table.cell("KVM", "newest", "real").symbol == PASS
+    note = dataclasses.replace(issue, kind="note")
+    assert table_of(results, known_issues=[note]).cell("KVM", "newest", "profile").symbol == PASS
+    failing = [make_result(status="failed")]
+    assert table_of(failing, known_issues=[issue]).cell("KVM", "newest", "profile").symbol == FAIL
+
+
+def test_never_pass_without_a_passed_result(sample_table):
+    only_skips = [make_result(status="skipped", message="Skipped: no KVM here")]
+    cell = table_of(only_skips).cell("KVM", "newest", "profile")
+    assert cell.symbol == UNKNOWN and cell.date is None
+    assert table_of([]).cell("KVM", "newest", "profile").symbol == UNKNOWN
+    for row in sample_table.rows:
+        for cell in row.cells:
+            if cell.symbol in (PASS, KNOWN_ISSUE):
+                assert any(result.passed for result in cell.results), cell
+
+
+def test_pass_beside_a_skip_keeps_the_skip_reason():
+    results = [
+        make_result(),
+        make_result(target="kvm-uefi", status="skipped", message="Skipped: no OVMF"),
+    ]
+    table = table_of(results)
+    assert table.cell("KVM", "newest", "profile").symbol == PASS
+    assert cell_notes(table, "KVM") == ["no OVMF"]
+
+
+def test_rerun_newest_stop_wins_in_either_order():
+    old_fail = make_result(status="failed", failed_phase="network", stop=T0)
+    new_pass = make_result(stop=T0 + timedelta(minutes=5))
+    for results in ([old_fail, new_pass], [new_pass, old_fail]):
+        assert table_of(results).cell("KVM", "newest", "profile").symbol == PASS
+    new_fail = dataclasses.replace(old_fail, stop=T0 + timedelta(minutes=9))
+    assert table_of([new_pass, new_fail]).cell("KVM", "newest", "profile").symbol == FAIL
+
+
+def test_cell_date_is_utc_of_the_newest_run():
+    late = T0 + timedelta(hours=13)  # 2025-11-25 01:00 UTC
+    results = [
+        make_result(target="virtualbox", platform="VirtualBox", stop=T0),
+        make_result(target="virtualbox-vdi", platform="VirtualBox", stop=late),
+    ]
+    cell = table_of(results).cell("VirtualBox", "newest", "profile")
+    assert cell.date == late
+    assert "✓ 2025-11-25" in render_markdown(table_of(results), link_base=Path("."))
+
+
+# --- footnotes ----------------------------------------------------------------------------------
+
+
+def test_footnotes_are_numbered_in_order_and_deduplicated():
+    results = [
+        make_result(target="xen", platform="Xen", status="skipped", message="Skipped: no Xen"),
+        make_result(target="xen2", platform="Xen", status="skipped", message="Skipped: no Xen"),
+        make_result(
+            target="parallels", platform="Parallels", status="skipped", message="Skipped: no Xen"
+        ),
+    ]
+    issue = KnownIssue(platform="Xen", summary="no Xen", kind="note")
+    table = table_of(results, known_issues=[issue])
+    assert [n.number for n in table.footnotes] == list(range(1, len(table.footnotes) + 1))
+    texts = [n.text for n in table.footnotes]
+    assert len(texts) == len(set(texts))
+    # VirtualBox (row 1) references "no target" first; Xen's reason and its note share one number
+    assert texts[:2] == [NO_TARGET, "no Xen"]
+    assert table.cell("Xen", "newest", "profile").notes == (2,)
+    assert table.cell("Parallels", "newest", "profile").notes == (2,)
+    assert table.cell("OpenStack", "newest", "real").notes == (1,)
+
+
+def test_planned_targets_without_result_are_not_called_missing_from_the_matrix():
+    table = table_of(
+        [],
+        planned=[
+            ("hyperv", "Microsoft Hyper-V", "profile"),
+            ("hyperv-vhd", "Microsoft Hyper-V", "profile"),
+        ],
+    )
+    assert cell_notes(table, "Microsoft Hyper-V") == [
+        "no result from hyperv, hyperv-vhd (in matrix.yaml, but it did not run)"
+    ]
+    assert cell_notes(table, "Microsoft Hyper-V", "real") == [NO_TARGET]
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+
+def test_markdown_has_all_rows_and_columns_in_order(sample_results):
+    table = table_of(sample_results, versions=["newest", "previous"])
+    lines = render_markdown(table, link_base=Path(".")).splitlines()
+    header = next(line for line in lines if line.startswith("| Platform"))
+    assert header == (
+        "| Platform | newest · profile run here | newest · real platform "
+        "| previous · profile run here | previous · real platform |"
+    )
+    rows = [line for line in lines if line.startswith("| ") and line not in (header, lines[3])]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == list(PLATFORMS)
+    assert all(row.count(" | ") == 4 for row in rows)
+
+
+def test_markdown_links_console_logs_relative_to_the_output(sample_table, tmp_path):
+    out = tmp_path / "reports"
+    markdown_path, html_path = write_table(sample_table, out)
+    markdown = markdown_path.read_text()
+    links = re.findall(r"\[console\.log\]\(([^)]+)\)", markdown)
+    assert len(links) == 6  # kvm, kvm-remote, virtualbox, virtualbox-vdi, vmware, ec2
+    for link in links:
+        assert not link.startswith("/") and (out / link).resolve().is_file()
+    assert "virtualbox-vdi: failed in phase mount-os" in markdown
+    assert "Built " in markdown and str(SAMPLE) in markdown
+    assert html_path.read_text().count('">console.log</a>') == 6
+
+
+def test_html_is_one_page_with_colors_and_escapes_everything(tmp_path):
+    console = tmp_path / "a b&c.txt"
+    console.write_text("boot")
+    evil = make_result(
+        target="<script>alert(1)</script>",
+        status="failed",
+        message='"><img src=x onerror=alert(1)>',
+        console=console,
+    )
+    issue = KnownIssue(
+        platform="KVM", summary="a <b>bold</b> claim", kind="note", link="javascript:alert(1)"
+    )
+    page = render_html(table_of([evil], known_issues=[issue]), link_base=tmp_path)
+    assert "<script>" not in page and "<img" not in page and "<b>bold" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert 'href="javascript' not in page
+    assert 'href="a%20b%26c.txt"' in page
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page and "<link" not in page
+    for css_class in ("pass", "fail", "known", "unknown"):
+        assert f".{css_class} " in page
+    assert page.count('<tr><th scope="row">') == len(PLATFORMS)
+
+
+def test_markdown_escapes_table_breaking_text():
+    result = make_result(target="a|b*c_", status="failed", failed_phase="x<y>")
+    row = next(
+        line
+        for line in render_markdown(table_of([result]), link_base=Path(".")).splitlines()
+        if line.startswith("| KVM")
+    )
+    assert row.count(" | ") == 2
+    assert r"a\|b\*c\_: failed in phase x&lt;y&gt;" in row
+
+
+def test_results_of_versions_not_in_the_table_are_reported(sample_results):
+    table = table_of([make_result(version="Newest")])
+    assert table.cell("KVM", "newest", "profile").symbol == UNKNOWN
+    assert table.ignored == ["kvm Newest boot: version 'Newest' is not a column of the table"]
+    assert "Not in the table: kvm Newest boot" in render_markdown(table, link_base=Path("."))
+
+
+# --- known issues -------------------------------------------------------------------------------
+
+
+def test_real_known_issues_file_loads(known):
+    assert [issue.platform for issue in known] == [
+        "Amazon EC2",
+        "Google Compute Engine",
+        "Microsoft Hyper-V",
+    ]
+    assert all(issue.kind == "note" and issue.evidence == "profile" for issue in known)
+
+
+def write_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "known-issues.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_known_issue_defaults(tmp_path):
+    path = write_yaml(tmp_path, "- platform: Xen\n  summary: pv drivers only\n")
+    assert load_known_issues(path) == [KnownIssue(platform="Xen", summary="pv drivers only")]
+    assert load_known_issues(write_yaml(tmp_path, "# nothing yet\n")) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "- platform: KVM\n  summary: s\n  platfrom: KVM\n",
+            r"known-issues\.yaml:3:3: 'platfrom': unknown key; expected one of: platform, kind",
+        ),
+        (
+            "- platform: KVM\n  summary: s\n- platform: EC2\n  summary: s\n",
+            r"known-issues\.yaml:3:13: 'platform': unknown value 'EC2'; expected one of: "
+            r"VirtualBox, VMware, KVM, .*Amazon EC2, Google Compute Engine$",
+        ),
+        (
+            "- platform: KVM\n  kind: note\n",
+            r"known-issues\.yaml:1:3: 'summary': missing; expected a non-empty string",
+        ),
+        (
+            "- platform: KVM\n  summary: s\n  kind: bug\n",
+            r"known-issues\.yaml:3:9: 'kind': unknown value 'bug'; expected one of: issue, note",
+        ),
+        (
+            "- platform: KVM\n  summary: s\n  evidence: emulated\n",
+            r":3:13: 'evidence': unknown value 'emulated'; expected one of: profile, real",
+        ),
+        (
+            "- platform: KVM\n  summary: s\n  version: 2024.1\n",
+            r":3:12: 'version': expected a non-empty string \(quote it\), got float",
+        ),
+        ("- summary: s\n", r":1:3: 'platform': missing; expected one of: VirtualBox"),
+        ("platform: KVM\nsummary: s\n", r":1:1: expected a list of known issues"),
+        ("- platform: KVM\n  summary: s\n- just text\n", r":3:3: entry 2: expected a mapping"),
+        ("- platform: KVM\n  summary: [unclosed\n", r"known-issues\.yaml:3:1: invalid YAML"),
+    ],
+)
+def test_known_issues_errors_name_file_line_column_key_and_expectation(tmp_path, text, expected):
+    with pytest.raises(KnownIssuesError, match=expected):
+        load_known_issues(write_yaml(tmp_path, text))
+
+
+def test_known_issues_missing_file(tmp_path):
+    with pytest.raises(KnownIssuesError, match="cannot read"):
+        load_known_issues(tmp_path / "absent.yaml")
+
+
+# --- gate ---------------------------------------------------------------------------------------
+
+
+def test_gate_passes_when_every_required_result_passed(sample_results, known):
+    result = verdict(
+        sample_results, required_tiers=[1], allow_known_issues=True, known_issues=known
+    )
+    assert result.passed, result.lines()
+    assert result.lines()[0] == "gate: PASSED"
+
+
+def test_gate_fails_on_a_failed_required_result_naming_target_and_phase(sample_results, known):
+    result = verdict(
+        sample_results, required_tiers=[1, 2], allow_known_issues=True, known_issues=known
+    )
+    assert not result.passed
+    assert len(result.reasons) == 1
+    assert result.reasons[0].startswith("virtualbox-vdi newest boot (tier 2")
+    assert "failed in phase mount-os" in result.reasons[0]
+
+
+def test_gate_fails_on_a_skipped_required_result(sample_results, known):
+    result = verdict(
+        sample_results, required_tiers=[3], allow_known_issues=True, known_issues=known
+    )
+    assert not result.passed
+    skipped = [reason for reason in result.reasons if "did not run" in reason]
+    assert {reason.split()[0] for reason in skipped} == {"xen", "parallels"}
+    assert all("is not a pass" in reason for reason in skipped)
+    assert "QEMU 7.2 has no Xen emulation" in str(result)
+
+
+def test_gate_known_issues_fail_only_when_not_allowed():
+    issue = KnownIssue(platform="KVM", summary="clock drifts", kind="issue")
+    note = KnownIssue(platform="KVM", summary="just a note", kind="note")
+    results = [make_result()]
+    strict = verdict(
+        results, required_tiers=[1], allow_known_issues=False, known_issues=[issue, note]
+    )
+    assert not strict.passed and "clock drifts" in strict.reasons[0]
+    assert "just a note" not in str(strict)
+    lenient = verdict(results, required_tiers=[1], allow_known_issues=True, known_issues=[issue])
+    assert lenient.passed and "clock drifts" in lenient.notes[0]
+    only_note = verdict(results, required_tiers=[1], allow_known_issues=False, known_issues=[note])
+    assert only_note.passed
+
+
+def test_gate_uses_the_newest_rerun_and_ignores_other_tiers():
+    results = [
+        make_result(status="failed", stop=T0),
+        make_result(stop=T0 + timedelta(minutes=1)),
+        make_result(target="xen", platform="Xen", tier=3, status="skipped"),
+    ]
+    assert verdict(results, required_tiers=[1], allow_known_issues=False, known_issues=[]).passed
+    flipped = [make_result(stop=T0), make_result(status="broken", stop=T0 + timedelta(minutes=1))]
+    assert not verdict(
+        flipped, required_tiers=[1], allow_known_issues=False, known_issues=[]
+    ).passed
+
+
+def test_gate_fails_with_no_result_of_a_required_tier():
+    result = verdict(
+        [make_result(tier=2)], required_tiers=[1], allow_known_issues=True, known_issues=[]
+    )
+    assert not result.passed
+    assert result.reasons == ["no result of required tier(s) 1: nothing was proven"]
+
+
+# --- Allure HTML --------------------------------------------------------------------------------
+
+
+def embedded_names(index: Path) -> set[str]:
+    """Test names from the single-file report's embedded (base64) data files."""
+    names: set[str] = set()
+    for payload in re.findall(r'd\("[^"]+\.json","([A-Za-z0-9+/=]*)"\)', index.read_text()):
+        text = base64.b64decode(payload).decode("utf-8", errors="replace")
+        names.update(re.findall(r'"name":"(test_[^"]+)"', text))
+    return names
+
+
+def test_allure_generates_a_single_file_report_without_analytics(tmp_path):
+    index = generate_html([SAMPLE], tmp_path / "allure-report")
+    assert index == tmp_path / "allure-report" / "index.html"
+    names = embedded_names(index)
+    assert {
+        "test_boot[kvm-newest]",
+        "test_boot[virtualbox-vdi-newest]",
+        "test_boot[xen-newest]",
+        "test_matrix_rejects_unknown_key",
+    } <= names
+    page = index.read_text()
+    assert "googletagmanager" not in page
+    assert not re.search(r'<script[^>]+src="(?!data:)', page)  # nothing loaded from elsewhere
+
+
+def test_allure_merges_several_result_directories(tmp_path):
+    shards = split_into_shards(tmp_path)
+    assert not {"test_boot[xen-newest]", "test_boot[ec2-newest]"} <= {
+        json.loads(p.read_text())["name"] for p in shards[0].glob("*-result.json")
+    }
+    index = generate_html(shards, tmp_path / "report")
+    assert {"test_boot[xen-newest]", "test_boot[ec2-newest]"} <= embedded_names(index)
+
+
+def test_allure_missing_binary_says_to_run_setup(tmp_path):
+    with pytest.raises(AllureError, match=r"scripts/setup\.sh"):
+        generate_html([SAMPLE], tmp_path, allure_bin=tmp_path / "no-allure")
