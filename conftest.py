@@ -27,13 +27,17 @@ HERE = Path(__file__).parent
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ucvm-lab")
     group.addoption("--matrix", default=os.environ.get("UCVM_MATRIX", str(HERE / "matrix.yaml")))
-    group.addoption("--targets", default=os.environ.get("UCVM_TARGETS", ""),
-                    help="comma-separated target names (default: all in matrix.yaml)")
+    group.addoption(
+        "--targets",
+        default=os.environ.get("UCVM_TARGETS", ""),
+        help="comma-separated target names (default: all in matrix.yaml)",
+    )
 
 
 def load_matrix(path: str) -> matrix.Matrix:
-    return matrix.load(Path(path), profiles=PROFILES, drivers=DRIVERS,
-                       image_formats=bootloader.IMAGE_FORMATS)
+    return matrix.load(
+        Path(path), profiles=PROFILES, drivers=DRIVERS, image_formats=bootloader.IMAGE_FORMATS
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,7 +47,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"invalid matrix:\n{error}") from None
     worker_input = getattr(config, "workerinput", None)
     config.ucvm_run_id = (  # type: ignore[attr-defined]
-        worker_input["ucvm_run_id"] if worker_input else os.environ.get("UCVM_RUN_ID") or new_run_id()
+        worker_input["ucvm_run_id"]
+        if worker_input
+        else os.environ.get("UCVM_RUN_ID") or new_run_id()
     )
 
 
@@ -62,10 +68,14 @@ def selected_cells(config: pytest.Config) -> list[matrix.Cell]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "cell" in metafunc.fixturenames:
         cells = selected_cells(metafunc.config)
-        metafunc.parametrize("cell", [
-            pytest.param(cell, id=cell.id, marks=pytest.mark.xdist_group(cell.target.settings.get("uri", "local")))
-            for cell in cells
-        ])
+        metafunc.parametrize("cell", [pytest.param(c, id=c.id, marks=host_group(c)) for c in cells])
+
+
+def host_group(cell: matrix.Cell) -> list[pytest.MarkDecorator]:
+    """Cells of one remote host go to one xdist worker (`--dist loadgroup`), so a host runs one
+    guest at a time; local cells spread over the workers (-n sets how many guests run here)."""
+    uri = cell.target.settings.get("uri")
+    return [pytest.mark.xdist_group(uri)] if uri else []
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +98,9 @@ def boot_loader() -> bootloader.BootLoader:
 
 @pytest.fixture(scope="session")
 def lab_targets(lab_matrix: matrix.Matrix, lab_run: Run) -> dict[str, Target]:
-    return {spec.name: make_target(spec, lab_matrix.settings, lab_run) for spec in lab_matrix.targets}
+    return {
+        spec.name: make_target(spec, lab_matrix.settings, lab_run) for spec in lab_matrix.targets
+    }
 
 
 @pytest.fixture

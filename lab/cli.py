@@ -1,12 +1,12 @@
 """ucvm-lab: build | targets | run | report | gate | sweep.
 
-    ucvm-lab build                 build the boot loader in every format (cached by input hash)
-    ucvm-lab targets               every target, whether it can run here, and why not
-    ucvm-lab run [--targets a,b] [--shard K/N] [-n WORKERS]
-                                   run the suites over the matrix, then write the report
-    ucvm-lab report [DIR ...]      support table + Allure HTML from allure-results dirs (CI shards)
-    ucvm-lab gate [DIR ...]        the release verdict from the gate policy; exit 1 when it fails
-    ucvm-lab sweep                 remove what dead runs left (domains, files)
+ucvm-lab build                 build the boot loader in every format (cached by input hash)
+ucvm-lab targets               every target, whether it can run here, and why not
+ucvm-lab run [--targets a,b] [--shard K/N] [-n WORKERS]
+                               run the suites over the matrix, then write the report
+ucvm-lab report [DIR ...]      support table + Allure HTML from allure-results dirs (CI shards)
+ucvm-lab gate [DIR ...]        the release verdict from the gate policy; exit 1 when it fails
+ucvm-lab sweep                 remove what dead runs left (domains, files)
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def load_matrix(path: Path) -> matrix.Matrix:
-    return matrix.load(path, profiles=PROFILES, drivers=DRIVERS,
-                       image_formats=bootloader.IMAGE_FORMATS)
+    return matrix.load(
+        path, profiles=PROFILES, drivers=DRIVERS, image_formats=bootloader.IMAGE_FORMATS
+    )
 
 
 def cmd_build(args: argparse.Namespace, lab: matrix.Matrix) -> int:
@@ -45,11 +46,18 @@ def cmd_build(args: argparse.Namespace, lab: matrix.Matrix) -> int:
     for column in ("format", "file", "bytes", "gzip'd", f"vs {budget_mb:g} MB"):
         sizes.add_column(column)
     for fmt, image in manifest["images"].items():
-        sizes.add_row(fmt, image["file"], f"{image['bytes']:,}", f"{image['gzip_bytes']:,}",
-                      f"{image['gzip_bytes'] / (budget_mb * 1e6):.2f}")
+        sizes.add_row(
+            fmt,
+            image["file"],
+            f"{image['bytes']:,}",
+            f"{image['gzip_bytes']:,}",
+            f"{image['gzip_bytes'] / (budget_mb * 1e6):.2f}",
+        )
     out.print(sizes)
-    out.print(f"kernel {manifest['kernel']['package']} {manifest['kernel']['version']}, "
-              f"{manifest['modules']['count']} modules ({manifest['modules']['bytes'] / 1e6:.1f} MB)")
+    out.print(
+        f"kernel {manifest['kernel']['package']} {manifest['kernel']['version']}, "
+        f"{manifest['modules']['count']} modules ({manifest['modules']['bytes'] / 1e6:.1f} MB)"
+    )
     return 0
 
 
@@ -60,8 +68,16 @@ def cmd_targets(args: argparse.Namespace, lab: matrix.Matrix) -> int:
         listing.add_column(column)
     for spec in lab.targets:
         ok, why = make_target(spec, lab.settings, run).available()
-        listing.add_row(spec.name, spec.driver, spec.profile, PROFILES[spec.profile].platform,
-                        str(spec.tier), spec.evidence, "yes" if ok else "no", why)
+        listing.add_row(
+            spec.name,
+            spec.driver,
+            spec.profile,
+            PROFILES[spec.profile].platform,
+            str(spec.tier),
+            spec.evidence,
+            "yes" if ok else "no",
+            why,
+        )
     out.print(listing)
     return 0
 
@@ -79,9 +95,21 @@ def cmd_run(args: argparse.Namespace, lab: matrix.Matrix) -> int:
     chosen = args.targets.split(",") if args.targets else []
     if args.shard:
         chosen = shard_targets(lab, args.shard)
-    command = [sys.executable, "-m", "pytest", str(REPO / "suites"), "-p", "no:cacheprovider",
-               f"--matrix={lab.path}", f"--alluredir={results}", "--clean-alluredir",
-               "-n", str(args.workers), "--dist", "loadgroup"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(REPO / "suites"),
+        "-p",
+        "no:cacheprovider",
+        f"--matrix={lab.path}",
+        f"--alluredir={results}",
+        "--clean-alluredir",
+        "-n",
+        str(args.workers),
+        "--dist",
+        "loadgroup",
+    ]
     if chosen:
         command.append("--targets=" + ",".join(chosen))
     out.print(f"[bold]ucvm-lab run[/]: {' '.join(command[3:])}")
@@ -96,8 +124,9 @@ def write_report(results_dirs: list[Path], lab: matrix.Matrix) -> int:
     results = table.read_results(results_dirs)
     issues = known_issues.load_known_issues(lab.gate.known_issues)
     planned = [(t.name, PROFILES[t.profile].platform, t.evidence) for t in lab.targets]
-    support = table.build_table(results, versions=lab.versions, known_issues=issues,
-                                planned=planned, sources=results_dirs)
+    support = table.build_table(
+        results, versions=lab.versions, known_issues=issues, planned=planned, sources=results_dirs
+    )
     markdown, html = table.write_table(support, reports)
     report = allure_html.generate_html(results_dirs, reports / "allure-report")
     out.print(f"support table: {markdown}\n               {html}\nAllure report: {report}")
@@ -124,16 +153,24 @@ def cmd_gate(args: argparse.Namespace, lab: matrix.Matrix) -> int:
 def cmd_sweep(args: argparse.Namespace, lab: matrix.Matrix) -> int:
     run = Run(new_run_id(), lab.settings.run_root)
     local = [t for t in lab.targets if t.driver == "libvirt" and "uri" not in t.settings]
-    removed = LibvirtTarget("sweeper", PROFILES[local[0].profile], {}, run,
-                            default_uri=lab.settings.libvirt_uri).sweep() if local else []
+    removed = (
+        LibvirtTarget(
+            "sweeper", PROFILES[local[0].profile], {}, run, default_uri=lab.settings.libvirt_uri
+        ).sweep()
+        if local
+        else []
+    )
     out.print("\n".join(removed) or "nothing to sweep")
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    main = argparse.ArgumentParser(prog="ucvm-lab", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    main.add_argument("--matrix", type=Path, default=Path(os.environ.get("UCVM_MATRIX", "matrix.yaml")))
+    main = argparse.ArgumentParser(
+        prog="ucvm-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    main.add_argument(
+        "--matrix", type=Path, default=Path(os.environ.get("UCVM_MATRIX", "matrix.yaml"))
+    )
     commands = main.add_subparsers(dest="command", required=True)
     commands.add_parser("build").set_defaults(func=cmd_build)
     commands.add_parser("targets").set_defaults(func=cmd_targets)
@@ -144,7 +181,9 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     for name, func in (("report", cmd_report), ("gate", cmd_gate)):
         command = commands.add_parser(name)
-        command.add_argument("dirs", nargs="*", help="allure-results directories (default: the run's)")
+        command.add_argument(
+            "dirs", nargs="*", help="allure-results directories (default: the run's)"
+        )
         command.set_defaults(func=func)
     commands.add_parser("sweep").set_defaults(func=cmd_sweep)
     return main

@@ -14,7 +14,10 @@ from dataclasses import asdict, dataclass, field
 
 from lab.targets.base import Instance, InstanceGone, TargetError, WaitAborted, WaitTimeout
 
-MARKER = re.compile(r"ucvm: phase=(?P<name>[\w-]+) t=(?P<t>[\d.]+)(?P<rest>.*)")
+# A marker's fields end at the line's end, or where kernel output (`[  5.02] ...`) cuts in.
+MARKER = re.compile(
+    r"ucvm: phase=(?P<name>[\w-]+) t=(?P<t>[\d.]+)(?P<rest>.*?)(?=\[\s*\d+\.\d+\]|$)"
+)
 FIELD = re.compile(r'(?P<key>\w+)=(?:"(?P<quoted>[^"]*)"|(?P<plain>\S*))')
 PANIC = re.compile(r"Kernel panic - not syncing: ?(?P<why>.*)")
 BREAK = re.compile(r"ucvm: break before phase=(?P<name>[\w-]+)")
@@ -37,13 +40,13 @@ class Phase:
 @dataclass
 class BootRecord:
     instance: str
-    outcome: str                  # ready | failed | panic | hang | gone | error
+    outcome: str  # ready | failed | panic | hang | gone | error
     phases: list[Phase]
     accel: str
     accel_reason: str = ""
     failed_phase: str | None = None
     reason: str | None = None
-    os_phase: str = "not-run"     # the OS repository phase: not-run until issue 4
+    os_phase: str = "not-run"  # the OS repository phase: not-run until issue 4
     labels: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -64,17 +67,20 @@ class BootRecord:
         return ready.guest_s if ready else None
 
     def summary(self) -> str:
-        if self.ready:
-            return (f"ready after {self.host_to_ready_s:.1f} s host time "
-                    f"({self.guest_to_ready_s:.2f} s guest uptime), accel {self.accel}")
-        return f"{self.outcome} in phase {self.failed_phase}: {self.reason}"
+        if not self.ready:
+            return f"{self.outcome} in phase {self.failed_phase}: {self.reason}"
+        host = self.host_to_ready_s
+        host_text = f"after {host:.1f} s host time" if host is not None else "(host time unknown)"
+        return f"ready {host_text} ({self.guest_to_ready_s:.2f} s guest uptime), accel {self.accel}"
 
     def phase_table(self) -> str:
         rows = [f"{'phase':<10} {'guest s':>8} {'host s':>8}  status  details"]
         for phase in self.phases:
             host = f"{phase.host_s:8.2f}" if phase.host_s is not None else f"{'-':>8}"
             details = " ".join(f"{k}={v}" for k, v in phase.fields.items())
-            rows.append(f"{phase.name:<10} {phase.guest_s:8.2f} {host}  {phase.status:<6}  {details}")
+            rows.append(
+                f"{phase.name:<10} {phase.guest_s:8.2f} {host}  {phase.status:<6}  {details}"
+            )
         rows.append(f"outcome: {self.summary()}; OS phase: {self.os_phase}")
         return "\n".join(rows)
 
@@ -83,7 +89,10 @@ class BootRecord:
 
 
 def parse_fields(text: str) -> dict[str, str]:
-    return {m["key"]: m["quoted"] if m["quoted"] is not None else m["plain"] for m in FIELD.finditer(text)}
+    return {
+        m["key"]: m["quoted"] if m["quoted"] is not None else m["plain"]
+        for m in FIELD.finditer(text)
+    }
 
 
 def parse_phases(lines: list[tuple[float | None, str]]) -> list[Phase]:
@@ -107,7 +116,9 @@ def next_phase_after(phases: list[Phase]) -> str:
     return last
 
 
-def judge(phases: list[Phase], console: str, *, waited: str | None = None) -> tuple[str, str | None, str | None]:
+def judge(
+    phases: list[Phase], console: str, *, waited: str | None = None
+) -> tuple[str, str | None, str | None]:
     """(outcome, failed phase, reason) from what the console shows and how the wait ended."""
     failed = next((p for p in phases if p.status == "failed"), None)
     if failed:
@@ -128,17 +139,30 @@ def judge(phases: list[Phase], console: str, *, waited: str | None = None) -> tu
     return "error", pending, waited or "the boot ended without `ready`"
 
 
-def record_from_console(console: str, timeline: list[tuple[float, str]] | None = None, *,
-                        instance: str = "", accel: str = "unknown", waited: str | None = None,
-                        ) -> BootRecord:
+def record_from_console(
+    console: str,
+    timeline: list[tuple[float, str]] | None = None,
+    *,
+    instance: str = "",
+    accel: str = "unknown",
+    waited: str | None = None,
+) -> BootRecord:
     """A boot record from a console text; ``timeline`` gives the host time of each line."""
-    lines: list[tuple[float | None, str]] = list(timeline) if timeline else [
-        (None, line) for line in console.splitlines()]
+    lines: list[tuple[float | None, str]] = (
+        list(timeline) if timeline else [(None, line) for line in console.splitlines()]
+    )
     phases = parse_phases(lines)
     outcome, failed_phase, reason = judge(phases, console, waited=waited)
     os_phase = "run" if any(p.name.startswith("os") for p in phases) else "not-run"
-    return BootRecord(instance, outcome, phases, accel, failed_phase=failed_phase,
-                      reason=reason, os_phase=os_phase)
+    return BootRecord(
+        instance,
+        outcome,
+        phases,
+        accel,
+        failed_phase=failed_phase,
+        reason=reason,
+        os_phase=os_phase,
+    )
 
 
 def observe_boot(instance: Instance, budget_s: float) -> BootRecord:
@@ -155,7 +179,12 @@ def observe_boot(instance: Instance, budget_s: float) -> BootRecord:
         waited = "gone"
     except TargetError as error:
         waited = str(error)
-    record = record_from_console(instance.current_boot_console(), instance.current_boot_timeline(),
-                                 instance=instance.name, accel=instance.accel, waited=waited)
+    record = record_from_console(
+        instance.current_boot_console(),
+        instance.current_boot_timeline(),
+        instance=instance.name,
+        accel=instance.accel,
+        waited=waited,
+    )
     record.accel_reason = getattr(instance, "accel_reason", "")
     return record

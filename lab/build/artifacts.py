@@ -52,7 +52,7 @@ class ArtifactStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def get(self, kind: str, inputs: dict[str, Any], build: Callable[[Path], None]) -> Path:
-        """The directory of the artifact for ``inputs``, building it with ``build(tmpdir)`` if absent."""
+        """The artifact directory for ``inputs``; ``build(tmpdir)`` makes it if absent."""
         final = self.root / f"{kind}-{input_key(inputs)}"
         if (final / "inputs.json").exists():
             return final

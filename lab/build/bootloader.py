@@ -36,7 +36,10 @@ KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200 loglevel=4"
 
 PLATFORM_DRIVERS: dict[str, tuple[str, ...]] = {
     "virtio (KVM, OpenStack, OpenNebula, GCE)": (
-        "virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi",
+        "virtio_pci",
+        "virtio_blk",
+        "virtio_net",
+        "virtio_scsi",
     ),
     "VMware": ("vmw_pvscsi", "vmxnet3", "e1000", "mptspi"),
     "VirtualBox": ("ahci", "e1000", "ata_piix"),
@@ -60,8 +63,14 @@ IMAGE_FILES = {
 }
 # How QEMU reads each format (the OVA and the GCE tarball are unpacked first, see disk_for_qemu).
 QEMU_FORMATS = {
-    "raw": "raw", "iso": "raw", "qcow2": "qcow2", "ova": "vmdk", "vdi": "vdi",
-    "vhd": "vpc", "vhdx": "vhdx", "gce-tar": "raw",
+    "raw": "raw",
+    "iso": "raw",
+    "qcow2": "qcow2",
+    "ova": "vmdk",
+    "vdi": "vdi",
+    "vhd": "vpc",
+    "vhdx": "vhdx",
+    "gce-tar": "raw",
 }
 
 SYSLINUX_BIOS = Path("/usr/lib/syslinux/modules/bios")
@@ -98,7 +107,9 @@ class BootLoader:
 
     def image(self, image_format: str) -> Path:
         if image_format not in IMAGE_FILES:
-            raise BuildError(f"unknown image format {image_format!r}; known: {', '.join(IMAGE_FORMATS)}")
+            raise BuildError(
+                f"unknown image format {image_format!r}; known: {', '.join(IMAGE_FORMATS)}"
+            )
         return self.root / IMAGE_FILES[image_format]
 
     def disk_for_qemu(self, image_format: str) -> tuple[Path, str]:
@@ -112,10 +123,13 @@ class BootLoader:
 def run(*args: str | Path, cwd: Path | None = None) -> None:
     result = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise BuildError(f"{' '.join(map(str, args))} failed ({result.returncode}): {result.stderr.strip()}")
+        raise BuildError(
+            f"{' '.join(map(str, args))} failed ({result.returncode}): {result.stderr.strip()}"
+        )
 
 
 # --- modules ------------------------------------------------------------------------------
+
 
 def module_name(path: str) -> str:
     return Path(path).name.removesuffix(".ko").replace("-", "_")
@@ -159,6 +173,7 @@ def index_kernel_modules(kernel: kernel_pkg.Kernel) -> Path:
 
 # --- initramfs ----------------------------------------------------------------------------
 
+
 def stage_initramfs(kernel: kernel_pkg.Kernel, stage: Path) -> list[str]:
     """Lay out the initramfs tree in ``stage``; returns the module paths it carries."""
     for directory in ("bin", "dev", "etc/ucvm", "proc", "sys", "run", "tmp", "scratch"):
@@ -197,7 +212,10 @@ def pack_initramfs(stage: Path, output: Path) -> None:
     ).stdout
     cpio = subprocess.run(
         ["cpio", "--quiet", "-o", "-H", "newc", "--owner=0:0", "--reproducible"],
-        cwd=stage, input=files, capture_output=True, check=True,
+        cwd=stage,
+        input=files,
+        capture_output=True,
+        check=True,
     ).stdout
     compressed = subprocess.run(
         ["xz", "-9", "--check=crc32", "--threads=1"], input=cpio, capture_output=True, check=True
@@ -228,7 +246,18 @@ def build_raw(out: Path, work: Path) -> Path:
     fat_size = round_up(payload + 2 * MiB, MiB)
     fat = work / "boot.fat"
     # 32 KiB clusters: SYSLINUX reads a cluster per BIOS call, and each call is slow under TCG.
-    run("mkfs.vfat", "-n", "UCVM_BOOT", "-i", "0c0ffee0", "-s", "64", "-C", fat, str(fat_size // 1024))
+    run(
+        "mkfs.vfat",
+        "-n",
+        "UCVM_BOOT",
+        "-i",
+        "0c0ffee0",
+        "-s",
+        "64",
+        "-C",
+        fat,
+        str(fat_size // 1024),
+    )
     (work / "syslinux.cfg").write_text(SYSLINUX_CFG)
     run("mcopy", "-i", fat, out / "vmlinuz", out / "initrd.img", work / "syslinux.cfg", "::/")
     run("syslinux", "--install", fat)
@@ -236,9 +265,10 @@ def build_raw(out: Path, work: Path) -> Path:
     disk = out / IMAGE_FILES["raw"]
     with disk.open("wb") as stream:
         stream.truncate(MiB + fat_size)
-    layout = "label: dos\nstart=2048, type=c, bootable\n"
-    subprocess.run(["sfdisk", "-q", str(disk)], input=layout, text=True, check=True,
-                   capture_output=True)
+    layout = "label: dos\nstart=2048, type=1, bootable\n"  # type 1: FAT12, what mkfs made
+    subprocess.run(
+        ["sfdisk", "-q", str(disk)], input=layout, text=True, check=True, capture_output=True
+    )
     with disk.open("r+b") as stream:
         stream.write(SYSLINUX_MBR.read_bytes()[:440])
         stream.seek(MiB)
@@ -255,9 +285,29 @@ def build_iso(out: Path, work: Path) -> Path:
     shutil.copy2(out / "vmlinuz", tree / "vmlinuz")
     shutil.copy2(out / "initrd.img", tree / "initrd.img")
     iso = out / IMAGE_FILES["iso"]
-    run("xorriso", "-as", "mkisofs", "-quiet", "-o", iso, "-V", "UCVM_BOOT",
-        "-isohybrid-mbr", ISOHYBRID_MBR, "-c", "isolinux/boot.cat", "-b", "isolinux/isolinux.bin",
-        "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table", "-J", "-R", tree)
+    run(
+        "xorriso",
+        "-as",
+        "mkisofs",
+        "-quiet",
+        "-o",
+        iso,
+        "-V",
+        "UCVM_BOOT",
+        "-isohybrid-mbr",
+        ISOHYBRID_MBR,
+        "-c",
+        "isolinux/boot.cat",
+        "-b",
+        "isolinux/isolinux.bin",
+        "-no-emul-boot",
+        "-boot-load-size",
+        "4",
+        "-boot-info-table",
+        "-J",
+        "-R",
+        tree,
+    )
     return iso
 
 
@@ -353,10 +403,15 @@ def build_ova(raw: Path, out: Path, work: Path) -> Path:
     """VMDK (streamOptimized) + OVF descriptor + SHA256 manifest, the OVF first as the spec says."""
     vmdk = convert(raw, work / "ucvm-disk1.vmdk", "vmdk", "subformat=streamOptimized")
     ovf = work / "ucvm.ovf"
-    ovf.write_text(OVF_TEMPLATE.format(
-        vmdk=vmdk.name, vmdk_size=vmdk.stat().st_size,
-        capacity=raw.stat().st_size, populated=raw.stat().st_size,
-    ))
+    ovf.write_text(
+        OVF_TEMPLATE.format(
+            vmdk=vmdk.name,
+            vmdk_size=vmdk.stat().st_size,
+            capacity=raw.stat().st_size,
+            populated=raw.stat().st_size,
+        ),
+        encoding="utf-8",
+    )
     manifest = work / "ucvm.mf"
     manifest.write_text("".join(f"SHA256({p.name})= {file_digest(p)}\n" for p in (ovf, vmdk)))
     ova = out / IMAGE_FILES["ova"]
@@ -413,12 +468,18 @@ def write_manifest(out: Path, kernel: kernel_pkg.Kernel, modules: list[str]) -> 
     }
     manifest = {
         "loader_version": LOADER_VERSION,
-        "kernel": {"package": kernel.package, "version": kernel.version,
-                   "release": kernel.release, "deb_sha256": kernel.deb_sha256},
+        "kernel": {
+            "package": kernel.package,
+            "version": kernel.version,
+            "release": kernel.release,
+            "deb_sha256": kernel.deb_sha256,
+        },
         "kernel_cmdline": KERNEL_CMDLINE,
-        "modules": {"count": len(modules),
-                    "bytes": sum((kernel.modules / m).stat().st_size for m in modules),
-                    "names": sorted(module_name(m) for m in modules)},
+        "modules": {
+            "count": len(modules),
+            "bytes": sum((kernel.modules / m).stat().st_size for m in modules),
+            "names": sorted(module_name(m) for m in modules),
+        },
         "vmlinuz_bytes": (out / "vmlinuz").stat().st_size,
         "initrd_bytes": (out / "initrd.img").stat().st_size,
         "images": images,

@@ -23,11 +23,11 @@ class KernelError(RuntimeError):
 
 @dataclass(frozen=True)
 class Kernel:
-    package: str          # e.g. linux-image-6.1.0-56-amd64
-    version: str          # Debian package version, e.g. 6.1.192-2
-    release: str          # uname -r, e.g. 6.1.0-56-amd64
+    package: str  # e.g. linux-image-6.1.0-56-amd64
+    version: str  # Debian package version, e.g. 6.1.192-2
+    release: str  # uname -r, e.g. 6.1.0-56-amd64
     deb_sha256: str
-    root: Path            # the unpacked package
+    root: Path  # the unpacked package
 
     @property
     def vmlinuz(self) -> Path:
@@ -50,7 +50,9 @@ def resolve_package(meta: str = META_PACKAGE) -> tuple[str, str]:
     depends = _apt("apt-cache", "depends", meta)
     match = re.search(r"Depends: (linux-image-\d\S*)", depends)
     if not match:
-        raise KernelError(f"apt-cache depends {meta} names no linux-image package; run apt-get update")
+        raise KernelError(
+            f"apt-cache depends {meta} names no linux-image package; run apt-get update"
+        )
     package = match.group(1)
     policy = _apt("apt-cache", "policy", package)
     candidate = re.search(r"Candidate: (\S+)", policy)
@@ -67,7 +69,9 @@ def fetch(store: ArtifactStore) -> Kernel:
     def download(work: Path) -> None:
         subprocess.run(
             ["apt-get", "download", "-q", f"{package}={version}"],
-            cwd=work, check=True, capture_output=True,
+            cwd=work,
+            check=True,
+            capture_output=True,
         )
 
     debs = store.get("kernel-deb", {"package": package, "version": version}, download)

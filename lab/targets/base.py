@@ -63,7 +63,7 @@ class Timeline:
 
     def feed(self, console: str) -> None:
         now = time.monotonic() - self.launched_at
-        fresh = self._partial + console[self._consumed:]
+        fresh = self._partial + console[self._consumed :]
         self._consumed = len(console)
         *complete, self._partial = fresh.split("\n")
         self.lines.extend((now, line.rstrip("\r")) for line in complete)
@@ -80,7 +80,7 @@ class Instance(ABC):
         self.timeline = Timeline()
         self.accel = "unknown"
         self._boot_offset = 0  # where the current boot starts in the console text
-        self._boot_line = 0    # ... and in the timeline
+        self._boot_line = 0  # ... and in the timeline
 
     # --- what every driver must provide --------------------------------------------------
     @abstractmethod
@@ -103,11 +103,11 @@ class Instance(ABC):
 
     # --- shared behaviour ------------------------------------------------------------------
     def current_boot_console(self) -> str:
-        return self.console()[self._boot_offset:]
+        return self.console()[self._boot_offset :]
 
     def current_boot_timeline(self) -> list[tuple[float, str]]:
         self.timeline.feed(self.console())
-        return self.timeline.lines[self._boot_line:]
+        return self.timeline.lines[self._boot_line :]
 
     def mark_new_boot(self) -> None:
         text = self.console()
@@ -127,7 +127,7 @@ class Instance(ABC):
         while True:
             text = self.console()
             self.timeline.feed(text)
-            for line in text[self._boot_offset:].splitlines():
+            for line in text[self._boot_offset :].splitlines():
                 if wanted.search(line):
                     return line
                 if abort and abort.search(line):
@@ -135,14 +135,19 @@ class Instance(ABC):
             if not self.is_running():
                 raise InstanceGone(f"{self.name} stopped before {pattern!r} appeared")
             if time.monotonic() > deadline:
-                raise WaitTimeout(f"no {pattern!r} on the console of {self.name} within {timeout:g} s")
+                raise WaitTimeout(
+                    f"no {pattern!r} on the console of {self.name} within {timeout:g} s"
+                )
             time.sleep(POLL_S)
 
     def __enter__(self) -> Instance:
         return self
 
     def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.destroy()
 

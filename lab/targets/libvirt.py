@@ -22,11 +22,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import libvirt
+from filelock import FileLock
 
 from lab.build.bootloader import KERNEL_CMDLINE, BootLoader
 from lab.targets.base import CommandResult, Instance, Target, TargetError, WaitTimeout
 from lab.targets.profiles import Profile
-from lab.targets.run import Run, dead_run_dirs, run_id_of, run_is_alive, sweep_files
+from lab.targets.run import Run, run_id_of, run_is_alive, sweep_files
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 LAB_NS = "https://ucvm-lab.invalid/ns/instance/1"
@@ -43,7 +44,9 @@ def connect(uri: str) -> libvirt.virConnect:
     try:
         return libvirt.open(uri)
     except libvirt.libvirtError as error:
-        raise TargetError(f"cannot connect to libvirt at {uri}: {error.get_error_message()}") from error
+        raise TargetError(
+            f"cannot connect to libvirt at {uri}: {error.get_error_message()}"
+        ) from error
 
 
 def qemu_user() -> tuple[int, int] | None:
@@ -57,6 +60,7 @@ def qemu_user() -> tuple[int, int] | None:
 
 # --- the domain -----------------------------------------------------------------------------
 
+
 def sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
     element = ET.SubElement(parent, tag, {k.rstrip("_"): v for k, v in attrs.items()})
     if text is not None:
@@ -64,8 +68,16 @@ def sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> 
     return element
 
 
-def disk_element(devices: ET.Element, path: Path, fmt: str, bus: str, dev: str, *,
-                 cdrom: bool = False, boot_order: int | None = None) -> None:
+def disk_element(
+    devices: ET.Element,
+    path: Path,
+    fmt: str,
+    bus: str,
+    dev: str,
+    *,
+    cdrom: bool = False,
+    boot_order: int | None = None,
+) -> None:
     disk = sub(devices, "disk", type="file", device="cdrom" if cdrom else "disk")
     sub(disk, "driver", name="qemu", type=fmt)
     sub(disk, "source", file=str(path))
@@ -81,17 +93,24 @@ DEVICE_NAMES = {"virtio": "vd", "scsi": "sd", "sata": "sd", "ide": "hd"}
 LIBVIRT_FORMATS = {"raw", "qcow2", "vmdk", "vdi", "vpc"}
 # QEMU devices for disks libvirt does not manage: libvirt 9.0 has no NVMe disk bus.
 # PCI ones get slots from 0x10 up, clear of those libvirt assigns (from 0x1).
-QEMU_DISK_DEVICES = {"nvme": "nvme,serial=ucvm{index},bus={pci_bus},addr={slot:#x}",
-                     "virtio": "virtio-blk-pci,bus={pci_bus},addr={slot:#x}",
-                     "ide": "ide-hd,bus=ide.{index}"}
+QEMU_DISK_DEVICES = {
+    "nvme": "nvme,serial=ucvm{index},bus={pci_bus},addr={slot:#x}",
+    "virtio": "virtio-blk-pci,bus={pci_bus},addr={slot:#x}",
+    "ide": "ide-hd,bus=ide.{index}",
+}
 
 
 def needs_passthrough(profile: Profile, formats: set[str]) -> bool:
     return profile.disk_bus == "nvme" or not formats <= LIBVIRT_FORMATS
 
 
-def add_disks(devices: ET.Element, qemu_args: list[str], profile: Profile,
-              disks: list[tuple[Path, str, bool]], passthrough: bool) -> None:
+def add_disks(
+    devices: ET.Element,
+    qemu_args: list[str],
+    profile: Profile,
+    disks: list[tuple[Path, str, bool]],
+    passthrough: bool,
+) -> None:
     """disks: (path, qemu format, is_cdrom) in boot order."""
     if profile.scsi_controller:
         sub(devices, "controller", type="scsi", index="0", model=profile.scsi_controller)
@@ -101,22 +120,48 @@ def add_disks(devices: ET.Element, qemu_args: list[str], profile: Profile,
                 raise TargetError(f"cannot pass a {profile.disk_bus} disk straight to QEMU")
             drive = f"ucvm-disk{index}"
             device = QEMU_DISK_DEVICES[profile.disk_bus].format(
-                index=index, slot=0x10 + index, pci_bus="pcie.0" if profile.machine == "q35" else "pci.0")
-            qemu_args += ["-drive", f"file={path},if=none,id={drive},format={fmt}",
-                          "-device", f"{device},drive={drive}" + (",bootindex=1" if index == 0 else "")]
+                index=index,
+                slot=0x10 + index,
+                pci_bus="pcie.0" if profile.machine == "q35" else "pci.0",
+            )
+            qemu_args += [
+                "-drive",
+                f"file={path},if=none,id={drive},format={fmt}",
+                "-device",
+                f"{device},drive={drive}" + (",bootindex=1" if index == 0 else ""),
+            ]
             continue
         dev = DEVICE_NAMES[profile.disk_bus] + "abcdefgh"[index]
-        disk_element(devices, path, fmt, profile.disk_bus, dev, cdrom=cdrom,
-                     boot_order=1 if index == 0 else None)
+        disk_element(
+            devices,
+            path,
+            fmt,
+            profile.disk_bus,
+            dev,
+            cdrom=cdrom,
+            boot_order=1 if index == 0 else None,
+        )
 
 
-def domain_xml(*, name: str, domain_type: str, profile: Profile, disks: list[tuple[Path, str, bool]],
-               console_log: Path, channel: Path, run_id: str, target: str,
-               passthrough: bool = False, direct_boot: tuple[Path, Path, str] | None = None) -> str:
+def domain_xml(
+    *,
+    name: str,
+    domain_type: str,
+    profile: Profile,
+    disks: list[tuple[Path, str, bool]],
+    console_log: Path,
+    channel: Path,
+    run_id: str,
+    target: str,
+    passthrough: bool = False,
+    direct_boot: tuple[Path, Path, str] | None = None,
+) -> str:
     domain = ET.Element("domain", type=domain_type)
     sub(domain, "name", name)
     metadata = sub(domain, "metadata")
-    ET.SubElement(metadata, f"{{{LAB_NS}}}instance", run=run_id, target=target, profile=profile.name)
+    ET.SubElement(
+        metadata, f"{{{LAB_NS}}}instance", run=run_id, target=target, profile=profile.name
+    )
     sub(domain, "memory", str(MEMORY_MIB), unit="MiB")
     sub(domain, "vcpu", "1")
     os_element = sub(domain, "os")
@@ -137,7 +182,11 @@ def domain_xml(*, name: str, domain_type: str, profile: Profile, disks: list[tup
                 sub(clock, "timer", name="hypervclock", present="yes")
             else:
                 sub(hyperv, flag, state="on")
-    for event, action in (("on_poweroff", "destroy"), ("on_reboot", "restart"), ("on_crash", "destroy")):
+    for event, action in (
+        ("on_poweroff", "destroy"),
+        ("on_reboot", "restart"),
+        ("on_crash", "destroy"),
+    ):
         sub(domain, event, action)
 
     devices = sub(domain, "devices")
@@ -161,6 +210,7 @@ def domain_xml(*, name: str, domain_type: str, profile: Profile, disks: list[tup
 
 # --- accelerator ----------------------------------------------------------------------------
 
+
 def host_boot_id() -> str:
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
@@ -176,9 +226,17 @@ def kvm_offered(conn: libvirt.virConnect) -> tuple[bool, str]:
 class LibvirtTarget(Target):
     """A libvirt host: qemu:///system by default, or any URI from the target's settings."""
 
-    def __init__(self, name: str, profile: Profile, settings: dict[str, str], run: Run, *,
-                 default_uri: str = "qemu:///system", accel: str = "auto",
-                 scratch_gb: float = 1.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        profile: Profile,
+        settings: dict[str, str],
+        run: Run,
+        *,
+        default_uri: str = "qemu:///system",
+        accel: str = "auto",
+        scratch_gb: float = 1.0,
+    ) -> None:
         super().__init__(name, profile, settings, run)
         self.uri = settings.get("uri", default_uri)
         self.accel_setting = accel
@@ -205,7 +263,11 @@ class LibvirtTarget(Target):
         except TargetError as error:
             return False, str(error)
         except libvirt.libvirtError as error:
-            return False, f"{self.uri} cannot run machine {self.profile.machine}: {error.get_error_message()}"
+            return (
+                False,
+                f"{self.uri} cannot run machine {self.profile.machine}: "
+                f"{error.get_error_message()}",
+            )
         return True, f"libvirt {self.uri}"
 
     # --- accelerator ------------------------------------------------------------------
@@ -223,17 +285,23 @@ class LibvirtTarget(Target):
             return "tcg", why
         cache = self.run.root / f".accel-{re.sub(r'[^a-z0-9]+', '_', self.uri)}.json"
         key = {"boot_id": host_boot_id(), "kernel": image.kernel_release}
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            cached = json.loads(cache.read_text())
-            if cached.get("key") == key:
-                return cached["accel"], cached["why"] + " (cached probe)"
-        accel, why = self._probe_kvm(image)
-        cache.write_text(json.dumps({"key": key, "accel": accel, "why": why}))
+        with FileLock(f"{cache}.lock"):  # xdist workers: one probe per host boot
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                cached = json.loads(cache.read_text())
+                if cached.get("key") == key:
+                    return cached["accel"], cached["why"] + " (cached probe)"
+            accel, why = self._probe_kvm(image)
+            cache.write_text(json.dumps({"key": key, "accel": accel, "why": why}))
         return accel, why
 
     def _probe_kvm(self, image: BootLoader) -> tuple[str, str]:
-        probe = self._define(image, domain_type="kvm", suffix="kvmprobe", profile=self.profile,
-                             kernel_args="ucvm.break=network")
+        probe = self._define(
+            image,
+            domain_type="kvm",
+            suffix="kvmprobe",
+            profile=self.profile,
+            kernel_args="ucvm.break=network",
+        )
         with probe:
             try:
                 probe.wait_for(r"ucvm: phase=start", PROBE_BUDGET_S)
@@ -242,20 +310,38 @@ class LibvirtTarget(Target):
         return "kvm", "KVM probe boot printed its first marker"
 
     # --- launching --------------------------------------------------------------------
-    def launch(self, image: BootLoader, context: object | None = None, profile: Profile | None = None,
-               *, image_format: str | None = None, kernel_args: str | None = None) -> LibvirtInstance:
+    def launch(
+        self,
+        image: BootLoader,
+        context: object | None = None,
+        profile: Profile | None = None,
+        *,
+        image_format: str | None = None,
+        kernel_args: str | None = None,
+    ) -> LibvirtInstance:
         if context is not None:
             raise TargetError("contextualization media are not supported yet (issue 5)")
         accel, why = self.accelerator(image)
-        instance = self._define(image, domain_type="kvm" if accel == "kvm" else "qemu",
-                                profile=profile or self.profile, image_format=image_format,
-                                kernel_args=kernel_args)
+        instance = self._define(
+            image,
+            domain_type="kvm" if accel == "kvm" else "qemu",
+            profile=profile or self.profile,
+            image_format=image_format,
+            kernel_args=kernel_args,
+        )
         instance.accel, instance.accel_reason = accel, why
         return instance
 
-    def _define(self, image: BootLoader, *, domain_type: str, profile: Profile,
-                suffix: str | None = None, image_format: str | None = None,
-                kernel_args: str | None = None) -> LibvirtInstance:
+    def _define(
+        self,
+        image: BootLoader,
+        *,
+        domain_type: str,
+        profile: Profile,
+        suffix: str | None = None,
+        image_format: str | None = None,
+        kernel_args: str | None = None,
+    ) -> LibvirtInstance:
         name = self.run.resource_name(self.name, suffix or f"{time.monotonic_ns() % 10**6:06d}")
         workdir = self.run.dir / name
         workdir.mkdir(parents=True)
@@ -268,10 +354,18 @@ class LibvirtTarget(Target):
             shutil.copy2(image.vmlinuz, kernel)
             shutil.copy2(image.initrd, initrd)
             direct = (kernel, initrd, f"{KERNEL_CMDLINE} {kernel_args}".strip())
-        xml = domain_xml(name=name, domain_type=domain_type, profile=profile, disks=disks,
-                         console_log=workdir / "console.log", channel=workdir / "channel.sock",
-                         run_id=self.run.id, target=self.name, passthrough=passthrough,
-                         direct_boot=direct)
+        xml = domain_xml(
+            name=name,
+            domain_type=domain_type,
+            profile=profile,
+            disks=disks,
+            console_log=workdir / "console.log",
+            channel=workdir / "channel.sock",
+            run_id=self.run.id,
+            target=self.name,
+            passthrough=passthrough,
+            direct_boot=direct,
+        )
         (workdir / "domain.xml").write_text(xml)
         instance = LibvirtInstance(name, self, profile, workdir)
         try:
@@ -282,12 +376,15 @@ class LibvirtTarget(Target):
             instance.qemu_pid = read_qemu_pid(name)
         except (libvirt.libvirtError, TargetError) as error:
             instance.destroy()
-            message = error.get_error_message() if isinstance(error, libvirt.libvirtError) else error
+            message = (
+                error.get_error_message() if isinstance(error, libvirt.libvirtError) else error
+            )
             raise TargetError(f"{self.uri} could not start {name}: {message}") from error
         return instance
 
-    def _prepare_disks(self, image: BootLoader, profile: Profile, fmt: str,
-                       workdir: Path) -> tuple[list[tuple[Path, str, bool]], bool]:
+    def _prepare_disks(
+        self, image: BootLoader, profile: Profile, fmt: str, workdir: Path
+    ) -> tuple[list[tuple[Path, str, bool]], bool]:
         """The instance's own disks: a copy of the image plus a copy-on-write layer on top
         that the platform has grown by scratch_gb (clouds hand out disks larger than the image);
         or, booting from ISO, the ISO and a blank disk for scratch."""
@@ -302,8 +399,18 @@ class LibvirtTarget(Target):
         else:
             overlay = workdir / "disk.qcow2"
             size = base_virtual_size(base, qemu_format) + scratch_bytes
-            qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", qemu_format,
-                     str(overlay), str(size))
+            qemu_img(
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                str(base),
+                "-F",
+                qemu_format,
+                str(overlay),
+                str(size),
+            )
             disks = [(overlay, "qcow2", False)]
         passthrough = needs_passthrough(profile, {qemu_format} | {f for _, f, _ in disks})
         owner = qemu_user()
@@ -314,14 +421,15 @@ class LibvirtTarget(Target):
 
     # --- sweeping ---------------------------------------------------------------------
     def sweep(self) -> list[str]:
-        """Remove the domains and files of dead runs; returns what was removed."""
+        """Remove orphans: domains of dead runs, and domains whose instance directory is gone
+        (their instance was destroyed while libvirtd was away). Then dead runs' files."""
         removed = []
-        live = {d.name for d in self.run.root.iterdir() if d.is_dir() and run_is_alive(d)} \
-            if self.run.root.is_dir() else set()
-        dead = {d.name for d in dead_run_dirs(self.run.root)}
         for domain in self.conn.listAllDomains():
             run_id = run_id_of(domain.name())
-            if run_id and (run_id in dead or run_id not in live):
+            if run_id is None:
+                continue
+            run_dir = self.run.root / run_id
+            if not run_is_alive(run_dir) or not (run_dir / domain.name()).exists():
                 undefine(domain)
                 removed.append(f"domain {domain.name()}")
         return removed + [f"files {path}" for path in sweep_files(self.run.root)]
@@ -334,8 +442,12 @@ def qemu_img(*args: str) -> None:
 
 
 def base_virtual_size(path: Path, fmt: str) -> int:
-    info = subprocess.run(["qemu-img", "info", "--output=json", "-f", fmt, str(path)],
-                          capture_output=True, text=True, check=True)
+    info = subprocess.run(
+        ["qemu-img", "info", "--output=json", "-f", fmt, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(json.loads(info.stdout)["virtual-size"])
 
 
@@ -387,7 +499,9 @@ class LibvirtInstance(Instance):
         end = re.compile(rf"__UCVM_RC_{nonce}=(\d+)")
         channel = self._open_channel()
         encoded = base64.b64encode(command.encode()).decode()
-        channel.sendall(f'eval "$(echo {encoded} | base64 -d)"; echo __UCVM_RC_{nonce}=$?\n'.encode())
+        channel.sendall(
+            f'eval "$(echo {encoded} | base64 -d)"; echo __UCVM_RC_{nonce}=$?\n'.encode()
+        )
         received = b""
         deadline = time.monotonic() + timeout
         while not (match := end.search(received.decode("utf-8", "replace"))):
@@ -410,14 +524,22 @@ class LibvirtInstance(Instance):
         return self._channel
 
     def reboot(self) -> None:
-        """A hard reset, as a hypervisor's reset button: the guest must survive it."""
+        """Reboot as a hypervisor's reboot does: the guest syncs and restarts (through the
+        console channel); a guest without a channel gets a hard reset instead."""
         if self.domain is None:
             raise TargetError(f"{self.name} is not running")
         self.mark_new_boot()
         try:
+            self._open_channel().sendall(b"sync; reboot -f\n")
+            return
+        except OSError:
+            pass
+        try:
             self.domain.reset(0)
         except libvirt.libvirtError as error:
-            raise TargetError(f"reset of {self.name} failed: {error.get_error_message()}") from error
+            raise TargetError(
+                f"reset of {self.name} failed: {error.get_error_message()}"
+            ) from error
 
     def destroy(self) -> None:
         if self._destroyed:

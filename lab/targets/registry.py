@@ -14,7 +14,13 @@ DRIVERS: dict[str, type[Target]] = {"libvirt": LibvirtTarget}
 def make_target(spec: matrix.Target, settings: matrix.Settings, run: Run) -> Target:
     profile = PROFILES[spec.profile]
     if spec.driver == "libvirt":
-        return LibvirtTarget(spec.name, profile, dict(spec.settings), run,
-                             default_uri=settings.libvirt_uri, accel=settings.accel,
-                             scratch_gb=settings.scratch_gb)
+        return LibvirtTarget(
+            spec.name,
+            profile,
+            dict(spec.settings),
+            run,
+            default_uri=settings.libvirt_uri,
+            accel=settings.accel,
+            scratch_gb=settings.scratch_gb,
+        )
     raise matrix.MatrixError(f"no driver {spec.driver!r}; known: {', '.join(DRIVERS)}")

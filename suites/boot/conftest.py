@@ -49,4 +49,5 @@ def attach_boot(boot_loader: BootLoader) -> Callable[[BootRecord, str, str], Non
         allure.attach(record.to_json(), "boot-record.json", allure.attachment_type.JSON)
         image = boot_loader.manifest["images"][image_format]
         allure.attach(json.dumps(image, indent=2), "image", allure.attachment_type.JSON)
+
     return attach

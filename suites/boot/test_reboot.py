@@ -12,8 +12,13 @@ from lab.targets.base import Target
 pytestmark = [pytest.mark.boot, pytest.mark.check("reboot")]
 
 
-def test_scratch_is_kept_across_reboot(cell: matrix.Cell, target: Target, boot_loader: BootLoader,
-                                       lab_matrix: matrix.Matrix, attach_boot) -> None:
+def test_scratch_is_kept_across_reboot(
+    cell: matrix.Cell,
+    target: Target,
+    boot_loader: BootLoader,
+    lab_matrix: matrix.Matrix,
+    attach_boot,
+) -> None:
     image_format = cell.target.image_format or target.profile.image_format
     budget = lab_matrix.settings.boot_budget_s
     with target.launch(boot_loader, image_format=image_format) as instance:

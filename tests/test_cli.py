@@ -1,0 +1,116 @@
+"""The ucvm-lab command line, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_RESULTS = REPO / "tests" / "data" / "allure-results-sample"
+
+
+def ucvm_lab(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lab.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def lab_dir(tmp_path: Path) -> Path:
+    """A copy of matrix.yaml and known-issues.yaml whose reports go to tmp_path."""
+    text = (REPO / "matrix.yaml").read_text()
+    (tmp_path / "matrix.yaml").write_text(re.sub(r"(?m)^(\s+reports:).*$", r"\1 out", text))
+    shutil.copy(REPO / "known-issues.yaml", tmp_path)
+    return tmp_path
+
+
+def test_targets_lists_every_target_with_availability_and_reason() -> None:
+    listing = ucvm_lab("targets")
+    assert listing.returncode == 0, listing.stderr
+    rows = {
+        line.split("│")[1].strip(): line
+        for line in listing.stdout.splitlines()
+        if line.startswith("│") and "target" not in line
+    }
+    assert {
+        "kvm",
+        "virtualbox",
+        "vmware",
+        "hyperv",
+        "ec2",
+        "gce",
+        "xen",
+        "parallels",
+        "kvm-remote",
+    } <= set(rows)
+    assert "│ yes " in rows["kvm"] and "libvirt qemu:///system" in rows["kvm"]
+    assert "│ no " in rows["xen"] and "no Xen" in rows["xen"]
+    assert "│ no " in rows["kvm-remote"] and "UCVM_KVM_REMOTE_URI" in rows["kvm-remote"]
+
+
+def test_an_invalid_matrix_is_refused_before_anything_runs(lab_dir: Path) -> None:
+    matrix = lab_dir / "matrix.yaml"
+    matrix.write_text(matrix.read_text().replace("profile: vmware,", "profile: vmwar,"))
+    result = ucvm_lab("--matrix", str(matrix), "targets")
+    assert result.returncode == 2
+    assert re.search(r"matrix.yaml:\d+:\d+: targets\[3\].*unknown profile 'vmwar'", result.stderr)
+
+
+def test_report_and_gate_from_results(lab_dir: Path) -> None:
+    report = ucvm_lab("--matrix", str(lab_dir / "matrix.yaml"), "report", str(SAMPLE_RESULTS))
+    assert report.returncode == 0, report.stderr
+    table = (lab_dir / "out" / "support-table.md").read_text()
+    for platform in (
+        "VirtualBox",
+        "VMware",
+        "KVM",
+        "Xen",
+        "Microsoft Hyper-V",
+        "Parallels",
+        "OpenStack",
+        "OpenNebula",
+        "Amazon EC2",
+        "Google Compute Engine",
+    ):
+        assert f"| {platform} |" in table
+    assert (lab_dir / "out" / "support-table.html").exists()
+    assert (lab_dir / "out" / "allure-report" / "index.html").exists()
+
+
+def test_gate_fails_when_a_tier_one_cell_fails(lab_dir: Path) -> None:
+    matrix = str(lab_dir / "matrix.yaml")
+    passing = ucvm_lab("--matrix", matrix, "gate", str(SAMPLE_RESULTS))
+    assert passing.returncode == 0 and "PASSED" in passing.stdout
+
+    results = shutil.copytree(SAMPLE_RESULTS, lab_dir / "results")
+    flipped = flip_first_tier_one_pass(results)
+    failing = ucvm_lab("--matrix", matrix, "gate", str(results))
+    assert failing.returncode == 1
+    assert "FAILED" in failing.stdout and flipped in failing.stdout
+
+
+def flip_first_tier_one_pass(results: Path) -> str:
+    """Fail every boot result of the first tier-1 target that passed; returns its name."""
+    chosen = None
+    for path in sorted(results.glob("*-result.json")):
+        data = json.loads(path.read_text())
+        labels = {label["name"]: label["value"] for label in data.get("labels", [])}
+        if labels.get("ucvm.tier") != "1" or labels.get("ucvm.check") != "boot":
+            continue
+        if chosen is None and data["status"] == "passed":
+            chosen = labels["ucvm.target"]
+        if labels["ucvm.target"] == chosen:
+            data["status"] = "failed"
+            path.write_text(json.dumps(data))
+    assert chosen, "the sample has no passed tier-1 boot result"
+    return chosen

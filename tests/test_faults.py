@@ -1,0 +1,136 @@
+"""Faults lose nothing and leak nothing: a hung guest, a failed phase, a killed run, a dying
+libvirtd. Each test boots a real guest (direct kernel boot: the fault, not the firmware, is
+under test) and then checks that no domain, QEMU process or file of it is left."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from lab import matrix
+from lab.build.bootloader import BootLoader
+from lab.observe import observe_boot
+from lab.targets.base import TargetError
+from lab.targets.libvirt import LibvirtTarget
+from lab.targets.profiles import PROFILES
+from lab.targets.run import Run, new_run_id
+
+pytestmark = pytest.mark.boot
+HANG_BUDGET_S = 20
+
+
+@pytest.fixture
+def kvm_target(lab_matrix: matrix.Matrix, lab_run: Run) -> LibvirtTarget:
+    settings = lab_matrix.settings
+    target = LibvirtTarget(
+        "faults",
+        PROFILES["kvm"],
+        {},
+        lab_run,
+        default_uri=settings.libvirt_uri,
+        accel=settings.accel,
+    )
+    ok, why = target.available()
+    if not ok:
+        pytest.fail(f"the local libvirt target must run here: {why}")
+    return target
+
+
+def leftovers(conn: libvirt.virConnect, name: str) -> list[str]:
+    found = [f"domain {d.name()}" for d in conn.listAllDomains() if d.name() == name]
+    processes = subprocess.run(["pgrep", "-af", name], capture_output=True, text=True).stdout
+    found += [f"process {line}" for line in processes.splitlines() if "qemu" in line]
+    return found
+
+
+def test_a_hung_guest_is_destroyed_at_its_budget(
+    kvm_target: LibvirtTarget, boot_loader: BootLoader
+) -> None:
+    with kvm_target.launch(boot_loader, kernel_args="ucvm.break=network") as instance:
+        record = observe_boot(instance, HANG_BUDGET_S)
+        name, workdir = instance.name, instance.workdir
+        console = instance.console()
+
+    assert record.outcome == "hang"
+    assert record.failed_phase == "network"
+    assert "ucvm.break=network" in record.reason
+    assert "phase=modules" in console  # the console so far is kept for the report
+    assert leftovers(kvm_target.conn, name) == []
+    assert not workdir.exists()
+
+
+def test_a_failed_phase_is_reported_by_name(
+    kvm_target: LibvirtTarget, boot_loader: BootLoader
+) -> None:
+    with kvm_target.launch(boot_loader, kernel_args="ucvm.scratch_min_mb=999999") as instance:
+        record = observe_boot(instance, 120)
+
+    assert record.outcome == "failed"
+    assert record.failed_phase == "scratch"
+    assert "no-disk" in record.reason and "need_mb=999999" in record.reason
+    assert [p.name for p in record.phases] == ["start", "modules", "network", "scratch"]
+
+
+def test_the_sweeper_removes_what_a_killed_run_left(
+    lab_matrix: matrix.Matrix, boot_loader: BootLoader
+) -> None:
+    settings = lab_matrix.settings
+    crashed = Run(new_run_id(), settings.run_root).hold()
+    target = LibvirtTarget("crashed", PROFILES["kvm"], {}, crashed, accel=settings.accel)
+    instance = target.launch(boot_loader, kernel_args="")
+    crashed.release()  # the run dies without cleaning up: its domain and files stay behind
+    assert instance.is_running() and crashed.dir.exists()
+
+    sweeper_run = Run(new_run_id(), settings.run_root).hold()
+    try:
+        removed = LibvirtTarget("sweeper", PROFILES["kvm"], {}, sweeper_run).sweep()
+    finally:
+        sweeper_run.release()
+
+    assert f"domain {instance.name}" in removed
+    assert f"files {crashed.dir}" in removed
+    assert leftovers(target.conn, instance.name) == []
+    assert not crashed.dir.exists()
+
+
+@pytest.fixture
+def libvirtd_restarted() -> Iterator[None]:
+    yield
+    if subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode != 0:
+        subprocess.run(["libvirtd", "-d"], check=True)
+    for _ in range(100):
+        if Path("/run/libvirt/libvirt-sock").exists():
+            break
+        time.sleep(0.1)
+
+
+@pytest.mark.exclusive
+def test_libvirtd_dying_mid_run_fails_the_cell_and_leaks_nothing(
+    kvm_target: LibvirtTarget, boot_loader: BootLoader, lab_run: Run, libvirtd_restarted: None
+) -> None:
+    instance = kvm_target.launch(boot_loader, kernel_args="")
+    instance.wait_for("ucvm: phase=start", 120)
+    subprocess.run(["pkill", "-KILL", "-x", "libvirtd"], check=True)
+    time.sleep(0.5)
+
+    with pytest.raises(TargetError, match="libvirt"):
+        instance.is_running()
+    instance.destroy()  # libvirtd is gone: the instance kills its own QEMU and removes its files
+    processes = subprocess.run(["pgrep", "-af", instance.name], capture_output=True, text=True)
+    assert "qemu" not in processes.stdout
+    assert not instance.workdir.exists()
+
+    subprocess.run(["libvirtd", "-d"], check=True)
+    for _ in range(100):
+        if Path("/run/libvirt/libvirt-sock").exists():
+            break
+        time.sleep(0.1)
+    sweeper = LibvirtTarget("sweeper", PROFILES["kvm"], {}, lab_run)
+    sweeper.sweep()  # the definition libvirtd kept is removed once libvirtd is back
+    names = [d.name() for d in sweeper.conn.listAllDomains()]
+    assert instance.name not in names
