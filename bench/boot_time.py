@@ -40,7 +40,7 @@ from lab.targets.run import Run, new_run_id, run_id_of
 RUN_ROOT = Path("/var/tmp/ucvm-lab")
 LIBVIRT_URI = "qemu:///system"  # LibvirtTarget's default
 ANCHOR_PROFILE = "kvm"
-ANCHOR_LABEL = "anchor: direct kernel boot"
+ANCHOR_LABEL = "anchor"
 PAPER_BOOT = 'paper: boot "in seconds" (no figure given)'  # a constant label, not a measurement
 
 
@@ -51,12 +51,12 @@ class Subject:
     label: str
     profile: Profile
     target: LibvirtTarget
-    image_format: str | None = None   # None with direct kernel boot
-    kernel_args: str | None = None    # not None: direct kernel boot, no firmware
+    image_format: str | None = None  # None with direct kernel boot
+    kernel_args: str | None = None  # not None: direct kernel boot, no firmware
 
     @property
     def via(self) -> str:
-        return "kernel (no firmware)" if self.kernel_args is not None else "firmware"
+        return "direct kernel" if self.kernel_args is not None else "firmware"
 
 
 @dataclass
@@ -67,7 +67,7 @@ class Boot:
     accel: str
     host_s: float | None
     guest_s: float | None
-    others: int = 0                   # other VMs running on the host when this one launched
+    others: int = 0  # other VMs running on the host when this one launched
     reason: str | None = None
     phases: list[dict] = field(default_factory=list)
 
@@ -98,12 +98,16 @@ class Row:
     def before_clock(self) -> float | None:
         """Host seconds before the guest's clock started: QEMU's start, the firmware, the boot
         loader reading the kernel and initramfs, the kernel's decompression."""
-        values = [b.host_s - b.guest_s for b in self.ready
-                  if b.host_s is not None and b.guest_s is not None]
+        values = [
+            b.host_s - b.guest_s
+            for b in self.ready
+            if b.host_s is not None and b.guest_s is not None
+        ]
         return statistics.median(values) if values else None
 
 
 # --- signals: a VM is destroyed whatever ends the run --------------------------------------
+
 
 def terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
@@ -114,8 +118,10 @@ def signals_deferred() -> Iterator[None]:
     """Hold SIGINT/SIGTERM while a VM is being created (the launch has not yet handed back
     the instance that would destroy it); deliver them once it has."""
     caught: list[int] = []
-    previous = {sig: signal.signal(sig, lambda s, _f: caught.append(s))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, lambda s, _f: caught.append(s))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
@@ -127,6 +133,7 @@ def signals_deferred() -> Iterator[None]:
 
 # --- booting -------------------------------------------------------------------------------
 
+
 def other_vms(target: LibvirtTarget) -> int:
     """VMs already running on the host (another run's, anyone's): they share its CPUs."""
     return len(target.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
@@ -137,24 +144,40 @@ def boot_once(subject: Subject, loader: BootLoader, budget_s: float, round_no: i
     with contextlib.ExitStack() as stack:
         try:
             with signals_deferred():
-                instance = stack.enter_context(subject.target.launch(
-                    loader, image_format=subject.image_format, kernel_args=subject.kernel_args))
+                instance = stack.enter_context(
+                    subject.target.launch(
+                        loader, image_format=subject.image_format, kernel_args=subject.kernel_args
+                    )
+                )
         except TargetError as error:
-            return Boot(subject.label, round_no, "error", "unknown", None, None, others,
-                        str(error))
+            return Boot(subject.label, round_no, "error", "unknown", None, None, others, str(error))
         record = observe_boot(instance, budget_s)
-    phases = [{"name": p.name, "guest_s": p.guest_s, "host_s": p.host_s, "status": p.status}
-              for p in record.phases]
-    return Boot(subject.label, round_no, record.outcome, record.accel, record.host_to_ready_s,
-                record.guest_to_ready_s, others, record.reason, phases)
+    phases = [
+        {"name": p.name, "guest_s": p.guest_s, "host_s": p.host_s, "status": p.status}
+        for p in record.phases
+    ]
+    return Boot(
+        subject.label,
+        round_no,
+        record.outcome,
+        record.accel,
+        record.host_to_ready_s,
+        record.guest_to_ready_s,
+        others,
+        record.reason,
+        phases,
+    )
 
 
 def make_subjects(names: list[str], run: Run, accel: str) -> tuple[list[Subject], list[Row]]:
     """The anchor and the profiles that can run here; rows for those that cannot."""
     anchor_profile = PROFILES[ANCHOR_PROFILE]
-    anchor = Subject(ANCHOR_LABEL, anchor_profile,
-                     LibvirtTarget("bench-anchor", anchor_profile, {}, run, accel=accel),
-                     kernel_args="")
+    anchor = Subject(
+        ANCHOR_LABEL,
+        anchor_profile,
+        LibvirtTarget("bench-anchor", anchor_profile, {}, run, accel=accel),
+        kernel_args="",
+    )
     ok, why = anchor.target.available()
     if not ok:
         raise TargetError(f"the anchor ({ANCHOR_PROFILE} profile) cannot run here: {why}")
@@ -170,10 +193,13 @@ def make_subjects(names: list[str], run: Run, accel: str) -> tuple[list[Subject]
     return subjects, skipped
 
 
-def run_rounds(subjects: list[Subject], loader: BootLoader, repeat: int, budget_s: float,
-               console: Console) -> list[Row]:
-    rows = {s.label: Row(s.label, s.profile.platform, s.via, s.image_format or "vmlinuz+initrd",
-                         []) for s in subjects}
+def run_rounds(
+    subjects: list[Subject], loader: BootLoader, repeat: int, budget_s: float, console: Console
+) -> list[Row]:
+    rows = {
+        s.label: Row(s.label, s.profile.platform, s.via, s.image_format or "vmlinuz+initrd", [])
+        for s in subjects
+    }
     for round_no in range(1, repeat + 1):
         for subject in subjects:
             boot = boot_once(subject, loader, budget_s, round_no)
@@ -186,11 +212,14 @@ def progress_line(boot: Boot, repeat: int) -> str:
     where = f"round {boot.round}/{repeat} {boot.label}"
     if boot.outcome != "ready":
         return f"{where}: [red]{boot.outcome}[/red] ({boot.reason})"
-    return (f"{where}: ready, host {boot.host_s:.2f} s, guest {boot.guest_s:.2f} s, "
-            f"{boot.accel}, {boot.others} other VM(s) running")
+    return (
+        f"{where}: ready, host {boot.host_s:.2f} s, guest {boot.guest_s:.2f} s, "
+        f"{boot.accel}, {boot.others} other VM(s) running"
+    )
 
 
 # --- printing ------------------------------------------------------------------------------
+
 
 def seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
@@ -226,39 +255,59 @@ def results_table(rows: list[Row], repeat: int) -> Table:
         cells = [row.label, row.platform, row.via, row.image_format, accels, seconds(row.host())]
         cells += [seconds(row.host("min"))] if many else []
         others = max((b.others for b in row.boots), default=None)
-        cells += [seconds(row.guest()), seconds(row.before_clock()), ratio_to(row, anchor),
-                  "-" if others is None else str(others), outcome(row)]
+        cells += [
+            seconds(row.guest()),
+            seconds(row.before_clock()),
+            ratio_to(row, anchor),
+            "-" if others is None else str(others),
+            outcome(row),
+        ]
         table.add_row(*cells)
     table.caption = (
         "host s: launch to `ready` on the host clock. guest s: guest uptime at `ready`. "
         "host - guest s: before the guest's clock started (QEMU, firmware, boot loader, kernel "
         "decompression). ÷ anchor: host s / the anchor's host s, same run. other VMs: most "
-        f"VMs already running at a launch. {ANCHOR_LABEL}: the {ANCHOR_PROFILE} profile, "
-        f"no firmware. {PAPER_BOOT}.")
+        f"VMs already running at a launch. {ANCHOR_LABEL}: the {ANCHOR_PROFILE} profile's VM "
+        "booted by libvirt's direct kernel boot (same kernel, initramfs and command line, no "
+        f"firmware, no boot loader). {PAPER_BOOT}."
+    )
     return table
 
 
-def to_json(rows: list[Row], args: argparse.Namespace) -> dict:
+def to_json(rows: list[Row], args: argparse.Namespace, loader: BootLoader) -> dict:
     anchor = rows[0]
     return {
         "benchmark": "boot_time",
         "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": {"cpus": os.cpu_count(), "kernel": os.uname().release},
+        "loader": {"root": str(loader.root), "kernel_release": loader.kernel_release},
         "anchor": {"label": ANCHOR_LABEL, "profile": ANCHOR_PROFILE, "host_s": anchor.host()},
         "paper": PAPER_BOOT,
         "repeat": args.repeat,
         "budget_s": args.budget,
-        "rows": [{"profile": r.label, "platform": r.platform, "via": r.via,
-                  "image_format": r.image_format, "skipped": r.skipped or None,
-                  "host_s_median": r.host(), "host_s_min": r.host("min"),
-                  "guest_s_median": r.guest(), "before_guest_clock_s_median": r.before_clock(),
-                  "ratio_to_anchor": (r.host() / anchor.host()
-                                      if r.host() is not None and anchor.host() else None),
-                  "boots": [asdict(b) for b in r.boots]} for r in rows],
+        "rows": [
+            {
+                "profile": r.label,
+                "platform": r.platform,
+                "via": r.via,
+                "image_format": r.image_format,
+                "skipped": r.skipped or None,
+                "host_s_median": r.host(),
+                "host_s_min": r.host("min"),
+                "guest_s_median": r.guest(),
+                "before_guest_clock_s_median": r.before_clock(),
+                "ratio_to_anchor": (
+                    r.host() / anchor.host() if r.host() is not None and anchor.host() else None
+                ),
+                "boots": [asdict(b) for b in r.boots],
+            }
+            for r in rows
+        ],
     }
 
 
 # --- main ----------------------------------------------------------------------------------
+
 
 def profile_list(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -266,26 +315,46 @@ def profile_list(text: str) -> list[str]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(
             f"unknown profile(s) {', '.join(unknown) or '(none given)'}; known: "
-            f"{', '.join(PROFILES)}")
+            f"{', '.join(PROFILES)}"
+        )
     return names
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Boot each platform profile from its image format through the firmware and "
-                    "print its time to `ready` and its ratio to a direct kernel boot of the same "
-                    "kernel and initramfs (the kvm profile, no firmware), measured in the same "
-                    "run.")
-    parser.add_argument("--profiles", type=profile_list, default=list(PROFILES),
-                        metavar="A,B", help="profiles to boot (default: all; those QEMU cannot "
-                        "emulate are listed as skipped)")
-    parser.add_argument("--repeat", type=int, default=1, metavar="N",
-                        help="boots per profile, and of the anchor (default 1); N > 1 reports "
-                        "the median and the minimum")
-    parser.add_argument("--budget", type=float, default=120.0, metavar="S",
-                        help="seconds one boot may take to reach `ready` (default 120)")
-    parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
-                        help="accelerator (default auto: the lab's probe decides)")
+        "print its time to `ready` and its ratio to a direct kernel boot of the same "
+        "kernel and initramfs (the kvm profile, no firmware), measured in the same "
+        "run."
+    )
+    parser.add_argument(
+        "--profiles",
+        type=profile_list,
+        default=list(PROFILES),
+        metavar="A,B",
+        help="profiles to boot (default: all; those QEMU cannot emulate are listed as skipped)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="boots per profile, and of the anchor (default 1); N > 1 reports "
+        "the median and the minimum",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds one boot may take to reach `ready` (default 120)",
+    )
+    parser.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="accelerator (default auto: the lab's probe decides)",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also save the figures here")
     args = parser.parse_args(argv)
     if args.repeat < 1:
@@ -293,16 +362,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def measure(args: argparse.Namespace, console: Console) -> list[Row]:
+def measure(args: argparse.Namespace, console: Console) -> tuple[list[Row], BootLoader]:
     with console.status("building (or finding) the boot loader"):
         loader = build()
+    console.log(f"boot loader {loader.root}, kernel {loader.kernel_release}")
     run = Run(new_run_id(), RUN_ROOT).hold()
     try:
         subjects, skipped = make_subjects(args.profiles, run, args.accel)
         names = ", ".join(r.label for r in skipped) or "-"
-        console.log(f"run {run.id}: {len(subjects) - 1} profile(s) and the anchor, "
-                    f"{args.repeat} round(s); skipped: {names}")
-        return run_rounds(subjects, loader, args.repeat, args.budget, console) + skipped
+        console.log(
+            f"run {run.id}: {len(subjects) - 1} profile(s) and the anchor, "
+            f"{args.repeat} round(s); skipped: {names}"
+        )
+        rows = run_rounds(subjects, loader, args.repeat, args.budget, console)
+        return rows + skipped, loader
     finally:
         leftovers = destroy_leftovers(run)
         run.release()
@@ -334,19 +407,22 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminate)
     console = Console(width=None if sys.stdout.isatty() else 150)
     try:
-        rows = measure(args, console)
+        rows, loader = measure(args, console)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         return 130
     except TargetError as error:
         console.print(f"[red]{error}[/red]")
         return 2
+    except libvirt.libvirtError as error:
+        console.print(f"[red]libvirt: {error.get_error_message()}[/red]")
+        return 2
     console.print(results_table(rows, args.repeat))
     for row in rows:
         if row.skipped:
             console.print(f"skipped {row.label}: {row.skipped}")
     if args.json:
-        args.json.write_text(json.dumps(to_json(rows, args), indent=2) + "\n")
+        args.json.write_text(json.dumps(to_json(rows, args, loader), indent=2) + "\n")
         console.print(f"figures saved to {args.json}")
     return 0 if all(len(r.ready) == len(r.boots) for r in rows) else 1
 

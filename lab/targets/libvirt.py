@@ -13,6 +13,7 @@ import json
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -342,11 +343,32 @@ class LibvirtTarget(Target):
         image_format: str | None = None,
         kernel_args: str | None = None,
     ) -> LibvirtInstance:
-        name = self.run.resource_name(self.name, suffix or f"{time.monotonic_ns() % 10**6:06d}")
+        name = self.run.resource_name(self.name, suffix or secrets.token_hex(3))
         workdir = self.run.dir / name
         workdir.mkdir(parents=True)
         workdir.chmod(0o755)
-        fmt = image_format or profile.image_format
+        instance = LibvirtInstance(name, self, profile, workdir)
+        try:  # whatever stops the start (an error, Ctrl-C), nothing of it may stay behind
+            self._start(
+                instance, image, domain_type, image_format or profile.image_format, kernel_args
+            )
+        except BaseException as error:
+            instance.destroy()
+            if isinstance(error, libvirt.libvirtError):
+                message = error.get_error_message()
+                raise TargetError(f"{self.uri} could not start {name}: {message}") from error
+            raise
+        return instance
+
+    def _start(
+        self,
+        instance: LibvirtInstance,
+        image: BootLoader,
+        domain_type: str,
+        fmt: str,
+        kernel_args: str | None,
+    ) -> None:
+        workdir, profile = instance.workdir, instance.profile
         disks, passthrough = self._prepare_disks(image, profile, fmt, workdir)
         direct = None
         if kernel_args is not None:
@@ -355,7 +377,7 @@ class LibvirtTarget(Target):
             shutil.copy2(image.initrd, initrd)
             direct = (kernel, initrd, f"{KERNEL_CMDLINE} {kernel_args}".strip())
         xml = domain_xml(
-            name=name,
+            name=instance.name,
             domain_type=domain_type,
             profile=profile,
             disks=disks,
@@ -367,20 +389,10 @@ class LibvirtTarget(Target):
             direct_boot=direct,
         )
         (workdir / "domain.xml").write_text(xml)
-        instance = LibvirtInstance(name, self, profile, workdir)
-        try:
-            domain = self.conn.defineXML(xml)
-            instance.domain = domain
-            instance.timeline.launched_at = time.monotonic()
-            domain.create()
-            instance.qemu_pid = read_qemu_pid(name)
-        except (libvirt.libvirtError, TargetError) as error:
-            instance.destroy()
-            message = (
-                error.get_error_message() if isinstance(error, libvirt.libvirtError) else error
-            )
-            raise TargetError(f"{self.uri} could not start {name}: {message}") from error
-        return instance
+        instance.domain = self.conn.defineXML(xml)
+        instance.timeline.launched_at = time.monotonic()
+        instance.domain.create()
+        instance.qemu_pid = read_qemu_pid(instance.name)
 
     def _prepare_disks(
         self, image: BootLoader, profile: Profile, fmt: str, workdir: Path
