@@ -23,7 +23,7 @@ from rich.table import Table
 from lab import matrix
 from lab.build import bootloader
 from lab.report import allure_html, gate, known_issues, table
-from lab.targets.libvirt import LibvirtTarget
+from lab.targets.libvirt import sweep
 from lab.targets.profiles import PROFILES
 from lab.targets.registry import DRIVERS, make_target
 from lab.targets.run import Run, new_run_id
@@ -96,55 +96,61 @@ def cmd_run(args: argparse.Namespace, lab: matrix.Matrix) -> int:
     if args.shard:
         chosen = shard_targets(lab, args.shard)
     command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        str(REPO / "suites"),
-        "-p",
-        "no:cacheprovider",
-        f"--matrix={lab.path}",
-        f"--alluredir={results}",
-        "--clean-alluredir",
-        "-n",
-        str(args.workers),
-        "--dist",
-        "loadgroup",
-    ]
+        sys.executable, "-m", "pytest", str(REPO / "suites"), "-p", "no:cacheprovider",
+        f"--matrix={lab.path}", f"--alluredir={results}", "--clean-alluredir",
+        "-n", str(args.workers), "--dist", "loadgroup",
+    ]  # fmt: skip
     if chosen:
         command.append("--targets=" + ",".join(chosen))
     out.print(f"[bold]ucvm-lab run[/]: {' '.join(command[3:])}")
     tests = subprocess.run(command, cwd=REPO, env=os.environ | {"UCVM_RUN_ID": new_run_id()})
-    report_status = write_report([results], lab)
-    return tests.returncode or report_status
+    return tests.returncode or write_report([results], lab)
+
+
+REPORT_ERRORS = (table.ResultsError, known_issues.KnownIssuesError, allure_html.AllureError)
 
 
 def write_report(results_dirs: list[Path], lab: matrix.Matrix) -> int:
     reports = lab.settings.reports
     reports.mkdir(parents=True, exist_ok=True)
-    results = table.read_results(results_dirs)
-    issues = known_issues.load_known_issues(lab.gate.known_issues)
-    planned = [(t.name, PROFILES[t.profile].platform, t.evidence) for t in lab.targets]
-    support = table.build_table(
-        results, versions=lab.versions, known_issues=issues, planned=planned, sources=results_dirs
-    )
-    markdown, html = table.write_table(support, reports)
-    report = allure_html.generate_html(results_dirs, reports / "allure-report")
+    try:
+        results = table.read_results(results_dirs)
+        issues = known_issues.load_known_issues(lab.gate.known_issues)
+        planned = [(t.name, PROFILES[t.profile].platform, t.evidence) for t in lab.targets]
+        support = table.build_table(
+            results, versions=lab.versions, known_issues=issues, planned=planned,
+            sources=results_dirs,
+        )  # fmt: skip
+        markdown, html = table.write_table(support, reports)
+        report = allure_html.generate_html(results_dirs, reports / "allure-report")
+    except REPORT_ERRORS as error:
+        out.print(f"[red]ucvm-lab report: {error}[/]")
+        return 1
     out.print(f"support table: {markdown}\n               {html}\nAllure report: {report}")
     return 0
 
 
+def results_dirs(args: argparse.Namespace, lab: matrix.Matrix) -> list[Path]:
+    return [Path(d) for d in args.dirs] or [lab.settings.reports / "allure-results"]
+
+
 def cmd_report(args: argparse.Namespace, lab: matrix.Matrix) -> int:
-    dirs = [Path(d) for d in args.dirs] or [lab.settings.reports / "allure-results"]
-    return write_report(dirs, lab)
+    return write_report(results_dirs(args, lab), lab)
 
 
 def cmd_gate(args: argparse.Namespace, lab: matrix.Matrix) -> int:
-    dirs = [Path(d) for d in args.dirs] or [lab.settings.reports / "allure-results"]
+    try:
+        results = table.read_results(results_dirs(args, lab))
+        issues = known_issues.load_known_issues(lab.gate.known_issues)
+    except REPORT_ERRORS as error:
+        out.print(f"[red]ucvm-lab gate: {error}[/]")
+        return 1
     verdict = gate.verdict(
-        [r for r in table.read_results(dirs) if r.check == "boot"],
+        [r for r in results if r.check == "boot"],
         required_tiers=lab.gate.required_tiers,
         allow_known_issues=lab.gate.allow_known_issues,
-        known_issues=known_issues.load_known_issues(lab.gate.known_issues),
+        known_issues=issues,
+        planned=[(cell.target.name, cell.version, cell.target.tier) for cell in lab.cells()],
     )
     out.print(str(verdict))
     return 0 if verdict.passed else 1
@@ -152,14 +158,7 @@ def cmd_gate(args: argparse.Namespace, lab: matrix.Matrix) -> int:
 
 def cmd_sweep(args: argparse.Namespace, lab: matrix.Matrix) -> int:
     run = Run(new_run_id(), lab.settings.run_root)
-    local = [t for t in lab.targets if t.driver == "libvirt" and "uri" not in t.settings]
-    removed = (
-        LibvirtTarget(
-            "sweeper", PROFILES[local[0].profile], {}, run, default_uri=lab.settings.libvirt_uri
-        ).sweep()
-        if local
-        else []
-    )
+    removed = sweep(lab.settings.libvirt_uri, run)
     out.print("\n".join(removed) or "nothing to sweep")
     return 0
 

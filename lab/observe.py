@@ -186,5 +186,5 @@ def observe_boot(instance: Instance, budget_s: float) -> BootRecord:
         accel=instance.accel,
         waited=waited,
     )
-    record.accel_reason = getattr(instance, "accel_reason", "")
+    record.accel_reason = instance.accel_reason
     return record

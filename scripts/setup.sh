@@ -6,11 +6,11 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 venv="$here/.venv"
 
 apt_packages=(
-  qemu-system-x86 qemu-utils ovmf seabios ipxe-qemu   # the hypervisor, its firmware
-  libvirt-daemon-system libvirt-dev pkg-config gcc   # libvirtd, and what libvirt-python builds with
+  qemu-system-x86 qemu-utils seabios ipxe-qemu       # the hypervisor, its BIOS and NIC ROMs
+  libvirt-daemon-system procps                       # libvirtd; pgrep/pkill to manage it
+  libvirt-dev pkg-config gcc python3-dev             # what libvirt-python builds with
   busybox-static cpio xz-utils kmod                  # the boot loader's initramfs (kmod: depmod)
-  syslinux syslinux-common syslinux-utils isolinux extlinux mtools dosfstools fdisk  # disk and ISO boot
-  xorriso genisoimage squashfs-tools                 # ISO images; OS snapshots
+  syslinux syslinux-common isolinux mtools dosfstools fdisk xorriso  # bootable disk and ISO
   python3-venv                                       # the virtual environment
 )
 
@@ -41,7 +41,8 @@ if ! pgrep -x libvirtd >/dev/null; then
   log "starting libvirtd"
   libvirtd -d
 fi
-for _ in $(seq 50); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.1; done
+for _ in $(seq 100); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.1; done
+[ -S /run/libvirt/libvirt-sock ] || { log "libvirtd did not come up: see /var/log/libvirt/libvirtd.log"; exit 1; }
 
 # The Python side, reinstalled only when pyproject.toml changes.
 stamp="$venv/.installed-$(sha256sum "$here/pyproject.toml" | cut -c1-16)"
@@ -57,5 +58,5 @@ fi
 command -v npm >/dev/null || apt_install_now nodejs npm
 if [ ! -x "$here/node_modules/.bin/allure" ]; then
   log "installing the Allure report generator"
-  (cd "$here" && npm install --silent --no-audit --no-fund --no-save allure@3 >/dev/null)
+  (cd "$here" && npm install --silent --no-audit --no-fund --no-save allure@3.18.0 >/dev/null)
 fi

@@ -71,12 +71,19 @@ def ova_dir(loader: BootLoader, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="module")
 def initrd_files(loader: BootLoader) -> set[str]:
-    listing = subprocess.run(f"xz -dc '{loader.initrd}' | cpio -t --quiet", shell=True,
-                             capture_output=True, text=True, check=True, timeout=60)
+    listing = subprocess.run(
+        f"xz -dc '{loader.initrd}' | cpio -t --quiet",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return set(listing.stdout.splitlines())
 
 
 # --- the manifest ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fmt", IMAGE_FORMATS)
 def test_manifest_matches_the_image_file(loader: BootLoader, fmt: str) -> None:
@@ -120,18 +127,31 @@ def test_initramfs_carries_exactly_the_manifest_modules(
 
 # --- the initramfs ---------------------------------------------------------------------------
 
+
 def test_initramfs_layout(loader: BootLoader, initrd_files: set[str]) -> None:
     modules = f"lib/modules/{loader.kernel_release}"
-    for needed in ("init", "bin/busybox", "etc/ucvm/functions", "etc/ucvm/udhcpc.script",
-                   "dev/console", f"{modules}/modules.dep", f"{modules}/modules.alias"):
+    for needed in (
+        "init",
+        "bin/busybox",
+        "etc/ucvm/functions",
+        "etc/ucvm/udhcpc.script",
+        "dev/console",
+        f"{modules}/modules.dep",
+        f"{modules}/modules.alias",
+    ):
         assert needed in initrd_files, needed
 
 
 def test_initramfs_modules_dep_is_closed(loader: BootLoader, initrd_files: set[str]) -> None:
     """Every module the initramfs's modules.dep names (and its dependencies) is in the archive."""
     dep_file = f"lib/modules/{loader.kernel_release}/modules.dep"
-    text = subprocess.run(f"xz -dc '{loader.initrd}' | cpio -i --to-stdout --quiet '{dep_file}'",
-                          shell=True, capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        f"xz -dc '{loader.initrd}' | cpio -i --to-stdout --quiet '{dep_file}'",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     named = {path for line in text.splitlines() for path in line.replace(":", " ").split()}
     assert len(named) == loader.manifest["modules"]["count"]
     prefix = f"lib/modules/{loader.kernel_release}/"
@@ -139,6 +159,7 @@ def test_initramfs_modules_dep_is_closed(loader: BootLoader, initrd_files: set[s
 
 
 # --- raw disk --------------------------------------------------------------------------------
+
 
 def test_raw_disk_mbr(loader: BootLoader) -> None:
     raw = loader.image("raw")
@@ -168,17 +189,20 @@ def test_raw_disk_fat_holds_syslinux_kernel_and_initrd(loader: BootLoader) -> No
 
 # --- ISO -------------------------------------------------------------------------------------
 
+
 def test_iso_volume_id_and_hybrid_mbr(loader: BootLoader) -> None:
     iso = loader.image("iso")
     assert read_at(iso, 32808, 32).rstrip(b" ") == b"UCVM_BOOT"
     assert read_at(iso, 510, 2) == MBR_SIGNATURE
-    info = subprocess.run(["xorriso", "-indev", str(iso), "-pvd_info"],
-                          capture_output=True, text=True, check=True)
+    info = subprocess.run(
+        ["xorriso", "-indev", str(iso), "-pvd_info"], capture_output=True, text=True, check=True
+    )
     assert re.search(r"^Volume Id\s*:\s*UCVM_BOOT\s*$", info.stdout, re.MULTILINE)
     assert "El Torito" in info.stdout + info.stderr
 
 
 # --- converted formats -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(("fmt", "qemu_format"), CONVERTED.items())
 def test_converted_format(loader: BootLoader, fmt: str, qemu_format: str) -> None:
@@ -191,10 +215,19 @@ def test_converted_format(loader: BootLoader, fmt: str, qemu_format: str) -> Non
 
 
 @pytest.mark.parametrize(("fmt", "qemu_format"), CONVERTED.items())
-def test_converted_format_holds_the_raw_disk(loader: BootLoader, fmt: str,
-                                             qemu_format: str) -> None:
-    out = tool("qemu-img", "compare", "-f", "raw", "-F", qemu_format,
-               loader.image("raw"), loader.image(fmt))
+def test_converted_format_holds_the_raw_disk(
+    loader: BootLoader, fmt: str, qemu_format: str
+) -> None:
+    out = tool(
+        "qemu-img",
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        qemu_format,
+        loader.image("raw"),
+        loader.image(fmt),
+    )
     assert "Images are identical" in out
 
 
@@ -208,6 +241,7 @@ def test_vhd_is_fixed(loader: BootLoader) -> None:
 
 
 # --- OVA -------------------------------------------------------------------------------------
+
 
 def test_ova_member_order(loader: BootLoader) -> None:
     with tarfile.open(loader.image("ova")) as tar:
@@ -250,6 +284,7 @@ def test_ova_vmdk_is_stream_optimized_and_holds_the_raw_disk(
 
 # --- GCE tarball -----------------------------------------------------------------------------
 
+
 def test_gce_tarball_holds_disk_raw(loader: BootLoader) -> None:
     with tarfile.open(loader.image("gce-tar"), "r:gz") as tar:
         [member] = tar.getmembers()
@@ -273,8 +308,10 @@ def test_gce_disk_holds_the_raw_disk(loader: BootLoader) -> None:
 # --- module_closure and read_module_deps -----------------------------------------------------
 
 DEPS: dict[str, tuple[str, list[str]]] = {
-    "virtio_net": ("kernel/drivers/net/virtio_net.ko",
-                   ["kernel/drivers/net/net_failover.ko", "kernel/net/core/failover.ko"]),
+    "virtio_net": (
+        "kernel/drivers/net/virtio_net.ko",
+        ["kernel/drivers/net/net_failover.ko", "kernel/net/core/failover.ko"],
+    ),
     "net_failover": ("kernel/drivers/net/net_failover.ko", ["kernel/net/core/failover.ko"]),
     "failover": ("kernel/net/core/failover.ko", []),
     "xen_blkfront": ("kernel/drivers/block/xen-blkfront.ko", []),
@@ -284,14 +321,30 @@ DEPS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-@pytest.mark.parametrize(("wanted", "closure"), [
-    (set(), []),
-    ({"failover"}, ["kernel/net/core/failover.ko"]),
-    ({"virtio_net"}, ["kernel/drivers/net/net_failover.ko", "kernel/drivers/net/virtio_net.ko",
-                      "kernel/net/core/failover.ko"]),
-    ({"xen_blkfront", "ext4"}, ["kernel/drivers/block/xen-blkfront.ko", "kernel/fs/ext4/ext4.ko",
-                                "kernel/fs/jbd2/jbd2.ko", "kernel/fs/mbcache.ko"]),
-])
+@pytest.mark.parametrize(
+    ("wanted", "closure"),
+    [
+        (set(), []),
+        ({"failover"}, ["kernel/net/core/failover.ko"]),
+        (
+            {"virtio_net"},
+            [
+                "kernel/drivers/net/net_failover.ko",
+                "kernel/drivers/net/virtio_net.ko",
+                "kernel/net/core/failover.ko",
+            ],
+        ),
+        (
+            {"xen_blkfront", "ext4"},
+            [
+                "kernel/drivers/block/xen-blkfront.ko",
+                "kernel/fs/ext4/ext4.ko",
+                "kernel/fs/jbd2/jbd2.ko",
+                "kernel/fs/mbcache.ko",
+            ],
+        ),
+    ],
+)
 def test_module_closure(wanted: set[str], closure: list[str]) -> None:
     assert module_closure(wanted, DEPS) == closure
 
@@ -312,12 +365,15 @@ def test_read_module_deps_normalises_names(tmp_path: Path) -> None:
     deps = read_module_deps(tmp_path)
     assert deps == {
         "xen_blkfront": ("kernel/drivers/block/xen-blkfront.ko", []),
-        "virtio_net": ("kernel/drivers/net/virtio_net.ko",
-                       ["kernel/drivers/net/net_failover.ko", "kernel/net/core/failover.ko"]),
+        "virtio_net": (
+            "kernel/drivers/net/virtio_net.ko",
+            ["kernel/drivers/net/net_failover.ko", "kernel/net/core/failover.ko"],
+        ),
     }
 
 
 # --- ArtifactStore ---------------------------------------------------------------------------
+
 
 class CountingBuild:
     """A builder that writes one file and counts its calls."""
@@ -360,13 +416,17 @@ def test_store_failed_build_leaves_nothing_finished(tmp_path: Path) -> None:
     assert (path / "disk.img").read_text() == "build 1"
 
 
-@pytest.mark.parametrize(("inputs_a", "inputs_b", "same"), [
-    ({"size": 1}, {"size": 2}, False),
-    ({"size": 1}, {"size": 1, "format": "raw"}, False),
-    ({"size": 1, "format": "raw"}, {"format": "raw", "size": 1}, True),
-])
-def test_store_addresses_by_inputs(tmp_path: Path, inputs_a: dict[str, Any],
-                                   inputs_b: dict[str, Any], same: bool) -> None:
+@pytest.mark.parametrize(
+    ("inputs_a", "inputs_b", "same"),
+    [
+        ({"size": 1}, {"size": 2}, False),
+        ({"size": 1}, {"size": 1, "format": "raw"}, False),
+        ({"size": 1, "format": "raw"}, {"format": "raw", "size": 1}, True),
+    ],
+)
+def test_store_addresses_by_inputs(
+    tmp_path: Path, inputs_a: dict[str, Any], inputs_b: dict[str, Any], same: bool
+) -> None:
     store = ArtifactStore(tmp_path)
     build = CountingBuild()
     a = store.get("disk", inputs_a, build)

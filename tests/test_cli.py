@@ -87,14 +87,28 @@ def test_report_and_gate_from_results(lab_dir: Path) -> None:
     assert (lab_dir / "out" / "allure-report" / "index.html").exists()
 
 
+def test_gate_fails_when_a_planned_tier_one_cell_has_no_result(lab_dir: Path) -> None:
+    gate = ucvm_lab("--matrix", str(lab_dir / "matrix.yaml"), "gate", str(SAMPLE_RESULTS))
+    assert gate.returncode == 1
+    assert "gce · newest (tier 1): no result" in gate.stdout  # the sample has no gce result
+
+
 def test_gate_fails_when_a_tier_one_cell_fails(lab_dir: Path) -> None:
-    matrix = str(lab_dir / "matrix.yaml")
-    passing = ucvm_lab("--matrix", matrix, "gate", str(SAMPLE_RESULTS))
-    assert passing.returncode == 0 and "PASSED" in passing.stdout
+    matrix = lab_dir / "matrix.yaml"
+    without = ("openstack", "opennebula", "hyperv", "hyperv-vhd", "gce")  # not in the sample
+    matrix.write_text(
+        "".join(
+            line
+            for line in matrix.read_text().splitlines(keepends=True)
+            if not re.match(rf"\s+- {{name: ({'|'.join(without)}),", line)
+        )
+    )
+    passing = ucvm_lab("--matrix", str(matrix), "gate", str(SAMPLE_RESULTS))
+    assert passing.returncode == 0 and "PASSED" in passing.stdout, passing.stdout
 
     results = shutil.copytree(SAMPLE_RESULTS, lab_dir / "results")
     flipped = flip_first_tier_one_pass(results)
-    failing = ucvm_lab("--matrix", matrix, "gate", str(results))
+    failing = ucvm_lab("--matrix", str(matrix), "gate", str(results))
     assert failing.returncode == 1
     assert "FAILED" in failing.stdout and flipped in failing.stdout
 

@@ -9,6 +9,7 @@ import pytest
 
 from lab.targets.libvirt import QEMU_NS, domain_xml, needs_passthrough
 from lab.targets.profiles import PROFILES
+from lab.targets.run import Run
 
 EMULATED = [name for name, profile in PROFILES.items() if not profile.not_emulated]
 
@@ -26,7 +27,7 @@ def render(profile_name: str, base_format: str = "qcow2", *, cdrom: bool = False
         disks=disks,
         console_log=Path("/run/x/console.log"),
         channel=Path("/run/x/channel.sock"),
-        run_id="1",
+        run=Run("1", Path("/var/tmp/ucvm-test")),
         target="t",
         passthrough=passthrough,
     )
@@ -46,6 +47,7 @@ def test_machine_nic_and_consoles(name: str) -> None:
     serials = domain.findall("devices/serial")
     assert [s.get("type") for s in serials] == ["file", "unix"]
     assert domain.find("metadata")[0].get("run") == "1"
+    assert domain.find("metadata")[0].get("root") == "/var/tmp/ucvm-test"
 
 
 @pytest.mark.parametrize(

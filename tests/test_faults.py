@@ -16,7 +16,7 @@ from lab import matrix
 from lab.build.bootloader import BootLoader
 from lab.observe import observe_boot
 from lab.targets.base import TargetError
-from lab.targets.libvirt import LibvirtTarget
+from lab.targets.libvirt import LibvirtTarget, sweep
 from lab.targets.profiles import PROFILES
 from lab.targets.run import Run, new_run_id
 
@@ -86,11 +86,7 @@ def test_the_sweeper_removes_what_a_killed_run_left(
     crashed.release()  # the run dies without cleaning up: its domain and files stay behind
     assert instance.is_running() and crashed.dir.exists()
 
-    sweeper_run = Run(new_run_id(), settings.run_root).hold()
-    try:
-        removed = LibvirtTarget("sweeper", PROFILES["kvm"], {}, sweeper_run).sweep()
-    finally:
-        sweeper_run.release()
+    removed = sweep(settings.libvirt_uri, settings.run_root)
 
     assert f"domain {instance.name}" in removed
     assert f"files {crashed.dir}" in removed
@@ -130,7 +126,7 @@ def test_libvirtd_dying_mid_run_fails_the_cell_and_leaks_nothing(
         if Path("/run/libvirt/libvirt-sock").exists():
             break
         time.sleep(0.1)
-    sweeper = LibvirtTarget("sweeper", PROFILES["kvm"], {}, lab_run)
-    sweeper.sweep()  # the definition libvirtd kept is removed once libvirtd is back
-    names = [d.name() for d in sweeper.conn.listAllDomains()]
+    # The definition libvirtd kept is removed once libvirtd is back.
+    sweep(kvm_target.uri, lab_run.root)
+    names = [d.name() for d in kvm_target.conn.listAllDomains()]
     assert instance.name not in names

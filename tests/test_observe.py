@@ -39,9 +39,7 @@ MODULES = (
 NETWORK = (
     "ucvm: phase=network t=4.22 status=ok iface=eth0 driver=virtio_net ip=10.0.2.15 gw=10.0.2.2"
 )
-SCRATCH = (
-    "ucvm: phase=scratch t=4.90 status=ok dev=/dev/vda2 action=created size_mb=975 boots=1"
-)
+SCRATCH = "ucvm: phase=scratch t=4.90 status=ok dev=/dev/vda2 action=created size_mb=975 boots=1"
 READY = "ucvm: phase=ready t=5.12 cache_bytes=0 os=not-run"
 
 # A whole boot as (host seconds since launch, console line); kernel noise between markers.
@@ -70,6 +68,7 @@ def timeline_of(text: str) -> list[tuple[float, str]]:
 
 # --- a boot that reaches ready ---------------------------------------------------------------
 
+
 @pytest.fixture
 def ready_record() -> BootRecord:
     return record_from_console(BOOT_CONSOLE, BOOT_TIMELINE, instance="ucvm-t1-kvm", accel="kvm")
@@ -94,7 +93,10 @@ def test_ready_boot_fields(ready_record: BootRecord) -> None:
     assert network is not None
     assert network.status == "ok"
     assert network.fields == {
-        "iface": "eth0", "driver": "virtio_net", "ip": "10.0.2.15", "gw": "10.0.2.2",
+        "iface": "eth0",
+        "driver": "virtio_net",
+        "ip": "10.0.2.15",
+        "gw": "10.0.2.2",
     }
     start = ready_record.phase("start")
     assert start is not None and start.fields["kernel"] == "6.1.0-28-cloud-amd64"
@@ -127,23 +129,33 @@ def test_ready_summary_without_timeline() -> None:
 
 # --- fields ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "fields"), [
-    ("", {}),
-    (" status=ok iface=eth0", {"status": "ok", "iface": "eth0"}),
-    (' reason=no-disk detail="no free space" need_mb=256',
-     {"reason": "no-disk", "detail": "no free space", "need_mb": "256"}),
-    (' detail="" dev=/dev/vda2', {"detail": "", "dev": "/dev/vda2"}),
-    (" drivers=ahci,libata,sd_mod", {"drivers": "ahci,libata,sd_mod"}),
-    (" cache_bytes=0 os=not-run", {"cache_bytes": "0", "os": "not-run"}),
-])
+
+@pytest.mark.parametrize(
+    ("text", "fields"),
+    [
+        ("", {}),
+        (" status=ok iface=eth0", {"status": "ok", "iface": "eth0"}),
+        (
+            ' reason=no-disk detail="no free space" need_mb=256',
+            {"reason": "no-disk", "detail": "no free space", "need_mb": "256"},
+        ),
+        (' detail="" dev=/dev/vda2', {"detail": "", "dev": "/dev/vda2"}),
+        (" drivers=ahci,libata,sd_mod", {"drivers": "ahci,libata,sd_mod"}),
+        (" cache_bytes=0 os=not-run", {"cache_bytes": "0", "os": "not-run"}),
+    ],
+)
 def test_parse_fields(text: str, fields: dict[str, str]) -> None:
     assert parse_fields(text) == fields
 
 
 def test_quoted_field_of_a_failed_phase() -> None:
-    text = console(START, MODULES, NETWORK,
-                   'ucvm: phase=scratch t=4.90 status=failed reason=no-disk need_mb=256 '
-                   'detail="no free space"')
+    text = console(
+        START,
+        MODULES,
+        NETWORK,
+        "ucvm: phase=scratch t=4.90 status=failed reason=no-disk need_mb=256 "
+        'detail="no free space"',
+    )
     record = record_from_console(text)
     scratch = record.phase("scratch")
     assert scratch is not None
@@ -154,33 +166,77 @@ def test_quoted_field_of_a_failed_phase() -> None:
 
 # --- how a boot ends -------------------------------------------------------------------------
 
-PANIC = ("[    1.634567] Kernel panic - not syncing: "
-         "VFS: Unable to mount root fs on unknown-block(0,0)")
+PANIC = (
+    "[    1.634567] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)"
+)
 BREAK_NETWORK = "ucvm: break before phase=network (ucvm.break)"
 
 
-@pytest.mark.parametrize(("text", "waited", "outcome", "failed_phase", "reason_has"), [
-    pytest.param(
-        console(START, MODULES, "ucvm: phase=network t=16.31 status=failed reason=no-dhcp "
-                "iface=eth0 driver=virtio_net"),
-        None, "failed", "network", "reason=no-dhcp", id="failed-network",
-    ),
-    pytest.param(console(PANIC), None, "panic", "start",
-                 "kernel panic: VFS: Unable to mount root fs", id="panic-before-markers"),
-    pytest.param(console(START, MODULES, PANIC), None, "panic", "network",
-                 "Unable to mount root fs on unknown-block(0,0)", id="panic-after-modules"),
-    pytest.param(console(START, MODULES), "timeout", "hang", "network",
-                 "stuck before phase network", id="hang"),
-    pytest.param(console(START, MODULES, BREAK_NETWORK), "timeout", "hang", "network",
-                 "held by ucvm.break=network", id="hang-at-break"),
-    pytest.param(console(START), "gone", "gone", "modules", "stopped running", id="gone"),
-    pytest.param(console(START, MODULES, NETWORK), "domain vanished", "error", "scratch",
-                 "domain vanished", id="error"),
-    pytest.param(BANNER, "timeout", "hang", "start", "stuck before phase start",
-                 id="hang-before-start"),
-])
-def test_outcome(text: str, waited: str | None, outcome: str, failed_phase: str,
-                 reason_has: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "waited", "outcome", "failed_phase", "reason_has"),
+    [
+        pytest.param(
+            console(
+                START,
+                MODULES,
+                "ucvm: phase=network t=16.31 status=failed reason=no-dhcp "
+                "iface=eth0 driver=virtio_net",
+            ),
+            None,
+            "failed",
+            "network",
+            "reason=no-dhcp",
+            id="failed-network",
+        ),
+        pytest.param(
+            console(PANIC),
+            None,
+            "panic",
+            "start",
+            "kernel panic: VFS: Unable to mount root fs",
+            id="panic-before-markers",
+        ),
+        pytest.param(
+            console(START, MODULES, PANIC),
+            None,
+            "panic",
+            "network",
+            "Unable to mount root fs on unknown-block(0,0)",
+            id="panic-after-modules",
+        ),
+        pytest.param(
+            console(START, MODULES),
+            "timeout",
+            "hang",
+            "network",
+            "stuck before phase network",
+            id="hang",
+        ),
+        pytest.param(
+            console(START, MODULES, BREAK_NETWORK),
+            "timeout",
+            "hang",
+            "network",
+            "held by ucvm.break=network",
+            id="hang-at-break",
+        ),
+        pytest.param(console(START), "gone", "gone", "modules", "stopped running", id="gone"),
+        pytest.param(
+            console(START, MODULES, NETWORK),
+            "domain vanished",
+            "error",
+            "scratch",
+            "domain vanished",
+            id="error",
+        ),
+        pytest.param(
+            BANNER, "timeout", "hang", "start", "stuck before phase start", id="hang-before-start"
+        ),
+    ],
+)
+def test_outcome(
+    text: str, waited: str | None, outcome: str, failed_phase: str, reason_has: str
+) -> None:
     record = record_from_console(text, waited=waited)
     assert record.outcome == outcome
     assert not record.ready
@@ -203,7 +259,7 @@ def test_plain_hang_does_not_blame_a_break() -> None:
 @pytest.mark.parametrize("phase", PHASES)
 def test_break_before_each_phase(phase: str) -> None:
     markers = {"start": START, "modules": MODULES, "network": NETWORK, "scratch": SCRATCH}
-    before = [markers[name] for name in PHASES[:PHASES.index(phase)]]
+    before = [markers[name] for name in PHASES[: PHASES.index(phase)]]
     text = console(*before, f"ucvm: break before phase={phase} (ucvm.break)")
     record = record_from_console(text, waited="timeout")
     assert (record.outcome, record.failed_phase) == ("hang", phase)
@@ -212,12 +268,14 @@ def test_break_before_each_phase(phase: str) -> None:
 
 # --- markers mixed with kernel noise ----------------------------------------------------------
 
+
 def test_marker_after_kernel_noise_on_the_same_line() -> None:
     text = console(
         START,
         "[    2.650000] random: crng init done" + MODULES,
         "[    4.201000] virtio_net virtio0 eth0: link up" + NETWORK,
-        SCRATCH, READY,
+        SCRATCH,
+        READY,
     )
     record = record_from_console(text)
     assert [p.name for p in record.phases] == list(PHASES)
@@ -250,6 +308,7 @@ def test_a_line_that_only_mentions_ucvm_is_no_marker() -> None:
 
 # --- the markers as the guest's shell functions print them -------------------------------------
 
+
 def guest_prints(script: str) -> str:
     """Run ``script`` after sourcing the initramfs functions in busybox sh, the console being
     stdout; stay_up returns instead of sleeping forever."""
@@ -262,19 +321,28 @@ stay_up() { exit 0; }
 start_console_channel() { :; }
 cmdline_arg() { [ "$1" = ucvm.break ] && [ -n "$BREAK" ] && echo "$BREAK"; }
 """
-    result = subprocess.run([busybox, "sh", "-c", f"{source}\n{prelude}\n{script}"],
-                            capture_output=True, text=True, timeout=10, check=True)
+    result = subprocess.run(
+        [busybox, "sh", "-c", f"{source}\n{prelude}\n{script}"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
     return result.stdout
 
 
 def test_guest_marker_parses() -> None:
-    line = guest_prints('marker network status=ok iface=eth0 driver="virtio_net" '
-                        'ip="10.0.2.15" gw="10.0.2.2"')
+    line = guest_prints(
+        'marker network status=ok iface=eth0 driver="virtio_net" ip="10.0.2.15" gw="10.0.2.2"'
+    )
     record = record_from_console(line)
     assert [p.name for p in record.phases] == ["network"]
     assert record.phases[0].guest_s > 0
     assert record.phases[0].fields == {
-        "iface": "eth0", "driver": "virtio_net", "ip": "10.0.2.15", "gw": "10.0.2.2",
+        "iface": "eth0",
+        "driver": "virtio_net",
+        "ip": "10.0.2.15",
+        "gw": "10.0.2.2",
     }
 
 
@@ -295,8 +363,10 @@ def test_guest_failure_is_recognised() -> None:
 
 def test_guest_failure_detail_with_spaces_survives() -> None:
     # The very call phase_scratch makes when there is no disk for scratch.
-    text = guest_prints('min_mb=256; fail scratch no-disk need_mb="$min_mb" '
-                        'detail="no free space on the boot disk and no blank disk"')
+    text = guest_prints(
+        'min_mb=256; fail scratch no-disk need_mb="$min_mb" '
+        'detail="no free space on the boot disk and no blank disk"'
+    )
     record = record_from_console(text)
     scratch = record.phase("scratch")
     assert scratch is not None
@@ -304,6 +374,7 @@ def test_guest_failure_detail_with_spaces_survives() -> None:
 
 
 # --- reports ---------------------------------------------------------------------------------
+
 
 def test_phase_table_of_a_ready_boot(ready_record: BootRecord) -> None:
     table = ready_record.phase_table()
@@ -324,8 +395,11 @@ def test_phase_table_of_a_failed_boot() -> None:
 
 @pytest.mark.parametrize("waited", [None, "timeout"])
 def test_to_json_round_trips(ready_record: BootRecord, waited: str | None) -> None:
-    record = ready_record if waited is None else record_from_console(
-        console(START, MODULES), waited=waited)
+    record = (
+        ready_record
+        if waited is None
+        else record_from_console(console(START, MODULES), waited=waited)
+    )
     data = json.loads(record.to_json())
     assert data["summary"] == record.summary()
     assert data["outcome"] == record.outcome
@@ -340,14 +414,22 @@ def test_to_json_of_a_ready_boot_carries_host_times(ready_record: BootRecord) ->
     data = json.loads(ready_record.to_json())
     assert data["instance"] == "ucvm-t1-kvm"
     assert data["accel"] == "kvm"
-    assert data["phases"][-1] == {"name": "ready", "guest_s": 5.12, "host_s": 6.4, "status": "ok",
-                                  "fields": {"cache_bytes": "0", "os": "not-run"}}
+    assert data["phases"][-1] == {
+        "name": "ready",
+        "guest_s": 5.12,
+        "host_s": 6.4,
+        "status": "ok",
+        "fields": {"cache_bytes": "0", "os": "not-run"},
+    }
 
 
-@pytest.mark.parametrize(("extra", "os_phase"), [
-    ([], "not-run"),
-    (["ucvm: phase=os-mount t=5.01 status=ok repo=cernvm-prod.cern.ch"], "run"),
-])
+@pytest.mark.parametrize(
+    ("extra", "os_phase"),
+    [
+        ([], "not-run"),
+        (["ucvm: phase=os-mount t=5.01 status=ok repo=cernvm-prod.cern.ch"], "run"),
+    ],
+)
 def test_os_phase(extra: list[str], os_phase: str) -> None:
     text = console(START, MODULES, NETWORK, SCRATCH, *extra, READY)
     record = record_from_console(text, timeline_of(text))
@@ -357,6 +439,7 @@ def test_os_phase(extra: list[str], os_phase: str) -> None:
 
 
 # --- Timeline.feed ---------------------------------------------------------------------------
+
 
 class FakeClock:
     def __init__(self, now: float) -> None:
@@ -382,8 +465,10 @@ def test_timeline_holds_back_a_partial_line(clock: FakeClock) -> None:
     text += "rt t=1.63 kernel=6.1\r\n"
     clock.now = 102.5
     timeline.feed(text)
-    assert timeline.lines == [(1.0, "SeaBIOS (version 1.16.2)"),
-                              (2.5, "ucvm: phase=start t=1.63 kernel=6.1")]
+    assert timeline.lines == [
+        (1.0, "SeaBIOS (version 1.16.2)"),
+        (2.5, "ucvm: phase=start t=1.63 kernel=6.1"),
+    ]
 
 
 def test_timeline_does_not_repeat_lines(clock: FakeClock) -> None:
@@ -407,7 +492,7 @@ def test_timeline_times_are_monotonic_with_the_real_clock() -> None:
     timeline = Timeline()
     text = ""
     for line in BOOT_CONSOLE.splitlines(keepends=True):
-        for half in (line[: len(line) // 2], line[len(line) // 2:]):
+        for half in (line[: len(line) // 2], line[len(line) // 2 :]):
             text += half
             timeline.feed(text)
     times = [t for t, _ in timeline.lines]

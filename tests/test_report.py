@@ -545,3 +545,17 @@ def test_allure_merges_several_result_directories(tmp_path):
 def test_allure_missing_binary_says_to_run_setup(tmp_path):
     with pytest.raises(AllureError, match=r"scripts/setup\.sh"):
         generate_html([SAMPLE], tmp_path, allure_bin=tmp_path / "no-allure")
+
+
+def test_gate_fails_when_a_planned_required_cell_has_no_result(sample_results, known):
+    planned = [("kvm", "newest", 1), ("openstack", "newest", 1), ("xen", "newest", 3)]
+    result = verdict(
+        sample_results,
+        required_tiers=[1],
+        allow_known_issues=True,
+        known_issues=known,
+        planned=planned,
+    )
+    assert not result.passed
+    assert any("openstack · newest (tier 1): no result" in reason for reason in result.reasons)
+    assert not any("xen" in reason for reason in result.reasons)  # tier 3 does not gate

@@ -17,13 +17,13 @@ about 100 modules instead of 2,000): PLATFORM_DRIVERS plus what they depend on.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tarfile
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -164,13 +164,6 @@ def wanted_modules() -> set[str]:
     return {name for drivers in PLATFORM_DRIVERS.values() for name in drivers}
 
 
-def index_kernel_modules(kernel: kernel_pkg.Kernel) -> Path:
-    """Run depmod over the whole unpacked kernel once (the package ships no modules.dep)."""
-    if not (kernel.modules / "modules.dep").exists():
-        run("depmod", "-b", kernel.root, kernel.release)
-    return kernel.modules
-
-
 # --- initramfs ----------------------------------------------------------------------------
 
 
@@ -193,7 +186,7 @@ def stage_initramfs(kernel: kernel_pkg.Kernel, stage: Path) -> list[str]:
         target.chmod(0o755)
     (stage / "etc/ucvm/version").write_text(LOADER_VERSION + "\n")
 
-    modules_dir = index_kernel_modules(kernel)
+    modules_dir = kernel.modules
     carried = module_closure(wanted_modules(), read_module_deps(modules_dir))
     target_modules = stage / "lib" / "modules" / kernel.release
     for relative in carried:
@@ -311,8 +304,19 @@ def build_iso(out: Path, work: Path) -> Path:
     return iso
 
 
-def convert(raw: Path, output: Path, qemu_format: str, *options: str) -> Path:
-    args = ["qemu-img", "convert", "-q", "-f", "raw", "-O", qemu_format]
+def convert(
+    raw: Path, output: Path, qemu_format: str, *options: str, compress: bool = False
+) -> Path:
+    args = [
+        "qemu-img",
+        "convert",
+        "-q",
+        "-f",
+        "raw",
+        "-O",
+        qemu_format,
+        *(["-c"] if compress else []),
+    ]
     for option in options:
         args += ["-o", option]
     run(*args, raw, output)
@@ -440,7 +444,7 @@ def build_gce_tar(raw: Path, out: Path) -> Path:
 def build_images(out: Path, work: Path) -> None:
     raw = build_raw(out, work)
     build_iso(out, work)
-    convert(raw, out / IMAGE_FILES["qcow2"], "qcow2", "compression_type=zlib")
+    convert(raw, out / IMAGE_FILES["qcow2"], "qcow2", compress=True)
     build_ova(raw, out, work)
     convert(raw, out / IMAGE_FILES["vdi"], "vdi")
     convert(raw, out / IMAGE_FILES["vhd"], "vpc", "subformat=fixed,force_size=on")
@@ -450,10 +454,12 @@ def build_images(out: Path, work: Path) -> None:
 
 def gzip_size(path: Path) -> int:
     """Bytes of ``path`` after gzip -6: the size the image takes to download when compressed."""
-    compressor = gzip.compress if path.stat().st_size < 256 * MiB else None
-    if compressor is None:
-        raise BuildError(f"{path} is too large to measure")
-    return len(compressor(path.read_bytes(), compresslevel=6))
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip framing
+    size = 0
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(MiB), b""):
+            size += len(compressor.compress(block))
+    return size + len(compressor.flush())
 
 
 def write_manifest(out: Path, kernel: kernel_pkg.Kernel, modules: list[str]) -> None:
@@ -495,6 +501,14 @@ def guest_sources_digest() -> str:
     return digest.hexdigest()
 
 
+def builder_digest() -> str:
+    """The build code itself is an input: a change to any of it rebuilds the image."""
+    digest = hashlib.sha256()
+    for module in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(module.name.encode() + b"\0" + module.read_bytes())
+    return digest.hexdigest()
+
+
 def tool_versions() -> dict[str, str]:
     """Versions of the Debian packages whose bytes end up in the image."""
     packages = ("busybox-static", "syslinux-common", "isolinux", "qemu-utils", "xorriso")
@@ -513,7 +527,7 @@ def build(store: ArtifactStore | None = None) -> BootLoader:
         "drivers": PLATFORM_DRIVERS,
         "cmdline": KERNEL_CMDLINE,
         "tools": tool_versions(),
-        "builder": file_digest(Path(__file__)),
+        "builder": builder_digest(),
     }
 
     def make(out: Path) -> None:

@@ -80,6 +80,10 @@ def fetch(store: ArtifactStore) -> Kernel:
 
     def unpack(work: Path) -> None:
         subprocess.run(["dpkg-deb", "-x", str(deb), str(work / "root")], check=True)
+        # The package ships no module index; make it here, inside the artifact's build.
+        subprocess.run(["depmod", "-b", str(work / "root"), release], check=True)
 
-    root = store.get("kernel-tree", {"deb_sha256": deb_sha256}, unpack) / "root"
+    root = (
+        store.get("kernel-tree", {"deb_sha256": deb_sha256, "indexed": "depmod"}, unpack) / "root"
+    )
     return Kernel(package, version, release, deb_sha256, root)

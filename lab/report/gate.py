@@ -34,12 +34,15 @@ def verdict(
     required_tiers: Collection[int],
     allow_known_issues: bool,
     known_issues: Sequence[KnownIssue],
+    planned: Iterable[tuple[str, str, int]] = (),
 ) -> GateVerdict:
     """Judge the newest result of each (target, version, check) of the required tiers.
 
     A failed or broken result fails the gate; so does a skipped one (a required cell that did
     not run is not a pass); so does a pass with a known issue of kind "issue", unless
-    ``allow_known_issues``. No result at all of a required tier fails the gate too.
+    ``allow_known_issues``. No result at all of a required tier fails the gate too, and so
+    does a planned (target, version, tier) cell of a required tier that has no result (a
+    shard left out, a run cut short, a --targets selection).
     """
     required = sorted(
         (result for result in latest_results(results) if result.tier in required_tiers),
@@ -48,7 +51,13 @@ def verdict(
     tiers = ", ".join(str(tier) for tier in sorted(required_tiers))
     if required_tiers and not required:
         return GateVerdict(False, [f"no result of required tier(s) {tiers}: nothing was proven"])
-    reasons: list[str] = []
+    reported = {(result.target, result.version) for result in required}
+    reasons: list[str] = [
+        f"{target} · {version} (tier {tier}): no result; a required cell that did not report "
+        "is not a pass"
+        for target, version, tier in sorted(planned)
+        if tier in required_tiers and (target, version) not in reported
+    ]
     notes: list[str] = []
     for result in required:
         problem, note = _judge(result, allow_known_issues, known_issues)

@@ -78,7 +78,8 @@ class Instance(ABC):
         self.profile = profile
         self.workdir = workdir
         self.timeline = Timeline()
-        self.accel = "unknown"
+        self.accel = "unknown"  # kvm | tcg, set by the driver at launch
+        self.accel_reason = ""
         self._boot_offset = 0  # where the current boot starts in the console text
         self._boot_line = 0  # ... and in the timeline
 
@@ -110,10 +111,12 @@ class Instance(ABC):
         return self.timeline.lines[self._boot_line :]
 
     def mark_new_boot(self) -> None:
+        """From now on, waits and host times concern the next boot."""
         text = self.console()
         self.timeline.feed(text)
         self._boot_offset = len(text)
         self._boot_line = len(self.timeline.lines)
+        self.timeline.launched_at = time.monotonic()
 
     def wait_for(self, pattern: str, timeout: float, *, stop_on: str | None = None) -> str:
         """The first console line of the current boot matching ``pattern``.
@@ -124,14 +127,16 @@ class Instance(ABC):
         wanted = re.compile(pattern)
         abort = re.compile(stop_on) if stop_on else None
         deadline = time.monotonic() + timeout
+        checked = self._boot_line
         while True:
-            text = self.console()
-            self.timeline.feed(text)
-            for line in text[self._boot_offset :].splitlines():
+            self.timeline.feed(self.console())
+            # Complete lines only: a marker is judged once its newline has arrived.
+            for _, line in self.timeline.lines[checked:]:
                 if wanted.search(line):
                     return line
                 if abort and abort.search(line):
                     raise WaitAborted(line.strip())
+            checked = len(self.timeline.lines)
             if not self.is_running():
                 raise InstanceGone(f"{self.name} stopped before {pattern!r} appeared")
             if time.monotonic() > deadline:

@@ -21,6 +21,7 @@ import subprocess
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from urllib.parse import urlparse
 
 import libvirt
 from filelock import FileLock
@@ -28,7 +29,7 @@ from filelock import FileLock
 from lab.build.bootloader import KERNEL_CMDLINE, BootLoader
 from lab.targets.base import CommandResult, Instance, Target, TargetError, WaitTimeout
 from lab.targets.profiles import Profile
-from lab.targets.run import Run, run_id_of, run_is_alive, sweep_files
+from lab.targets.run import Run, run_is_alive, sweep_files
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 LAB_NS = "https://ucvm-lab.invalid/ns/instance/1"
@@ -152,7 +153,7 @@ def domain_xml(
     disks: list[tuple[Path, str, bool]],
     console_log: Path,
     channel: Path,
-    run_id: str,
+    run: Run,
     target: str,
     passthrough: bool = False,
     direct_boot: tuple[Path, Path, str] | None = None,
@@ -161,7 +162,12 @@ def domain_xml(
     sub(domain, "name", name)
     metadata = sub(domain, "metadata")
     ET.SubElement(
-        metadata, f"{{{LAB_NS}}}instance", run=run_id, target=target, profile=profile.name
+        metadata,
+        f"{{{LAB_NS}}}instance",
+        run=run.id,
+        root=str(run.root),
+        target=target,
+        profile=profile.name,
     )
     sub(domain, "memory", str(MEMORY_MIB), unit="MiB")
     sub(domain, "vcpu", "1")
@@ -258,6 +264,11 @@ class LibvirtTarget(Target):
             return False, self.settings["unavailable"]
         if not self.uri.startswith("qemu"):
             return False, f"the lab builds QEMU domains only; {self.uri} is not a QEMU host"
+        if urlparse(self.uri).hostname:
+            return False, (
+                f"{self.uri} is a remote host: the driver hands QEMU local files (disks, "
+                "console log), so remote hosts need volume upload first (not built yet)"
+            )
         try:
             conn = self.conn
             conn.getDomainCapabilities(None, "x86_64", self.profile.machine, "qemu")
@@ -296,18 +307,16 @@ class LibvirtTarget(Target):
         return accel, why
 
     def _probe_kvm(self, image: BootLoader) -> tuple[str, str]:
-        probe = self._define(
-            image,
-            domain_type="kvm",
-            suffix="kvmprobe",
-            profile=self.profile,
-            kernel_args="ucvm.break=network",
-        )
-        with probe:
-            try:
+        """A direct kernel boot as a KVM domain: KVM works if the guest prints its first marker."""
+        try:
+            probe = self._define(
+                image, domain_type="kvm", suffix="kvmprobe", profile=self.profile,
+                kernel_args="ucvm.break=network",
+            )  # fmt: skip
+            with probe:
                 probe.wait_for(r"ucvm: phase=start", PROBE_BUDGET_S)
-            except TargetError as error:
-                return "tcg", f"KVM probe boot failed ({error}); using software emulation"
+        except TargetError as error:
+            return "tcg", f"KVM probe boot failed ({error}); using software emulation"
         return "kvm", "KVM probe boot printed its first marker"
 
     # --- launching --------------------------------------------------------------------
@@ -383,7 +392,7 @@ class LibvirtTarget(Target):
             disks=disks,
             console_log=workdir / "console.log",
             channel=workdir / "channel.sock",
-            run_id=self.run.id,
+            run=self.run,
             target=self.name,
             passthrough=passthrough,
             direct_boot=direct,
@@ -431,20 +440,30 @@ class LibvirtTarget(Target):
                 os.chown(path, *owner)
         return disks, passthrough
 
-    # --- sweeping ---------------------------------------------------------------------
-    def sweep(self) -> list[str]:
-        """Remove orphans: domains of dead runs, and domains whose instance directory is gone
-        (their instance was destroyed while libvirtd was away). Then dead runs' files."""
-        removed = []
-        for domain in self.conn.listAllDomains():
-            run_id = run_id_of(domain.name())
-            if run_id is None:
-                continue
-            run_dir = self.run.root / run_id
-            if not run_is_alive(run_dir) or not (run_dir / domain.name()).exists():
-                undefine(domain)
-                removed.append(f"domain {domain.name()}")
-        return removed + [f"files {path}" for path in sweep_files(self.run.root)]
+
+def lab_metadata(domain: libvirt.virDomain) -> dict[str, str]:
+    """The lab's attributes on a domain (run, root, target, profile); empty if not the lab's."""
+    try:
+        text = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, LAB_NS)
+    except libvirt.libvirtError:
+        return {}
+    return dict(ET.fromstring(text).attrib)
+
+
+def sweep(uri: str, run_root: Path) -> list[str]:
+    """Remove what no live run owns, among resources of runs under ``run_root``: domains of
+    dead runs, domains whose instance directory is gone (destroyed while libvirtd was away),
+    then dead runs' files. Domains of runs under another root are left alone."""
+    removed = []
+    for domain in connect(uri).listAllDomains():
+        metadata = lab_metadata(domain)
+        if metadata.get("root") != str(run_root) or not metadata.get("run"):
+            continue
+        run_dir = run_root / metadata["run"]
+        if not run_is_alive(run_dir) or not (run_dir / domain.name()).exists():
+            undefine(domain)
+            removed.append(f"domain {domain.name()}")
+    return removed + [f"files {path}" for path in sweep_files(run_root)]
 
 
 def qemu_img(*args: str) -> None:
@@ -482,7 +501,6 @@ class LibvirtInstance(Instance):
         super().__init__(name, target, profile, workdir)
         self.domain: libvirt.virDomain | None = None
         self.qemu_pid: int | None = None
-        self.accel_reason = ""
         self._channel: socket.socket | None = None
         self._destroyed = False
 

@@ -1,6 +1,11 @@
-"""From a matrix target to a driver object: the one place that knows every driver."""
+"""From a matrix target to a driver object: the one place that knows every driver.
+
+matrix.yaml's `driver:` is validated against DRIVERS' keys when the matrix is loaded.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from lab import matrix
 from lab.targets.base import Target
@@ -8,19 +13,18 @@ from lab.targets.libvirt import LibvirtTarget
 from lab.targets.profiles import PROFILES
 from lab.targets.run import Run
 
-DRIVERS: dict[str, type[Target]] = {"libvirt": LibvirtTarget}
+TargetFactory = Callable[[matrix.Target, matrix.Settings, Run], Target]
+
+
+def libvirt_target(spec: matrix.Target, settings: matrix.Settings, run: Run) -> Target:
+    return LibvirtTarget(
+        spec.name, PROFILES[spec.profile], dict(spec.settings), run,
+        default_uri=settings.libvirt_uri, accel=settings.accel, scratch_gb=settings.scratch_gb,
+    )  # fmt: skip
+
+
+DRIVERS: dict[str, TargetFactory] = {"libvirt": libvirt_target}
 
 
 def make_target(spec: matrix.Target, settings: matrix.Settings, run: Run) -> Target:
-    profile = PROFILES[spec.profile]
-    if spec.driver == "libvirt":
-        return LibvirtTarget(
-            spec.name,
-            profile,
-            dict(spec.settings),
-            run,
-            default_uri=settings.libvirt_uri,
-            accel=settings.accel,
-            scratch_gb=settings.scratch_gb,
-        )
-    raise matrix.MatrixError(f"no driver {spec.driver!r}; known: {', '.join(DRIVERS)}")
+    return DRIVERS[spec.driver](spec, settings, run)

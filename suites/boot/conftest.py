@@ -36,17 +36,21 @@ def cell_labels(request: pytest.FixtureRequest) -> None:
         allure.dynamic.label(name, value)
     allure.dynamic.tag(cell.target.profile)
     allure.dynamic.parent_suite(PROFILES[cell.target.profile].platform)
+    lab_matrix: matrix.Matrix = request.getfixturevalue("lab_matrix")
+    if check.args[0] not in lab_matrix.checks:
+        pytest.skip(f"check {check.args[0]!r} is not among matrix.yaml's checks")
 
 
 @pytest.fixture
-def attach_boot(boot_loader: BootLoader) -> Callable[[BootRecord, str, str], None]:
-    def attach(record: BootRecord, console: str, image_format: str) -> None:
-        allure.dynamic.label("ucvm.accel", record.accel)
-        if record.failed_phase:
-            allure.dynamic.label("ucvm.failed_phase", record.failed_phase)
+def attach_boot(boot_loader: BootLoader) -> Callable[[BootRecord | None, str, str], None]:
+    def attach(record: BootRecord | None, console: str, image_format: str) -> None:
         allure.attach(console, "console.log", allure.attachment_type.TEXT)
-        allure.attach(record.phase_table(), "phases", allure.attachment_type.TEXT)
-        allure.attach(record.to_json(), "boot-record.json", allure.attachment_type.JSON)
+        if record is not None:
+            allure.dynamic.label("ucvm.accel", record.accel)
+            if record.failed_phase:
+                allure.dynamic.label("ucvm.failed_phase", record.failed_phase)
+            allure.attach(record.phase_table(), "phases", allure.attachment_type.TEXT)
+            allure.attach(record.to_json(), "boot-record.json", allure.attachment_type.JSON)
         image = boot_loader.manifest["images"][image_format]
         allure.attach(json.dumps(image, indent=2), "image", allure.attachment_type.JSON)
 

@@ -21,15 +21,18 @@ def test_scratch_is_kept_across_reboot(
 ) -> None:
     image_format = cell.target.image_format or target.profile.image_format
     budget = lab_matrix.settings.boot_budget_s
+    first = second = None
     with target.launch(boot_loader, image_format=image_format) as instance:
-        first = observe_boot(instance, budget)
-        assert first.ready, first.summary()
-        marker = instance.run("echo kept-$$ > /scratch/ucvm/witness && cat /scratch/ucvm/witness")
-        assert marker.ok, marker.output
-        instance.reboot()
-        second = observe_boot(instance, budget)
-        attach_boot(second, instance.console(), image_format)
-        witness = instance.run("cat /scratch/ucvm/witness")
+        try:
+            first = observe_boot(instance, budget)
+            assert first.ready, first.summary()
+            marker = instance.run("echo kept-$$ > /scratch/ucvm/witness; cat /scratch/ucvm/witness")
+            assert marker.ok, marker.output
+            instance.reboot()
+            second = observe_boot(instance, budget)
+            witness = instance.run("cat /scratch/ucvm/witness")
+        finally:  # the evidence, whatever happened: both boots' console
+            attach_boot(second or first, instance.console(), image_format)
 
     assert second.ready, second.summary()
     scratch = second.phase("scratch").fields
