@@ -157,8 +157,7 @@ def cmd_gate(args: argparse.Namespace, lab: matrix.Matrix) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace, lab: matrix.Matrix) -> int:
-    run = Run(new_run_id(), lab.settings.run_root)
-    removed = sweep(lab.settings.libvirt_uri, run)
+    removed = sweep(lab.settings.libvirt_uri, lab.settings.run_root)
     out.print("\n".join(removed) or "nothing to sweep")
     return 0
 

@@ -128,3 +128,18 @@ def flip_first_tier_one_pass(results: Path) -> str:
             path.write_text(json.dumps(data))
     assert chosen, "the sample has no passed tier-1 boot result"
     return chosen
+
+
+def test_sweep_runs_and_reports(tmp_path: Path) -> None:
+    matrix = tmp_path / "matrix.yaml"
+    text = (REPO / "matrix.yaml").read_text()
+    matrix.write_text(re.sub(r"(?m)^(\s+run_root:).*$", rf"\1 {tmp_path / 'runs'}", text))
+    shutil.copy(REPO / "known-issues.yaml", tmp_path)
+    dead_run = tmp_path / "runs" / "0101000000dead"
+    dead_run.mkdir(parents=True)
+    (dead_run / ".alive").touch()  # nobody holds its lock: the run is dead
+
+    result = ucvm_lab("--matrix", str(matrix), "sweep")
+    assert result.returncode == 0, result.stderr
+    assert f"files {dead_run}" in result.stdout
+    assert not dead_run.exists()
