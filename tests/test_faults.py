@@ -5,6 +5,7 @@ under test) and then checks that no domain, QEMU process or file of it is left."
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,22 +77,41 @@ def test_a_failed_phase_is_reported_by_name(
     assert [p.name for p in record.phases] == ["start", "modules", "network", "scratch"]
 
 
-def test_the_sweeper_removes_what_a_killed_run_left(
-    lab_matrix: matrix.Matrix, boot_loader: BootLoader
-) -> None:
+KILLED_RUN = """
+import sys, time
+from pathlib import Path
+from lab.build import bootloader
+from lab.targets.libvirt import LibvirtTarget
+from lab.targets.profiles import PROFILES
+from lab.targets.run import Run
+run_id, root, accel = sys.argv[1:]
+run = Run(run_id, Path(root)).hold()
+target = LibvirtTarget("killed", PROFILES["kvm"], {}, run, accel=accel)
+print(target.launch(bootloader.build(), kernel_args="").name, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_sweeper_removes_what_a_killed_run_left(lab_matrix: matrix.Matrix) -> None:
     settings = lab_matrix.settings
-    crashed = Run(new_run_id(), settings.run_root).hold()
-    target = LibvirtTarget("crashed", PROFILES["kvm"], {}, crashed, accel=settings.accel)
-    instance = target.launch(boot_loader, kernel_args="")
-    crashed.release()  # the run dies without cleaning up: its domain and files stay behind
-    assert instance.is_running() and crashed.dir.exists()
+    killed = Run(new_run_id(), settings.run_root)
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, killed.id, str(killed.root), settings.accel],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    name = process.stdout.readline().strip()
+    process.kill()  # the run dies without cleaning up: its domain and files stay behind
+    process.wait()
+    conn = libvirt.open(settings.libvirt_uri)
+    assert name.startswith(f"ucvm-{killed.id}-killed-"), name
+    assert conn.lookupByName(name).isActive() and (killed.dir / name).exists()
 
     removed = sweep(settings.libvirt_uri, settings.run_root)
 
-    assert f"domain {instance.name}" in removed
-    assert f"files {crashed.dir}" in removed
-    assert leftovers(target.conn, instance.name) == []
-    assert not crashed.dir.exists()
+    assert f"domain {name}" in removed
+    assert f"files {killed.dir}" in removed
+    assert leftovers(conn, name) == []
+    assert not killed.dir.exists()
 
 
 @pytest.fixture

@@ -47,9 +47,12 @@ class Run:
         return self
 
     def release(self) -> None:
+        """Let go of the run; the last process to let go removes its directory."""
         if self._lock:
             self._lock.close()
             self._lock = None
+            if not run_is_alive(self.dir):
+                shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def run_is_alive(run_dir: Path) -> bool:
