@@ -23,6 +23,7 @@ from rich.table import Table
 from lab import matrix
 from lab.build import bootloader
 from lab.report import allure_html, gate, known_issues, table
+from lab.targets.base import TargetError
 from lab.targets.libvirt import sweep
 from lab.targets.profiles import PROFILES
 from lab.targets.registry import DRIVERS, make_target
@@ -67,7 +68,10 @@ def cmd_targets(args: argparse.Namespace, lab: matrix.Matrix) -> int:
     for column in ("target", "driver", "profile", "platform", "tier", "evidence", "here?", "why"):
         listing.add_column(column)
     for spec in lab.targets:
-        ok, why = make_target(spec, lab.settings, run).available()
+        try:
+            ok, why = make_target(spec, lab.settings, run).available()
+        except TargetError as error:
+            ok, why = False, f"fault: {error}"
         listing.add_row(
             spec.name,
             spec.driver,

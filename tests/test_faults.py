@@ -136,6 +136,8 @@ def test_libvirtd_dying_mid_run_fails_the_cell_and_leaks_nothing(
 
     with pytest.raises(TargetError, match="libvirt"):
         instance.is_running()
+    with pytest.raises(TargetError, match="cannot connect to libvirt"):  # a cell starting now
+        LibvirtTarget("fresh", PROFILES["kvm"], {}, lab_run).available()  # fails, not skips
     instance.destroy()  # libvirtd is gone: the instance kills its own QEMU and removes its files
     processes = subprocess.run(["pgrep", "-af", instance.name], capture_output=True, text=True)
     assert "qemu" not in processes.stdout

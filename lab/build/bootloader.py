@@ -83,7 +83,7 @@ GiB = 1 << 30
 
 
 class BuildError(RuntimeError):
-    pass
+    """A step of the image build failed; the message names the command and its error."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ META_PACKAGE = "linux-image-amd64"
 
 
 class KernelError(RuntimeError):
-    pass
+    """The kernel package could not be resolved or fetched (stale apt lists, no network)."""
 
 
 @dataclass(frozen=True)

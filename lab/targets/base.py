@@ -167,7 +167,10 @@ class Target(ABC):
         self.run = run
 
     @abstractmethod
-    def available(self) -> tuple[bool, str]: ...
+    def available(self) -> tuple[bool, str]:
+        """(True, what) if instances can run here; (False, why not) when the platform is not
+        here by nature (no emulation, no credentials). A broken host that should be there
+        (local libvirtd down) raises TargetError: its cells fail rather than skip."""
 
     @abstractmethod
     def launch(

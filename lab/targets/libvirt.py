@@ -269,11 +269,9 @@ class LibvirtTarget(Target):
                 f"{self.uri} is a remote host: the driver hands QEMU local files (disks, "
                 "console log), so remote hosts need volume upload first (not built yet)"
             )
+        conn = self.conn  # the local libvirtd not answering is a fault: TargetError, not a skip
         try:
-            conn = self.conn
             conn.getDomainCapabilities(None, "x86_64", self.profile.machine, "qemu")
-        except TargetError as error:
-            return False, str(error)
         except libvirt.libvirtError as error:
             return (
                 False,
@@ -561,9 +559,10 @@ class LibvirtInstance(Instance):
         self.mark_new_boot()
         try:
             self._open_channel().sendall(b"sync; reboot -f\n")
-            return
-        except OSError:
-            pass
+        except OSError:  # no channel: the guest never got that far, so press reset
+            self._reset()
+
+    def _reset(self) -> None:
         try:
             self.domain.reset(0)
         except libvirt.libvirtError as error:

@@ -66,12 +66,6 @@ def run_is_alive(run_dir: Path) -> bool:
     return False
 
 
-def run_id_of(resource_name: str) -> str | None:
-    if not resource_name.startswith(PREFIX):
-        return None
-    return resource_name[len(PREFIX) :].split("-", 1)[0]
-
-
 def dead_run_dirs(root: Path) -> list[Path]:
     if not root.is_dir():
         return []

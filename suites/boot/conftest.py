@@ -34,8 +34,14 @@ def cell_labels(request: pytest.FixtureRequest) -> None:
     }
     for name, value in labels.items():
         allure.dynamic.label(name, value)
-    allure.dynamic.tag(cell.target.profile)
-    allure.dynamic.parent_suite(PROFILES[cell.target.profile].platform)
+    profile = PROFILES[cell.target.profile]
+    allure.dynamic.tag(profile.name)
+    allure.dynamic.parent_suite(profile.platform)
+    allure.dynamic.description(
+        f"{profile.platform} profile: machine {profile.machine}, {profile.disk_bus} disk, "
+        f"{profile.nic_model} NIC, {cell.target.image_format or profile.image_format} image. "
+        + (profile.notes or profile.not_emulated)
+    )
     lab_matrix: matrix.Matrix = request.getfixturevalue("lab_matrix")
     if check.args[0] not in lab_matrix.checks:
         pytest.skip(f"check {check.args[0]!r} is not among matrix.yaml's checks")
