@@ -1,4 +1,4 @@
-"""ucvm-lab: build | targets | run | report | gate | sweep.
+"""ucvm-lab: build | targets | run | report | gate | sweep | solve | diff.
 
 ucvm-lab build                 build the boot loader in every format (cached by input hash)
 ucvm-lab targets               every target, whether it can run here, and why not
@@ -7,6 +7,9 @@ ucvm-lab run [--targets a,b] [--shard K/N] [-n WORKERS]
 ucvm-lab report [DIR ...]      support table + Allure HTML from allure-results dirs (CI shards)
 ucvm-lab gate [DIR ...]        the release verdict from the gate policy; exit 1 when it fails
 ucvm-lab sweep                 remove what dead runs left (domains, files)
+ucvm-lab solve LIST --index F [--index F ...] -o DIR [--engine highs|glpk]
+                               shopping list -> closed package list + cernvm-system .deb
+ucvm-lab diff OLD.json NEW.json  what changed between two closed lists
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from debian.debian_support import version_compare
 from rich.console import Console
 from rich.table import Table
 
 from lab import matrix
-from lab.build import bootloader
+from lab.build import bootloader, closed_list, explain, index, solver
+from lab.build.artifacts import file_digest
+from lab.build.packages import Repository
 from lab.report import allure_html, gate, known_issues, table
 from lab.targets.base import TargetError
 from lab.targets.libvirt import sweep
@@ -166,6 +173,77 @@ def cmd_sweep(args: argparse.Namespace, lab: matrix.Matrix) -> int:
     return 0
 
 
+def cmd_solve(args: argparse.Namespace, lab: matrix.Matrix | None) -> int:
+    started = time.perf_counter()
+    try:
+        repository = index.load_cached([Path(p) for p in args.index])
+        load_s = time.perf_counter() - started
+        wanted = solver.read_shopping_list(Path(args.shopping_list), repository)
+    except (index.IndexFormatError, solver.ShoppingListError, OSError) as error:
+        print(f"ucvm-lab solve: {error}", file=sys.stderr)
+        return 2
+    model = solver.build_model(repository, wanted)
+    solution = solver.solve(model, args.engine, time_limit=args.time_limit)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out.print(
+        f"{len(repository):,} candidates, {len(wanted)} wanted; model: "
+        + ", ".join(f"{k} {v:,}" for k, v in model.counts().items())
+    )
+    out.print(
+        f"load index {load_s:.3f} s, model {model.build_s:.3f} s, "
+        f"solve {solution.solve_s:.3f} s ({solution.engine})"
+    )
+    if solution.status == "infeasible":
+        lines = explain.explain(repository, wanted)
+        (out_dir / "explanation.txt").write_text("\n".join(lines) + "\n")
+        out.print("[red]no solution[/]\n" + "\n".join(lines), markup=True, highlight=False)
+        return 1
+    if not solution.optimal:
+        out.print(f"[red]{args.engine}: {solution.status} ({solution.detail})[/]")
+        return 1
+    return write_solution(args, repository, wanted, solution, out_dir)
+
+
+def write_solution(
+    args: argparse.Namespace,
+    repository: Repository,
+    wanted: list[solver.Wanted],
+    solution: solver.Solution,
+    out_dir: Path,
+) -> int:
+    packages = solution.packages
+    problems = closed_list.closure_problems(repository, packages, wanted)
+    dose = closed_list.dose_distcheck(packages)
+    provenance = {
+        "shopping_list": str(args.shopping_list),
+        "indexes": [{"path": p, "sha256": file_digest(Path(p))} for p in args.index],
+        "engine": solution.engine, "objective": solution.objective, "gap": solution.gap,
+    }  # fmt: skip
+    closed_list.write_text(packages, out_dir / "closed-list.txt")
+    closed_list.write_json(packages, out_dir / "closed-list.json", **provenance)
+    deb = closed_list.build_meta_package(packages, out_dir, version=args.version)
+    out.print(
+        f"optimal, objective {solution.objective:g}, gap {solution.gap or 0:.2%}; "
+        f"{len(packages)} packages\n"
+        f"own closure check: {'ok' if not problems else '; '.join(problems[:5])}\n"
+        f"dose-distcheck: {dose.broken} of {dose.total} broken\n"
+        f"wrote {out_dir / 'closed-list.txt'}, closed-list.json, {deb.name}",
+        highlight=False,
+    )
+    return 0 if not problems and dose.ok else 1
+
+
+def cmd_diff(args: argparse.Namespace, lab: matrix.Matrix | None) -> int:
+    change = closed_list.diff(
+        closed_list.read_json(Path(args.old)),
+        closed_list.read_json(Path(args.new)),
+        version_compare,
+    )
+    out.print("\n".join(change.lines()) or "no change", highlight=False)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
         prog="ucvm-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -188,11 +266,30 @@ def parser() -> argparse.ArgumentParser:
         )
         command.set_defaults(func=func)
     commands.add_parser("sweep").set_defaults(func=cmd_sweep)
+    solve = commands.add_parser("solve", help="shopping list -> closed package list")
+    solve.add_argument("shopping_list")
+    solve.add_argument(
+        "--index",
+        action="append",
+        required=True,
+        help="a Packages index (plain, .gz or .xz); repeat to merge several",
+    )
+    solve.add_argument("-o", "--output", required=True, help="directory for the results")
+    solve.add_argument("--engine", choices=solver.ENGINES, default="highs")
+    solve.add_argument("--time-limit", type=float, default=120.0)
+    solve.add_argument("--version", default="1.0", help="version of the cernvm-system package")
+    solve.set_defaults(func=cmd_solve, needs_matrix=False)
+    change = commands.add_parser("diff", help="compare two closed lists (closed-list.json)")
+    change.add_argument("old")
+    change.add_argument("new")
+    change.set_defaults(func=cmd_diff, needs_matrix=False)
     return main
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if not getattr(args, "needs_matrix", True):
+        return args.func(args, None)
     try:
         lab = load_matrix(args.matrix)
     except matrix.MatrixError as error:

@@ -12,6 +12,9 @@ apt_packages=(
   busybox-static cpio xz-utils kmod                  # the boot loader's initramfs (kmod: depmod)
   syslinux syslinux-common isolinux mtools dosfstools fdisk xorriso  # bootable disk and ISO
   python3-venv                                       # the virtual environment
+  glpk-utils dose-distcheck                          # the paper's ILP engine; an independent closure check
+  python3-solv                                       # libsolv: the solver benchmark's speed of light
+  rpm createrepo-c                                   # a small RPM repository for the index reader's tests
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

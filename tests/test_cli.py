@@ -143,3 +143,110 @@ def test_sweep_runs_and_reports(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"files {dead_run}" in result.stdout
     assert not dead_run.exists()
+
+
+PACKAGES = """\
+Package: base-files
+Version: 12.4
+Architecture: amd64
+Essential: yes
+Filename: pool/b/base-files_12.4_amd64.deb
+SHA256: {zero}
+
+Package: app
+Version: 2.0
+Architecture: amd64
+Depends: libx (>= 2)
+Filename: pool/a/app_2.0_amd64.deb
+SHA256: {zero}
+
+Package: app
+Version: 1.0
+Architecture: amd64
+Depends: libx
+Filename: pool/a/app_1.0_amd64.deb
+SHA256: {zero}
+
+Package: libx
+Version: 2.0
+Architecture: amd64
+Filename: pool/l/libx_2.0_amd64.deb
+SHA256: {zero}
+
+Package: libx
+Version: 1.0
+Architecture: amd64
+Filename: pool/l/libx_1.0_amd64.deb
+SHA256: {zero}
+
+Package: old-tool
+Version: 1.0
+Architecture: amd64
+Depends: libx (<< 2)
+Filename: pool/o/old-tool_1.0_amd64.deb
+SHA256: {zero}
+
+Package: blocker
+Version: 1.0
+Architecture: amd64
+Conflicts: libx
+Filename: pool/b/blocker_1.0_amd64.deb
+SHA256: {zero}
+""".format(zero="0" * 64)
+
+
+def solve(tmp_path: Path, listing: str, out: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "Packages").write_text(PACKAGES)
+    (tmp_path / f"{out}.list").write_text(listing)
+    return ucvm_lab(
+        "solve",
+        str(tmp_path / f"{out}.list"),
+        "--index",
+        str(tmp_path / "Packages"),
+        "-o",
+        str(tmp_path / out),
+        cwd=tmp_path,
+    )
+
+
+def test_solve_writes_the_closed_list_and_the_meta_package(tmp_path: Path) -> None:
+    result = solve(tmp_path, "app\n", "new")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "dose-distcheck: 0 of 3 broken" in result.stdout
+    listed = (tmp_path / "new" / "closed-list.txt").read_text().splitlines()
+    assert [line.split()[:2] for line in listed] == [
+        ["app", "2.0"],
+        ["base-files", "12.4"],
+        ["libx", "2.0"],
+    ]
+    document = json.loads((tmp_path / "new" / "closed-list.json").read_text())
+    assert document["engine"] == "highs" and len(document["packages"]) == 3
+    assert (tmp_path / "new" / "cernvm-system_1.0_all.deb").exists()
+
+    older = solve(tmp_path, "app\nold-tool\n", "old")
+    assert older.returncode == 0, older.stdout
+    change = ucvm_lab(
+        "diff",
+        str(tmp_path / "old" / "closed-list.json"),
+        str(tmp_path / "new" / "closed-list.json"),
+    )
+    assert change.stdout.split("\n")[:3] == [
+        "- old-tool 1.0",
+        "↑ app 1.0 -> 2.0",
+        "↑ libx 1.0 -> 2.0",
+    ]
+
+
+def test_solve_explains_an_infeasible_list(tmp_path: Path) -> None:
+    result = solve(tmp_path, "app\nblocker\n", "bad")
+    assert result.returncode == 1
+    assert "cannot be installed together: app, blocker" in result.stdout
+    assert (tmp_path / "bad" / "explanation.txt").read_text().startswith("cannot be installed")
+
+
+def test_solve_refuses_a_bad_shopping_list(tmp_path: Path) -> None:
+    result = solve(tmp_path, "app\nap\nlibx=3.0\n", "refused")
+    assert result.returncode == 2
+    assert "refused.list:2: package 'ap'" in result.stderr
+    assert "refused.list:3: package 'libx': version 3.0 is not in the index(es)" in result.stderr
+    assert not (tmp_path / "refused").exists()

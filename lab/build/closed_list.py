@@ -1,0 +1,186 @@
+"""The solver's output: the closed, fully versioned package list, the `cernvm-system`
+meta-package that pins it, a diff between two lists, and two independent closure checks.
+
+Closure is checked twice: by our own rules (every requirement satisfied inside the list, no
+conflict, one version per name, every Essential name present) and by Debian's dose-distcheck,
+which nobody here wrote, run on the list as a repository of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lab.build.index import write_packages
+from lab.build.packages import Compare, Package, Repository
+from lab.build.solver import Wanted, essential_names
+
+META_PACKAGE = "cernvm-system"
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    version: str
+    arch: str
+    filename: str
+    sha256: str
+
+
+def entries(packages: Sequence[Package]) -> list[Entry]:
+    return sorted(
+        (Entry(p.name, p.version, p.arch, p.filename, p.sha256) for p in packages),
+        key=lambda e: e.name,
+    )
+
+
+def write_text(packages: Sequence[Package], path: Path) -> None:
+    path.write_text(
+        "".join(
+            f"{e.name} {e.version} {e.arch} {e.filename} {e.sha256}\n" for e in entries(packages)
+        )
+    )
+
+
+def write_json(packages: Sequence[Package], path: Path, **provenance: object) -> None:
+    document = {**provenance, "packages": [asdict(e) for e in entries(packages)]}
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def read_json(path: Path) -> list[Entry]:
+    return [Entry(**entry) for entry in json.loads(path.read_text())["packages"]]
+
+
+def build_meta_package(
+    packages: Sequence[Package], out_dir: Path, *, version: str, name: str = META_PACKAGE
+) -> Path:
+    """A real .deb whose Depends pin every package of the list with `=`."""
+    depends = ", ".join(f"{e.name} (= {e.version})" for e in entries(packages))
+    control = (
+        f"Package: {name}\nVersion: {version}\nArchitecture: all\n"
+        "Maintainer: ucvm-lab <ucvm-lab@localhost>\nSection: metapackages\nPriority: optional\n"
+        f"Depends: {depends}\n"
+        f"Description: closed package list of the appliance ({len(packages)} packages)\n"
+        " Pins every package of the solver's closed list to its exact version.\n"
+    )
+    with tempfile.TemporaryDirectory(prefix="ucvm-meta-") as work:
+        (Path(work) / "DEBIAN").mkdir()
+        (Path(work) / "DEBIAN" / "control").write_text(control)
+        deb = out_dir / f"{name}_{version}_all.deb"
+        subprocess.run(
+            ["dpkg-deb", "--root-owner-group", "--build", work, str(deb)],
+            check=True,
+            capture_output=True,
+        )
+    return deb
+
+
+def meta_package_depends(deb: Path) -> list[tuple[str, str]]:
+    """(name, version) pairs of the .deb's Depends, read back with dpkg-deb."""
+    field = subprocess.run(
+        ["dpkg-deb", "--field", str(deb), "Depends"], check=True, capture_output=True, text=True
+    ).stdout
+    return re.findall(r"([^\s,(]+) \(= ([^)]+)\)", field)
+
+
+@dataclass
+class Diff:
+    added: list[Entry]
+    removed: list[Entry]
+    upgraded: list[tuple[Entry, Entry]]
+    downgraded: list[tuple[Entry, Entry]]
+
+    def lines(self) -> list[str]:
+        return [
+            *(f"+ {e.name} {e.version}" for e in self.added),
+            *(f"- {e.name} {e.version}" for e in self.removed),
+            *(f"↑ {a.name} {a.version} -> {b.version}" for a, b in self.upgraded),
+            *(f"↓ {a.name} {a.version} -> {b.version}" for a, b in self.downgraded),
+        ]
+
+
+def diff(old: Sequence[Entry], new: Sequence[Entry], compare: Compare) -> Diff:
+    before, after = {e.name: e for e in old}, {e.name: e for e in new}
+    changed = [
+        (before[n], after[n])
+        for n in sorted(before.keys() & after.keys())
+        if before[n].version != after[n].version
+    ]
+    return Diff(
+        added=[after[n] for n in sorted(after.keys() - before.keys())],
+        removed=[before[n] for n in sorted(before.keys() - after.keys())],
+        upgraded=[(a, b) for a, b in changed if compare(a.version, b.version) < 0],
+        downgraded=[(a, b) for a, b in changed if compare(a.version, b.version) > 0],
+    )
+
+
+def closure_problems(
+    repository: Repository, packages: Sequence[Package], wanted: Sequence[Wanted]
+) -> list[str]:
+    """Our own check: what makes ``packages`` not a closed, installable list."""
+    chosen = set(packages)
+    problems = []
+    conflicts: set[frozenset[Package]] = set()
+    names: dict[str, Package] = {}
+    for package in packages:
+        if package.name in names:
+            problems.append(f"two versions of {package.name}: {names[package.name]}, {package}")
+        names[package.name] = package
+        for clause in package.requirements():
+            if not any(q in chosen for rel in clause for q in repository.satisfiers(rel)):
+                needs = " | ".join(map(str, clause))
+                problems.append(f"{package} needs {needs}: not in the list")
+        conflicts |= {
+            frozenset((package, other))
+            for other in repository.conflicting(package) & chosen
+            if other.name != package.name
+        }
+    for item in wanted:
+        if not chosen & set(repository.satisfiers(item.relation())):
+            problems.append(f"wanted {item} is not in the list")
+    problems += [
+        f"{a} conflicts with {b}"
+        for a, b in (sorted(pair, key=lambda p: p.key) for pair in conflicts)
+    ]
+    problems += [
+        f"Essential {name} is not in the list"
+        for name in essential_names(repository)
+        if name not in names
+    ]
+    return problems
+
+
+@dataclass
+class DoseReport:
+    total: int
+    broken: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.broken == 0 and self.total > 0
+
+
+def dose_distcheck(packages: Sequence[Package], arch: str = "amd64") -> DoseReport:
+    """Debian's dose-distcheck on the list as a repository: is every package installable
+    using only packages of the list?"""
+    if not shutil.which("dose-distcheck"):
+        raise FileNotFoundError("dose-distcheck is not installed; run scripts/setup.sh")
+    with tempfile.TemporaryDirectory(prefix="ucvm-dose-") as work:
+        index = Path(work) / "Packages"
+        write_packages(packages, index)
+        run = subprocess.run(
+            ["dose-distcheck", f"--deb-native-arch={arch}", "--summary", "-e", f"deb://{index}"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+    total = re.search(r"total-packages: (\d+)", run.stdout)
+    broken = re.search(r"broken-packages: (\d+)", run.stdout)
+    if not total or not broken:
+        raise RuntimeError(f"dose-distcheck said nothing usable: {run.stdout[-400:]}{run.stderr}")
+    return DoseReport(int(total.group(1)), int(broken.group(1)), run.stdout)
