@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lab import matrix
-from lab.build import bootloader
+from lab.build import bootloader, index
 from lab.targets.base import Target
 from lab.targets.profiles import PROFILES
 from lab.targets.registry import DRIVERS, make_target
@@ -76,6 +76,15 @@ def host_group(cell: matrix.Cell) -> list[pytest.MarkDecorator]:
     guest at a time; local cells spread over the workers (-n sets how many guests run here)."""
     uri = cell.target.settings.get("uri")
     return [pytest.mark.xdist_group(uri)] if uri else []
+
+
+@pytest.fixture(scope="session")
+def corpus_files() -> list[Path]:
+    """The pinned Debian 12 indexes (../shared/data/solver), or a failure that says so."""
+    try:
+        return index.pinned_corpus()
+    except FileNotFoundError as error:
+        pytest.fail(str(error))
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,6 @@ PAPER_WANTED = 500  # "500 on the shopping list"
 PAPER_INEQUALITIES = 160_000  # "about 160,000 inequalities"
 BUDGET_S = 1.0  # DESIGN.md: < 1 s on the paper-sized problem, and faster than glpk
 
-DEBIAN = Path("/work/shared/data/solver")
 SYSTEM_PYTHON = "/usr/bin/python3"  # python3-solv imports only there
 SCALE_NAMES = (5_000, 17_000, 60_000)
 SCALE_WANTED = (100, 500, 2_000)
@@ -178,9 +177,10 @@ def synthetic_problem(
 
 
 def debian_problem(seed: int, count: int, work: Path) -> Problem:
-    paths = sorted(DEBIAN.glob("*.Packages.xz"))
-    if not paths:
-        raise SystemExit(f"no Packages.xz files in {DEBIAN}")
+    try:
+        paths = index.pinned_corpus()
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from None
     _, parse_s = timed(lambda: index.read_debian(paths))
     index.load_cached(paths)  # builds the artifact-store cache if this is its first run
     repository, cached_s = timed(lambda: index.load_cached(paths))
@@ -710,7 +710,7 @@ def run_all(args: argparse.Namespace, work: Path, with_libsolv: bool) -> dict[st
         )
     ]
     check = (
-        xz_check(problems[1].files, sorted(DEBIAN.glob("*.Packages.xz")))
+        xz_check(problems[1].files, index.pinned_corpus())
         if with_libsolv
         else "libsolv not measured."
     )

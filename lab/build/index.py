@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import gzip
 import lzma
+import os
 import pickle
 import re
 import subprocess
@@ -453,6 +454,28 @@ def format_requirements(groups: Iterable[Alternatives]) -> str:
 # --- the cache -------------------------------------------------------------------------------
 
 _PICKLE = "packages.pickle"
+
+
+PINNED_CORPUS_FILES = (
+    "debian-12.15-main-amd64.Packages.xz",
+    "debian-12-updates-20261123-main-amd64.Packages.xz",
+    "debian-12-security-20261122-main-amd64.Packages.xz",
+)
+
+
+def pinned_corpus() -> list[Path]:
+    """The pinned Debian 12 indexes (main, updates, security) for tests and benchmarks, read in
+    place: ``$UCVM_SOLVER_CORPUS``, else ``../shared/data/solver`` beside the checkout."""
+    checkout = Path(__file__).resolve().parents[2]
+    folder = Path(os.environ.get("UCVM_SOLVER_CORPUS", checkout.parent / "shared/data/solver"))
+    paths = [folder / name for name in PINNED_CORPUS_FILES]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"the pinned solver corpus is missing: {', '.join(missing)}; the checkout needs "
+            "../shared beside it (as CI has), or set UCVM_SOLVER_CORPUS to its folder"
+        )
+    return paths
 
 
 def load_cached(

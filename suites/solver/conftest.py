@@ -11,21 +11,12 @@ from lab.build import index, solver
 from lab.build.packages import Repository
 
 REPO = Path(__file__).resolve().parents[2]
-CORPUS = REPO.parent / "shared" / "data" / "solver"
 SHOPPING_LIST = REPO / "shopping-lists" / "debian-12-500.list"
 
 
 @pytest.fixture(scope="session")
-def debian_indexes() -> list[Path]:
-    paths = sorted(CORPUS.glob("*.Packages.xz"))
-    if len(paths) != 3:
-        pytest.fail(f"the pinned corpus is missing: expected 3 Packages.xz files in {CORPUS}")
-    return paths
-
-
-@pytest.fixture(scope="session")
-def debian(debian_indexes: list[Path]) -> Repository:
-    return index.load_cached(debian_indexes)
+def debian(corpus_files: list[Path]) -> Repository:
+    return index.load_cached(corpus_files)
 
 
 @pytest.fixture(scope="session")
