@@ -26,7 +26,6 @@ import argparse
 import datetime
 import json
 import lzma
-import os
 import random
 import shutil
 import statistics
@@ -38,8 +37,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import highspy
 
 from lab.build import explain, index, solver
 from lab.build.artifacts import ArtifactStore
@@ -658,23 +655,9 @@ def scaled_problem(synthetic: Synthetic, names: int, wanted: int, seed: int, wor
     return synthetic_problem(label, made, work, generate_s, measure_load=False)
 
 
-def banner_to_stderr() -> None:
-    """HiGHS prints its banner on file descriptor 1 when the first Highs object is made: make
-    that one here, with descriptor 1 pointing at stderr, so the tables stay clean."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        highspy.Highs()
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    banner_to_stderr()
     missing_libsolv = libsolv_available()
     if missing_libsolv:
         print(f"libsolv: not measured: {missing_libsolv}", file=sys.stderr)

@@ -21,14 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-from debian.debian_support import version_compare
 from rich.console import Console
 from rich.table import Table
 
 from lab import matrix
 from lab.build import bootloader, closed_list, explain, index, solver
 from lab.build.artifacts import file_digest
-from lab.build.packages import Repository
+from lab.build.packages import Repository, dpkg_compare
 from lab.report import allure_html, gate, known_issues, table
 from lab.targets.base import TargetError
 from lab.targets.libvirt import sweep
@@ -238,7 +237,7 @@ def cmd_diff(args: argparse.Namespace, lab: matrix.Matrix | None) -> int:
     change = closed_list.diff(
         closed_list.read_json(Path(args.old)),
         closed_list.read_json(Path(args.new)),
-        version_compare,
+        dpkg_compare,
     )
     out.print("\n".join(change.lines()) or "no change", highlight=False)
     return 0

@@ -212,7 +212,7 @@ def solve(tmp_path: Path, listing: str, out: str) -> subprocess.CompletedProcess
 def test_solve_writes_the_closed_list_and_the_meta_package(tmp_path: Path) -> None:
     result = solve(tmp_path, "app\n", "new")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "dose-distcheck: 0 of 3 broken" in result.stdout
+    assert "dose-distcheck: 0 of 4 broken" in result.stdout  # 3 packages + cernvm-system
     listed = (tmp_path / "new" / "closed-list.txt").read_text().splitlines()
     assert [line.split()[:2] for line in listed] == [
         ["app", "2.0"],
@@ -240,7 +240,7 @@ def test_solve_writes_the_closed_list_and_the_meta_package(tmp_path: Path) -> No
 def test_solve_explains_an_infeasible_list(tmp_path: Path) -> None:
     result = solve(tmp_path, "app\nblocker\n", "bad")
     assert result.returncode == 1
-    assert "cannot be installed together: app, blocker" in result.stdout
+    assert "cannot be installed together: app (line 1), blocker (line 2)" in result.stdout
     assert (tmp_path / "bad" / "explanation.txt").read_text().startswith("cannot be installed")
 
 

@@ -172,6 +172,13 @@ def test_dose_distcheck_agrees_on_a_closed_list(repo: Repository) -> None:
     assert report.broken >= 1 and not report.ok
 
 
+def test_dose_distcheck_sees_conflicts_inside_the_list(repo: Repository) -> None:
+    by = {p.name: p for p in repo.packages}
+    clashing = [by["base"], by["postfix"], by["exim"]]  # each installable alone, not together
+    report = closed_list.dose_distcheck(clashing)
+    assert not report.ok and "cernvm-system" in report.output
+
+
 def test_meta_package_pins_exactly_the_list(repo: Repository, tmp_path: Path) -> None:
     packages = solve(build_model(repo, [Wanted("app")])).packages
     deb = closed_list.build_meta_package(packages, tmp_path, version="1.0")

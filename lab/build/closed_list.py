@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lab.build.index import write_packages
-from lab.build.packages import Compare, Package, Repository
+from lab.build.packages import Compare, Package, Relation, Repository
 from lab.build.solver import Wanted, essential_names
 
 META_PACKAGE = "cernvm-system"
@@ -142,7 +142,7 @@ def closure_problems(
             if other.name != package.name
         }
     for item in wanted:
-        if not chosen & set(repository.satisfiers(item.relation())):
+        if not chosen & set(item.candidates(repository)):
             problems.append(f"wanted {item} is not in the list")
     problems += [
         f"{a} conflicts with {b}"
@@ -167,16 +167,23 @@ class DoseReport:
         return self.broken == 0 and self.total > 0
 
 
+def pinning_stanza(packages: Sequence[Package]) -> Package:
+    """The meta-package as dose-distcheck sees it: Depends on every package with `=`."""
+    pins = tuple((Relation(e.name, "=", e.version),) for e in entries(packages))
+    return Package(META_PACKAGE, "0", "all", depends=pins)
+
+
 def dose_distcheck(packages: Sequence[Package], arch: str = "amd64") -> DoseReport:
-    """Debian's dose-distcheck on the list as a repository: is every package installable
-    using only packages of the list?"""
+    """Debian's dose-distcheck on the list as a repository, plus the pinning meta-package:
+    each package must be installable using only packages of the list, and so must the
+    meta-package, which needs all of them at once (so conflicts inside the list count)."""
     if not shutil.which("dose-distcheck"):
         raise FileNotFoundError("dose-distcheck is not installed; run scripts/setup.sh")
     with tempfile.TemporaryDirectory(prefix="ucvm-dose-") as work:
         index = Path(work) / "Packages"
-        write_packages(packages, index)
+        write_packages([*packages, pinning_stanza(packages)], index)
         run = subprocess.run(
-            ["dose-distcheck", f"--deb-native-arch={arch}", "--summary", "-e", f"deb://{index}"],
+            ["dose-distcheck", f"--deb-native-arch={arch}", "-f", "-e", f"deb://{index}"],
             capture_output=True, text=True,
         )  # fmt: skip
     total = re.search(r"total-packages: (\d+)", run.stdout)

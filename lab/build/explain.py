@@ -1,7 +1,8 @@
 """Why a shopping list has no solution, in terms a release manager can act on.
 
-1. The core: the smallest set of wanted packages that cannot be installed together (with the
-   Essential set, which is always in), found with QuickXplain (Junker 2004): a
+1. The core: a minimal set of wanted packages that cannot be installed together (with the
+   Essential set, which is always in; minimal: leave out any one and the rest can be),
+   found with QuickXplain (Junker 2004): a
    divide-and-conquer search that needs about k·log(n/k) feasibility checks for a core of k
    out of n wanted packages, instead of n for a one-by-one deletion.
 2. The chain: from each candidate of each core package, the dependencies it is forced to take
@@ -15,18 +16,31 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import highspy
+
 from lab.build.packages import Package, Repository
 from lab.build.solver import Wanted, build_model, highs_model
 
 MAX_COMBINATIONS = 64
+CHECK_LIMIT_S = 60.0
+
+
+class ExplainError(RuntimeError):
+    """A feasibility check gave no verdict (time limit, solver error): no honest explanation."""
 
 
 def feasible(repository: Repository, wanted: Sequence[Wanted]) -> bool:
     model = build_model(repository, wanted)
     model.costs[:] = 0.0  # feasibility only
     highs = highs_model(model)
+    highs.setOptionValue("time_limit", CHECK_LIMIT_S)
     highs.run()
-    return highs.getModelStatus().name != "kInfeasible"
+    status = highs.getModelStatus()
+    if status == highspy.HighsModelStatus.kInfeasible:
+        return False
+    if status == highspy.HighsModelStatus.kOptimal:
+        return True
+    raise ExplainError(f"a feasibility check ended with {highs.modelStatusToString(status)}")
 
 
 def minimal_core(repository: Repository, wanted: Sequence[Wanted]) -> list[Wanted]:
@@ -142,16 +156,22 @@ def describe(item: Forced, package: Package, what: str) -> str:
 
 def explain(repository: Repository, wanted: Sequence[Wanted]) -> list[str]:
     """Lines of text: the core, then the rules that forbid it."""
+    if feasible(repository, wanted):
+        return ["the list can be installed: there is nothing to explain"]
     core = minimal_core(repository, wanted)
     if not core:
         return ["the Essential packages alone cannot be installed together"]
+    names = ", ".join(f"{item} (line {item.line})" if item.line else str(item) for item in core)
     lines = [
-        f"cannot be installed together: {', '.join(map(str, core))}"
+        f"cannot be installed together: {names}"
         if len(core) > 1
-        else f"cannot be installed: {core[0]}"
+        else f"cannot be installed: {names}"
     ]
-    candidates = [repository.satisfiers(item.relation()) for item in core]
-    combinations = list(itertools.islice(itertools.product(*candidates), MAX_COMBINATIONS))
+    candidates = [item.candidates(repository) for item in core]
+    everything = itertools.product(*candidates)
+    combinations = list(itertools.islice(everything, MAX_COMBINATIONS))
+    if next(everything, None) is not None:
+        lines.append(f"  (the first {MAX_COMBINATIONS} combinations of their versions follow)")
     for combination in combinations:
         forced = [forced_from(repository, package) for package in combination]
         reasons = collisions(repository, forced)

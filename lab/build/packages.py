@@ -114,7 +114,7 @@ def _part_key(text: str) -> tuple[int, ...]:
 def dpkg_version_key(version: str) -> tuple:
     """A sort key that orders version strings exactly as dpkg does (epoch, upstream, revision),
     so that comparing two versions is a tuple comparison instead of a parse."""
-    epoch, _, rest = version.rpartition(":") if ":" in version else ("0", "", version)
+    epoch, _, rest = version.partition(":") if ":" in version else ("0", "", version)
     upstream, _, revision = rest.rpartition("-") if "-" in rest else (rest, "", "")
     return int(epoch or 0), _part_key(upstream), _part_key(revision)
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from lab.build.packages import Package, Relation, Repository
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]*$")
+NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]+$")  # Debian Policy 5.6.1: two characters or more
 ENGINES = ("highs", "glpk")
 
 
@@ -54,6 +54,16 @@ class Wanted:
 
     def relation(self) -> Relation:
         return Relation(self.name, "=" if self.version else None, self.version)
+
+    def candidates(self, repository: Repository) -> tuple[Package, ...]:
+        """What installs this item: the named package itself when it is a real one (a provider
+        of the same name is another package: wanting busybox must not give busybox-static);
+        any provider only for a purely virtual name."""
+        if self.name in repository.by_name:
+            return tuple(
+                p for p in repository.by_name[self.name] if self.version in (None, p.version)
+            )
+        return repository.satisfiers(self.relation())
 
     def __str__(self) -> str:
         return f"{self.name}={self.version}" if self.version else self.name
@@ -84,7 +94,7 @@ def shopping_problem(
     repository: Repository, name: str, version: str, first_line: int | None
 ) -> str | None:
     if not NAME.match(name):
-        return "not a package name; expected lower-case letters, digits and + - ."
+        return "not a package name; expected two or more lower-case letters, digits and + - ."
     if first_line is not None:
         return f"listed twice (first on line {first_line}); list each package once"
     if not repository.knows(name):
@@ -165,7 +175,7 @@ def reachable(repository: Repository, roots: Iterable[Package]) -> list[Package]
 def build_model(repository: Repository, wanted: Sequence[Wanted], *, reduce: bool = True) -> Model:
     started = time.perf_counter()
     essentials = essential_names(repository)
-    demands = [("wanted", repository.satisfiers(w.relation())) for w in wanted] + [
+    demands = [("wanted", w.candidates(repository)) for w in wanted] + [
         ("essential", tuple(repository.by_name[name])) for name in essentials
     ]
     roots = [p for _, candidates in demands for p in candidates]
@@ -342,16 +352,36 @@ def read_glpk_solution(model: Model, text: str, elapsed: float, log: str) -> Sol
     for line in text.splitlines():
         fields = line.split()
         if fields[:2] == ["s", "mip"]:
+            if int(fields[3]) != len(model.variables):  # columns are matched by position
+                return Solution(
+                    "glpk",
+                    "error",
+                    None,
+                    None,
+                    [],
+                    elapsed,
+                    f"glpsol solved {fields[3]} columns, the model has {len(model.variables)}",
+                )
             status, objective = fields[4], float(fields[5])
         elif fields and fields[0] == "j":
             values[int(fields[1]) - 1] = float(fields[2])
     verdict = GLPK_STATUS.get(status, "error")
     if verdict == "time-limit" and "TIME LIMIT EXCEEDED" not in log:
         verdict = "error"
-    gaps = re.findall(r"\(([\d.]+)%\)", log)
+    gaps = re.findall(r"([\d.]+)% \(\d+; \d+\)", log)  # glpsol: "... 2.5% (12; 0)"
     gap = 0.0 if verdict == "optimal" else (float(gaps[-1]) / 100 if gaps else None)
     packages = [p for p, value in zip(model.variables, values, strict=True) if value > 0.5]
     if verdict not in ("optimal", "time-limit"):
         packages, objective = [], None
+    elif abs((objective or 0.0) - float(np.dot(model.costs, values))) > 1e-6 * (objective or 1):
+        return Solution(
+            "glpk",
+            "error",
+            None,
+            None,
+            [],
+            elapsed,
+            "glpsol's objective does not match the packages read back",
+        )
     detail = next((line for line in log.splitlines() if "SOLUTION" in line or "LIMIT" in line), "")
     return Solution("glpk", verdict, objective, gap, packages, elapsed, detail.strip())
