@@ -255,6 +255,10 @@ class Solution:
     def optimal(self) -> bool:
         return self.status == "optimal"
 
+    @classmethod
+    def error(cls, engine: str, elapsed: float, detail: str) -> Solution:
+        return cls(engine, "error", None, None, [], elapsed, detail)
+
 
 def solve(model: Model, engine: str = "highs", *, time_limit: float = 60.0) -> Solution:
     if engine == "highs":
@@ -342,7 +346,7 @@ def solve_glpk(model: Model, time_limit: float) -> Solution:
         )  # fmt: skip
         elapsed = time.perf_counter() - started
         if not solution.exists():
-            return Solution("glpk", "error", None, None, [], elapsed, run.stdout[-500:])
+            return Solution.error("glpk", elapsed, run.stdout[-500:])
         return read_glpk_solution(model, solution.read_text(), elapsed, run.stdout)
 
 
@@ -353,15 +357,8 @@ def read_glpk_solution(model: Model, text: str, elapsed: float, log: str) -> Sol
         fields = line.split()
         if fields[:2] == ["s", "mip"]:
             if int(fields[3]) != len(model.variables):  # columns are matched by position
-                return Solution(
-                    "glpk",
-                    "error",
-                    None,
-                    None,
-                    [],
-                    elapsed,
-                    f"glpsol solved {fields[3]} columns, the model has {len(model.variables)}",
-                )
+                detail = f"glpsol solved {fields[3]} columns, the model has {len(model.variables)}"
+                return Solution.error("glpk", elapsed, detail)
             status, objective = fields[4], float(fields[5])
         elif fields and fields[0] == "j":
             values[int(fields[1]) - 1] = float(fields[2])
@@ -374,14 +371,6 @@ def read_glpk_solution(model: Model, text: str, elapsed: float, log: str) -> Sol
     if verdict not in ("optimal", "time-limit"):
         packages, objective = [], None
     elif abs((objective or 0.0) - float(np.dot(model.costs, values))) > 1e-6 * (objective or 1):
-        return Solution(
-            "glpk",
-            "error",
-            None,
-            None,
-            [],
-            elapsed,
-            "glpsol's objective does not match the packages read back",
-        )
+        return Solution.error("glpk", elapsed, "glpsol's objective does not match its packages")
     detail = next((line for line in log.splitlines() if "SOLUTION" in line or "LIMIT" in line), "")
     return Solution("glpk", verdict, objective, gap, packages, elapsed, detail.strip())
