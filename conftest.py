@@ -17,8 +17,7 @@ import pytest
 from lab import matrix
 from lab.build import bootloader, index
 from lab.targets.base import Target
-from lab.targets.profiles import PROFILES
-from lab.targets.registry import DRIVERS, make_target
+from lab.targets.registry import load_matrix, make_target
 from lab.targets.run import Run, new_run_id
 
 HERE = Path(__file__).parent
@@ -34,15 +33,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def load_matrix(path: str) -> matrix.Matrix:
-    return matrix.load(
-        Path(path), profiles=PROFILES, drivers=DRIVERS, image_formats=bootloader.IMAGE_FORMATS
-    )
-
-
 def pytest_configure(config: pytest.Config) -> None:
     try:
-        config.ucvm_matrix = load_matrix(config.getoption("--matrix"))  # type: ignore[attr-defined]
+        config.ucvm_matrix = load_matrix(Path(config.getoption("--matrix")))  # type: ignore[attr-defined]
     except matrix.MatrixError as error:
         raise pytest.UsageError(f"invalid matrix:\n{error}") from None
     worker_input = getattr(config, "workerinput", None)

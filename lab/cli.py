@@ -32,17 +32,11 @@ from lab.report import allure_html, gate, known_issues, table
 from lab.targets.base import TargetError
 from lab.targets.libvirt import sweep
 from lab.targets.profiles import PROFILES
-from lab.targets.registry import DRIVERS, make_target
+from lab.targets.registry import load_matrix, make_target
 from lab.targets.run import Run, new_run_id
 
 REPO = Path(__file__).resolve().parent.parent
 out = Console(width=None if sys.stdout.isatty() else 200)
-
-
-def load_matrix(path: Path) -> matrix.Matrix:
-    return matrix.load(
-        path, profiles=PROFILES, drivers=DRIVERS, image_formats=bootloader.IMAGE_FORMATS
-    )
 
 
 def cmd_build(args: argparse.Namespace, lab: matrix.Matrix) -> int:

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import tarfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -493,19 +494,11 @@ def write_manifest(out: Path, kernel: kernel_pkg.Kernel, modules: list[str]) -> 
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
-def guest_sources_digest() -> str:
+def files_digest(paths: Iterable[Path]) -> str:
+    """One hash over the names and contents of files, in name order."""
     digest = hashlib.sha256()
-    guest = resources.files("lab.build") / "initramfs"
-    for name in sorted(entry.name for entry in guest.iterdir()):
-        digest.update(name.encode() + b"\0" + (guest / name).read_bytes())
-    return digest.hexdigest()
-
-
-def builder_digest() -> str:
-    """The build code itself is an input: a change to any of it rebuilds the image."""
-    digest = hashlib.sha256()
-    for module in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(module.name.encode() + b"\0" + module.read_bytes())
+    for path in sorted(paths, key=lambda p: p.name):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -523,11 +516,11 @@ def build(store: ArtifactStore | None = None) -> BootLoader:
     inputs = {
         "loader_version": LOADER_VERSION,
         "kernel_deb_sha256": kernel.deb_sha256,
-        "guest_sources": guest_sources_digest(),
+        "guest_sources": files_digest((Path(__file__).parent / "initramfs").iterdir()),
         "drivers": PLATFORM_DRIVERS,
         "cmdline": KERNEL_CMDLINE,
         "tools": tool_versions(),
-        "builder": builder_digest(),
+        "builder": files_digest(Path(__file__).parent.glob("*.py")),  # the build code too
     }
 
     def make(out: Path) -> None:

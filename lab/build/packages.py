@@ -22,13 +22,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 
 Compare = Callable[[str, str], int]
-OPERATORS = ("<<", "<=", "=", ">=", ">>")
 
 
 @dataclass(frozen=True, slots=True)
 class Relation:
     name: str
-    op: str | None = None  # one of OPERATORS, or None: any version
+    op: str | None = None  # << <= = >= >>, or None: any version
     version: str | None = None
     arch: str | None = None  # the `:qualifier`, e.g. any, native, i386
 

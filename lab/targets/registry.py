@@ -6,8 +6,10 @@ matrix.yaml's `driver:` is validated against DRIVERS' keys when the matrix is lo
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from lab import matrix
+from lab.build import bootloader
 from lab.targets.base import Target
 from lab.targets.libvirt import LibvirtTarget
 from lab.targets.profiles import PROFILES
@@ -24,6 +26,13 @@ def libvirt_target(spec: matrix.Target, settings: matrix.Settings, run: Run) -> 
 
 
 DRIVERS: dict[str, TargetFactory] = {"libvirt": libvirt_target}
+
+
+def load_matrix(path: Path) -> matrix.Matrix:
+    """matrix.yaml, validated against the drivers, profiles and image formats the lab has."""
+    return matrix.load(
+        path, profiles=PROFILES, drivers=DRIVERS, image_formats=bootloader.IMAGE_FORMATS
+    )
 
 
 def make_target(spec: matrix.Target, settings: matrix.Settings, run: Run) -> Target:
