@@ -4,6 +4,8 @@ and provides the session's run, boot loader and targets.
 Options (also environment variables, like cloud-init's integration settings):
   --matrix PATH     the matrix (UCVM_MATRIX; default: matrix.yaml beside this file)
   --targets a,b     only these targets (UCVM_TARGETS; default: every target)
+  --versions a,b    only these of the matrix's OS versions (UCVM_VERSIONS; default: all)
+  --releases a,b    publish only these releases of releases.yaml (UCVM_RELEASES; default: all)
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from lab import matrix
-from lab.build import bootloader, index
+from lab.build import bootloader, index, osrepo, rootfs
 from lab.targets.base import Target
 from lab.targets.registry import load_matrix, make_target
 from lab.targets.run import Run, new_run_id
@@ -30,6 +33,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--targets",
         default=os.environ.get("UCVM_TARGETS", ""),
         help="comma-separated target names (default: all in matrix.yaml)",
+    )
+    group.addoption(
+        "--versions",
+        default=os.environ.get("UCVM_VERSIONS", ""),
+        help="comma-separated OS versions of matrix.yaml to boot (default: all)",
+    )
+    group.addoption(
+        "--releases",
+        default=os.environ.get("UCVM_RELEASES", ""),
+        help="comma-separated release tags of releases.yaml to publish (default: all)",
     )
 
 
@@ -50,12 +63,24 @@ def pytest_configure_node(node) -> None:  # xdist: every worker joins the contro
     node.workerinput["ucvm_run_id"] = node.config.ucvm_run_id
 
 
+def listed(config: pytest.Config, option: str) -> list[str]:
+    return [name for name in config.getoption(option).split(",") if name]
+
+
 def selected_cells(config: pytest.Config) -> list[matrix.Cell]:
-    only = [name for name in config.getoption("--targets").split(",") if name]
+    only = listed(config, "--targets")
+    versions = listed(config, "--versions")
     try:
-        return config.ucvm_matrix.cells(only or None)  # type: ignore[attr-defined]
+        cells = config.ucvm_matrix.cells(only or None)  # type: ignore[attr-defined]
     except matrix.MatrixError as error:
         raise pytest.UsageError(str(error)) from None
+    unknown = set(versions) - {cell.version for cell in cells}
+    if unknown:
+        raise pytest.UsageError(
+            f"--versions / UCVM_VERSIONS names {', '.join(sorted(unknown))}, which matrix.yaml's "
+            "`versions:` does not list; pick among them"
+        )
+    return [cell for cell in cells if not versions or cell.version in versions]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -96,6 +121,42 @@ def lab_run(pytestconfig: pytest.Config, lab_matrix: matrix.Matrix) -> Iterator[
 def boot_loader() -> bootloader.BootLoader:
     """Built once per input hash; xdist workers share it under the artifact store's lock."""
     return bootloader.build()
+
+
+@pytest.fixture(scope="session")
+def os_releases(pytestconfig: pytest.Config) -> list[rootfs.ReleaseArtifact]:
+    """The OS releases of releases.yaml (or those --releases names), built once per input hash."""
+    try:
+        releases = rootfs.load_releases(HERE / "releases.yaml")
+    except rootfs.ReleaseError as error:
+        raise pytest.UsageError(str(error)) from None
+    only = listed(pytestconfig, "--releases")
+    unknown = set(only) - {release.tag for release in releases}
+    if unknown:
+        raise pytest.UsageError(
+            f"--releases / UCVM_RELEASES names {', '.join(sorted(unknown))}, not in releases.yaml"
+        )
+    return [rootfs.build_release(r) for r in releases if not only or r.tag in only]
+
+
+@pytest.fixture(scope="session")
+def os_repo(lab_run: Run, os_releases: list[rootfs.ReleaseArtifact]) -> osrepo.Repository:
+    """This run's OS repository: every release published in releases.yaml's order. Workers of
+    one run share it; the first publishes, the others find the same tags already there."""
+    repository = osrepo.Repository(lab_run.dir / "osrepo")
+    with FileLock(str(lab_run.dir / "osrepo.publish.lock")):
+        if not (repository.root / "manifest").exists():
+            repository.init("ucvm-lab", default_branch="prod")
+        for release in os_releases:
+            repository.publish(release.squashfs, tag=release.tag, branch=release.branch)
+    return repository
+
+
+@pytest.fixture(scope="session")
+def repo_server(os_repo: osrepo.Repository, lab_run: Run) -> Iterator[osrepo.RepoServer]:
+    """The repository served by nginx on 127.0.0.1 (one server per worker, its own log)."""
+    with osrepo.RepoServer(os_repo.root, lab_run.dir / f"nginx-{os.getpid()}") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
-"""ucvm-lab: build | targets | run | report | gate | sweep | solve | diff.
+"""ucvm-lab: build | targets | run | report | gate | sweep | solve | diff | repo.
 
-ucvm-lab build                 build the boot loader in every format (cached by input hash)
+ucvm-lab build                 build the boot loader in every format and the OS releases
+                               of releases.yaml (each cached by input hash)
 ucvm-lab targets               every target, whether it can run here, and why not
 ucvm-lab run [--targets a,b] [--shard K/N] [-n WORKERS]
                                run the suites over the matrix, then write the report
@@ -10,11 +11,16 @@ ucvm-lab sweep                 remove what dead runs left (domains, files)
 ucvm-lab solve LIST --index F [--index F ...] -o DIR [--engine highs|glpk]
                                shopping list -> closed package list + cernvm-system .deb
 ucvm-lab diff OLD.json NEW.json  what changed between two closed lists
+ucvm-lab repo init | publish IMAGE --tag T --branch B | tag EXISTING NEW | branch NAME TAG
+         | list [--verify] [--json] | serve [--port P]     (each takes --repo DIR)
+                               the signed OS repository (default: UCVM_REPO)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -25,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lab import matrix
-from lab.build import bootloader, closed_list, explain, index, solver
+from lab.build import bootloader, closed_list, explain, index, osrepo, rootfs, solver
 from lab.build.artifacts import file_digest
 from lab.build.packages import Repository, dpkg_compare
 from lab.report import allure_html, gate, known_issues, table
@@ -59,6 +65,30 @@ def cmd_build(args: argparse.Namespace, lab: matrix.Matrix) -> int:
         f"kernel {manifest['kernel']['package']} {manifest['kernel']['version']}, "
         f"{manifest['modules']['count']} modules ({manifest['modules']['bytes'] / 1e6:.1f} MB)"
     )
+    return build_releases()
+
+
+def build_releases() -> int:
+    """Every OS release of releases.yaml: closed list -> root -> squashfs (cached)."""
+    try:
+        releases = rootfs.load_releases(REPO / "releases.yaml")
+    except rootfs.ReleaseError as error:
+        print(f"ucvm-lab build: {error}", file=sys.stderr)
+        return 2
+    built = Table(title="OS releases (releases.yaml)")
+    for column in ("tag", "branch", "packages", "snapshot bytes", "built in"):
+        built.add_column(column)
+    for release in releases:
+        started = time.perf_counter()
+        artifact = rootfs.build_release(release)
+        built.add_row(
+            artifact.tag,
+            artifact.branch,
+            artifact.record.get("packages", "?"),
+            f"{artifact.squashfs.stat().st_size:,}",
+            f"{time.perf_counter() - started:.1f} s",
+        )
+    out.print(built)
     return 0
 
 
@@ -108,7 +138,8 @@ def cmd_run(args: argparse.Namespace, lab: matrix.Matrix) -> int:
         command.append("--targets=" + ",".join(chosen))
     out.print(f"[bold]ucvm-lab run[/]: {' '.join(command[3:])}")
     tests = subprocess.run(command, cwd=REPO, env=os.environ | {"UCVM_RUN_ID": new_run_id()})
-    return tests.returncode or write_report([results], lab)
+    report = write_report([results], lab)  # failed cells are what a report is most wanted for
+    return tests.returncode or report
 
 
 REPORT_ERRORS = (table.ResultsError, known_issues.KnownIssuesError, allure_html.AllureError)
@@ -161,7 +192,8 @@ def cmd_gate(args: argparse.Namespace, lab: matrix.Matrix) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace, lab: matrix.Matrix) -> int:
-    removed = sweep(lab.settings.libvirt_uri, lab.settings.run_root)
+    removed = osrepo.sweep_servers(lab.settings.run_root)  # before their run dirs go
+    removed += sweep(lab.settings.libvirt_uri, lab.settings.run_root)
     out.print("\n".join(removed) or "nothing to sweep")
     return 0
 
@@ -237,6 +269,125 @@ def cmd_diff(args: argparse.Namespace, lab: matrix.Matrix | None) -> int:
     return 0
 
 
+def os_repository(args: argparse.Namespace) -> osrepo.Repository:
+    return osrepo.Repository(Path(args.repo) if args.repo else osrepo.default_repo_path())
+
+
+def cmd_repo(args: argparse.Namespace, lab: matrix.Matrix | None) -> int:
+    try:
+        if args.repo_command == "serve":
+            return cmd_repo_serve(args, os_repository(args), lab)
+        return args.repo_func(args, os_repository(args))
+    except osrepo.RepoError as error:
+        print(f"ucvm-lab repo {args.repo_command}: {error}", file=sys.stderr)
+        return 2
+
+
+def cmd_repo_init(args: argparse.Namespace, repo: osrepo.Repository) -> int:
+    manifest = repo.init(args.name, args.default_branch)
+    out.print(f"repository {manifest.repository} in {repo.root}, key {repo.key_path}")
+    return 0
+
+
+def cmd_repo_publish(args: argparse.Namespace, repo: osrepo.Repository) -> int:
+    if not repo.exists():
+        repo.init(args.name, args.default_branch or args.branch)
+    before = repo.manifest().serial
+    snapshot = repo.publish(Path(args.image), args.tag, args.branch, args.block_bytes)
+    if repo.manifest().serial == before:
+        out.print(f"{snapshot.tag} already names this image: nothing to do", highlight=False)
+    else:
+        out.print(
+            f"published {snapshot.tag} on {snapshot.branch}: {snapshot.image_bytes:,} bytes, "
+            f"{snapshot.block_count} blocks, sha256 {snapshot.image_sha256}",
+            highlight=False,
+        )
+    return 0
+
+
+def cmd_repo_tag(args: argparse.Namespace, repo: osrepo.Repository) -> int:
+    snapshot = repo.tag(args.existing, args.new)
+    out.print(f"{snapshot.tag} names {snapshot.image_sha256}", highlight=False)
+    return 0
+
+
+def cmd_repo_branch(args: argparse.Namespace, repo: osrepo.Repository) -> int:
+    snapshot = repo.branch(args.name, args.tag)
+    out.print(f"branch {args.name} -> {snapshot.tag} ({snapshot.image_sha256})", highlight=False)
+    return 0
+
+
+def cmd_repo_list(args: argparse.Namespace, repo: osrepo.Repository) -> int:
+    """The snapshots; with --verify, each re-hashed (exit 1 if one does not match)."""
+    manifest = repo.manifest()
+    problems = repo.verify() if args.verify else None
+    if args.json:
+        print(json.dumps(repo_json(manifest, problems), indent=2))
+    else:
+        out.print(repo_table(repo, manifest, problems))
+    for tag, found in (problems or {}).items():
+        for problem in found:
+            print(f"ucvm-lab repo list: {tag}: {problem}", file=sys.stderr)
+    return 1 if problems and any(problems.values()) else 0
+
+
+def repo_json(manifest: osrepo.Manifest, problems: dict[str, list[str]] | None) -> dict:
+    heads = manifest.heads()
+    snapshots = []
+    for snapshot in manifest.snapshots:
+        row = {**dataclasses.asdict(snapshot), "heads": heads.get(snapshot.tag, [])}
+        if problems is not None:
+            row["problems"] = problems[snapshot.tag]
+        snapshots.append(row)
+    return {
+        "repository": manifest.repository, "serial": manifest.serial,
+        "published": manifest.published, "default_branch": manifest.default_branch,
+        "branches": manifest.branches, "snapshots": snapshots,
+    }  # fmt: skip
+
+
+def repo_table(
+    repo: osrepo.Repository, manifest: osrepo.Manifest, problems: dict[str, list[str]] | None
+) -> Table:
+    listing = Table(
+        title=f"{manifest.repository} in {repo.root}: serial {manifest.serial}, "
+        f"published {manifest.published}, default branch {manifest.default_branch}"
+    )
+    columns = ["tag", "branch", "published", "size", "image sha256", "head of"]
+    for column in columns + (["verified"] if problems is not None else []):
+        listing.add_column(column)
+    heads = manifest.heads()
+    for snapshot in manifest.snapshots:
+        row = [
+            snapshot.tag, snapshot.branch, snapshot.timestamp, f"{snapshot.image_bytes:,}",
+            snapshot.image_sha256[:16], ", ".join(heads.get(snapshot.tag, [])),
+        ]  # fmt: skip
+        if problems is not None:
+            row.append("[red]FAILED[/]" if problems[snapshot.tag] else "ok")
+        listing.add_row(*row)
+    return listing
+
+
+def cmd_repo_serve(args: argparse.Namespace, repo: osrepo.Repository, lab: matrix.Matrix) -> int:
+    """Serve until Ctrl-C, as a run of its own (so `ucvm-lab sweep` finds a leftover nginx)."""
+    manifest = repo.manifest()  # refuses to serve what does not verify
+    run = Run(new_run_id(), lab.settings.run_root).hold()
+    try:
+        with osrepo.RepoServer(repo.root, run.dir / "osrepo-server", port=args.port) as server:
+            out.print(
+                f"serving {manifest.repository} (serial {manifest.serial}) at {server.url}\n"
+                f"access log {server.access_log}; Ctrl-C stops",
+                highlight=False,
+            )
+            status = server.wait()
+        print(f"ucvm-lab repo serve: nginx exited ({status}): {server.error_log}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        run.release()
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
         prog="ucvm-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -276,7 +427,45 @@ def parser() -> argparse.ArgumentParser:
     change.add_argument("old")
     change.add_argument("new")
     change.set_defaults(func=cmd_diff, needs_matrix=False)
+    add_repo_commands(commands)
     return main
+
+
+def add_repo_commands(commands: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--repo", help="the repository (default: UCVM_REPO, else <artifact store>/osrepo)"
+    )
+    repo = commands.add_parser("repo", help="the signed OS repository (its key: UCVM_REPO_KEY)")
+    repo.set_defaults(func=cmd_repo, needs_matrix=False)
+    group = repo.add_subparsers(dest="repo_command", required=True)
+    init = group.add_parser("init", parents=[common], help="make an empty repository")
+    init.add_argument("--name", default="ucvm")
+    init.add_argument("--default-branch", default="prod")
+    init.set_defaults(repo_func=cmd_repo_init)
+    publish = group.add_parser("publish", parents=[common], help="add a squashfs snapshot")
+    publish.add_argument("image")
+    publish.add_argument("--tag", required=True)
+    publish.add_argument("--branch", required=True)
+    publish.add_argument("--block-bytes", type=int, default=osrepo.BLOCK_BYTES)
+    publish.add_argument("--name", default="ucvm", help="a new repository's name")
+    publish.add_argument("--default-branch", help="a new repository's (default: --branch)")
+    publish.set_defaults(repo_func=cmd_repo_publish)
+    tag = group.add_parser("tag", parents=[common], help="give a snapshot one more tag")
+    tag.add_argument("existing")
+    tag.add_argument("new")
+    tag.set_defaults(repo_func=cmd_repo_tag)
+    branch = group.add_parser("branch", parents=[common], help="create or move a branch head")
+    branch.add_argument("name")
+    branch.add_argument("tag")
+    branch.set_defaults(repo_func=cmd_repo_branch)
+    listing = group.add_parser("list", parents=[common], help="snapshots, tags, branch heads")
+    listing.add_argument("--verify", action="store_true", help="re-hash every snapshot")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(repo_func=cmd_repo_list)
+    serve = group.add_parser("serve", parents=[common], help="serve over HTTP until Ctrl-C")
+    serve.add_argument("--port", type=int, help="default: a free port")
+    serve.set_defaults(needs_matrix=True)  # its run root, for the sweeper
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,8 +24,11 @@ BREAK = re.compile(r"ucvm: break before phase=(?P<name>[\w-]+)")
 # What ends a wait early: the boot can no longer reach `ready`.
 FAILURE = r"ucvm: phase=\S+ t=\S+ status=failed|Kernel panic - not syncing"
 READY = r"ucvm: phase=ready "
-# The boot loader's phases, in order. The OS phases join when OS on demand lands (issue 4).
-PHASES = ("start", "modules", "network", "scratch", "ready")
+# The phases, in order: the boot loader's, then the OS's own `ready` (printed by the booted OS;
+# with ucvm.os=none the boot loader prints it right after scratch).
+LOADER_PHASES = ("start", "modules", "network", "scratch")
+OS_PHASES = ("repo", "mount", "switch_root")
+PHASES = (*LOADER_PHASES, *OS_PHASES, "ready")
 
 
 @dataclass
@@ -46,7 +49,6 @@ class BootRecord:
     accel_reason: str = ""
     failed_phase: str | None = None
     reason: str | None = None
-    os_phase: str = "not-run"  # the OS repository phase: not-run until issue 4
     labels: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -66,6 +68,20 @@ class BootRecord:
         ready = self.phase("ready")
         return ready.guest_s if ready else None
 
+    def ready_field(self, key: str) -> str | None:
+        ready = self.phase("ready")
+        return ready.fields.get(key) if ready else None
+
+    @property
+    def os_version(self) -> str | None:
+        """The OS tag the boot reached (`none` for a boot loader-only boot)."""
+        return self.ready_field("os")
+
+    def ready_bytes(self, key: str) -> int | None:
+        """A byte count from the `ready` marker (cache_bytes, fetched_bytes)."""
+        value = self.ready_field(key)
+        return int(value) if value and value.isdigit() else None
+
     def summary(self) -> str:
         if not self.ready:
             return f"{self.outcome} in phase {self.failed_phase}: {self.reason}"
@@ -81,7 +97,7 @@ class BootRecord:
             rows.append(
                 f"{phase.name:<10} {phase.guest_s:8.2f} {host}  {phase.status:<6}  {details}"
             )
-        rows.append(f"outcome: {self.summary()}; OS phase: {self.os_phase}")
+        rows.append(f"outcome: {self.summary()}; OS: {self.os_version or '-'}")
         return "\n".join(rows)
 
     def to_json(self) -> str:
@@ -122,15 +138,17 @@ def judge(
     """(outcome, failed phase, reason) from what the console shows and how the wait ended."""
     failed = next((p for p in phases if p.status == "failed"), None)
     if failed:
-        detail = " ".join(f"{k}={v}" for k, v in failed.fields.items())
-        return "failed", failed.name, detail or "failed"
+        fields = dict(failed.fields)
+        why = fields.pop("reason", "failed").replace("-", " ")  # repository-unreachable -> words
+        detail = ", ".join(f"{k}={v}" for k, v in fields.items())
+        return "failed", failed.name, f"{why} ({detail})" if detail else why
     panic = PANIC.search(console)
     if panic:
         return "panic", next_phase_after(phases), f"kernel panic: {panic['why'].strip()}"
     if any(p.name == "ready" for p in phases):
         return "ready", None, None
-    pending = next_phase_after(phases)
     stopped = BREAK.search(console)
+    pending = stopped["name"] if stopped else next_phase_after(phases)
     if waited == "timeout":
         why = f" (held by ucvm.break={stopped['name']})" if stopped else ""
         return "hang", pending, f"no `ready` within the budget; stuck before phase {pending}{why}"
@@ -153,16 +171,7 @@ def record_from_console(
     )
     phases = parse_phases(lines)
     outcome, failed_phase, reason = judge(phases, console, waited=waited)
-    os_phase = "run" if any(p.name.startswith("os") for p in phases) else "not-run"
-    return BootRecord(
-        instance,
-        outcome,
-        phases,
-        accel,
-        failed_phase=failed_phase,
-        reason=reason,
-        os_phase=os_phase,
-    )
+    return BootRecord(instance, outcome, phases, accel, failed_phase=failed_phase, reason=reason)
 
 
 def observe_boot(instance: Instance, budget_s: float) -> BootRecord:

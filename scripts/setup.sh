@@ -15,6 +15,9 @@ apt_packages=(
   glpk-utils dose-distcheck                          # the paper's ILP engine; an independent closure check
   python3-solv                                       # libsolv: the solver benchmark's speed of light
   rpm createrepo-c                                   # a small RPM repository for the index reader's tests
+  mmdebstrap squashfs-tools e2fsprogs lz4            # OS roots, their snapshots, the baseline disk
+  nginx-light socat                                  # the OS repository's server; guest -> host forwards
+  libsodium-dev musl-tools                           # ucvm-blockd: Ed25519 + SHA-256, static, small (musl)
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -39,6 +42,14 @@ if [ -c /dev/kvm ] && getent group kvm >/dev/null; then
   chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
 fi
 mkdir -p /var/log/libvirt/qemu /var/lib/libvirt/qemu /run/libvirt
+# Guests reach host services through QEMU's guestfwd, which spawns a socat per connection;
+# libvirt's default seccomp sandbox forbids QEMU to spawn anything. Restart on a change.
+qemu_conf=/etc/libvirt/qemu.conf
+if ! grep -qx 'seccomp_sandbox = 0' "$qemu_conf"; then
+  log "allowing QEMU to spawn guestfwd helpers (seccomp_sandbox = 0 in $qemu_conf)"
+  echo 'seccomp_sandbox = 0' >>"$qemu_conf"
+  pkill -x libvirtd && for _ in $(seq 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
+fi
 pgrep -x virtlogd >/dev/null || { log "starting virtlogd"; virtlogd -d; }
 if ! pgrep -x libvirtd >/dev/null; then
   log "starting libvirtd"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,15 @@ from lab.targets.run import Run
 EMULATED = [name for name, profile in PROFILES.items() if not profile.not_emulated]
 
 
-def render(profile_name: str, base_format: str = "qcow2", *, cdrom: bool = False) -> ET.Element:
+def render(
+    profile_name: str,
+    base_format: str = "qcow2",
+    *,
+    cdrom: bool = False,
+    uuid: str | None = None,
+    boot_args: Sequence[str] = (),
+    host_services: Mapping[str, int] | None = None,
+) -> ET.Element:
     profile = PROFILES[profile_name]
     disks = [(Path("/run/x/disk.qcow2"), "qcow2", False)]
     if cdrom:
@@ -30,20 +40,31 @@ def render(profile_name: str, base_format: str = "qcow2", *, cdrom: bool = False
         run=Run("1", Path("/var/tmp/ucvm-test")),
         target="t",
         passthrough=passthrough,
+        uuid=uuid,
+        boot_args=boot_args,
+        host_services=host_services,
     )
     return ET.fromstring(xml)
 
 
+def qemu_arg_list(domain: ET.Element) -> list[str]:
+    return [arg.get("value", "") for arg in domain.iter(f"{{{QEMU_NS}}}arg")]
+
+
 def qemu_args(domain: ET.Element) -> str:
-    return " ".join(arg.get("value", "") for arg in domain.iter(f"{{{QEMU_NS}}}arg"))
+    return " ".join(qemu_arg_list(domain))
+
+
+def qemu_option(domain: ET.Element, option: str) -> list[str]:
+    """The values given to QEMU's ``option`` (``-netdev``, ``-device``), in order."""
+    args = qemu_arg_list(domain)
+    return [value for flag, value in itertools.pairwise(args) if flag == option]
 
 
 @pytest.mark.parametrize("name", EMULATED)
-def test_machine_nic_and_consoles(name: str) -> None:
+def test_machine_and_consoles(name: str) -> None:
     profile, domain = PROFILES[name], render(name)
     assert domain.find("os/type").get("machine") == profile.machine
-    assert domain.find("devices/interface").get("type") == "user"
-    assert domain.find("devices/interface/model").get("type") == profile.nic_model
     serials = domain.findall("devices/serial")
     assert [s.get("type") for s in serials] == ["file", "unix"]
     assert domain.find("metadata")[0].get("run") == "1"
@@ -86,7 +107,13 @@ def test_hyperv_vhdx_goes_to_qemu_on_ide_with_enlightenments() -> None:
 def test_hyperv_fixed_vhd_stays_with_libvirt() -> None:
     domain = render("hyperv", base_format="vpc")
     assert domain.find("devices/disk/target").get("bus") == "ide"
-    assert qemu_args(domain) == ""
+    assert qemu_option(domain, "-drive") == []
+    assert qemu_arg_list(domain) == [  # QEMU gets the network only
+        "-netdev",
+        "user,id=ucvm-net0",
+        "-device",
+        "tulip,netdev=ucvm-net0,bus=pci.0,addr=0x18",
+    ]
 
 
 def test_iso_boot_has_a_cdrom_first_and_a_blank_disk() -> None:
@@ -95,3 +122,97 @@ def test_iso_boot_has_a_cdrom_first_and_a_blank_disk() -> None:
     assert disks[0].find("readonly") is not None
     assert disks[0].find("boot").get("order") == "1"
     assert disks[1].find("driver").get("type") == "vdi"
+
+
+# --- network: QEMU user networking, given to QEMU directly --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "device"),
+    [
+        ("kvm", "virtio-net-pci,netdev=ucvm-net0,bus=pci.0,addr=0x18"),
+        ("openstack", "virtio-net-pci,netdev=ucvm-net0,bus=pci.0,addr=0x18"),
+        ("opennebula", "virtio-net-pci,netdev=ucvm-net0,bus=pci.0,addr=0x18"),
+        ("vmware", "vmxnet3,netdev=ucvm-net0,bus=pci.0,addr=0x18"),
+        ("virtualbox", "e1000,netdev=ucvm-net0,bus=pcie.0,addr=0x18"),
+        ("hyperv", "tulip,netdev=ucvm-net0,bus=pci.0,addr=0x18"),
+        ("ec2", "virtio-net-pci,netdev=ucvm-net0,bus=pcie.0,addr=0x18"),
+        ("gce", "virtio-net-pci,netdev=ucvm-net0,bus=pci.0,addr=0x18"),
+    ],
+)
+def test_nic_is_the_platform_s_model_on_user_networking(name: str, device: str) -> None:
+    assert sorted(EMULATED) == sorted(
+        ["kvm", "openstack", "opennebula", "vmware", "virtualbox", "hyperv", "ec2", "gce"]
+    )  # a new profile needs its row here
+    domain = render(name)
+    assert domain.find("devices/interface") is None  # not libvirt's: it cannot do guestfwd
+    assert qemu_option(domain, "-netdev") == ["user,id=ucvm-net0"]
+    nics = [d for d in qemu_option(domain, "-device") if "netdev=" in d]
+    assert nics == [device]
+
+
+@pytest.mark.parametrize(
+    ("name", "base_format"),
+    [("kvm", "vhdx"), ("openstack", "vhdx"), ("ec2", "qcow2"), ("ec2", "vhdx"), ("hyperv", "vhdx")],
+)
+def test_nic_slot_is_clear_of_passed_through_disks(name: str, base_format: str) -> None:
+    domain = render(name, base_format)
+    assert qemu_option(domain, "-drive")  # the disk goes to QEMU too
+    devices = qemu_option(domain, "-device")
+    slots = [part for device in devices for part in device.split(",") if part.startswith("addr=")]
+    assert "addr=0x18" in slots
+    assert len(slots) == len(set(slots)), devices
+
+
+def test_host_services_are_guest_forwards_to_the_host_s_loopback() -> None:
+    domain = render("kvm", host_services={"10.0.2.100:80": 8123})
+    assert qemu_option(domain, "-netdev") == [
+        "user,id=ucvm-net0,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:8123"
+    ]
+
+
+def test_several_host_services_in_a_stable_order() -> None:
+    services = {"169.254.169.254:80": 9000, "10.0.2.100:80": 8123}
+    netdev = (
+        "user,id=ucvm-net0"
+        ",guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:8123"
+        ",guestfwd=tcp:169.254.169.254:80-cmd:socat - TCP:127.0.0.1:9000"
+    )
+    assert qemu_option(render("ec2", host_services=services), "-netdev") == [netdev]
+    reordered = dict(reversed(services.items()))
+    assert qemu_option(render("ec2", host_services=reordered), "-netdev") == [netdev]
+
+
+def test_no_host_services_forward_nothing() -> None:
+    for services in (None, {}):
+        assert "guestfwd" not in qemu_args(render("kvm", host_services=services))
+
+
+# --- per-instance identity and boot options ---------------------------------------------------
+
+
+def test_boot_args_are_smbios_oem_strings() -> None:
+    args = ["ucvm.version=1.1", "ucvm.cache_max_mb=64"]
+    domain = render("kvm", boot_args=args)
+    assert domain.find("os/smbios").get("mode") == "sysinfo"
+    sysinfo = domain.findall("sysinfo")
+    assert [s.get("type") for s in sysinfo] == ["smbios"]
+    assert [e.text for e in sysinfo[0].findall("oemStrings/entry")] == args
+
+
+def test_without_boot_args_there_is_no_sysinfo() -> None:
+    domain = render("kvm")
+    assert domain.find("os/smbios") is None
+    assert domain.find("sysinfo") is None
+
+
+def test_boot_args_of_a_q35_profile() -> None:
+    domain = render("virtualbox", boot_args=["ucvm.version=previous"])
+    assert domain.find("os/type").get("machine") == "q35"
+    assert [e.text for e in domain.findall("sysinfo/oemStrings/entry")] == ["ucvm.version=previous"]
+
+
+def test_uuid_is_the_domain_s() -> None:
+    uuid = "5f0c3e8a-2b1d-4c6e-9a7f-0e1d2c3b4a59"
+    assert render("kvm", uuid=uuid).find("uuid").text == uuid
+    assert render("kvm").find("uuid") is None  # libvirt then makes one up

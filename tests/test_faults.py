@@ -23,6 +23,8 @@ from lab.targets.run import Run, new_run_id
 
 pytestmark = pytest.mark.boot
 HANG_BUDGET_S = 20
+# These boots have no OS repository: the boot loader stops after scratch and prints `ready`.
+LOADER_ONLY = "ucvm.os=none"
 
 
 @pytest.fixture
@@ -73,7 +75,7 @@ def test_a_failed_phase_is_reported_by_name(
 
     assert record.outcome == "failed"
     assert record.failed_phase == "scratch"
-    assert "no-disk" in record.reason and "need_mb=999999" in record.reason
+    assert record.reason.startswith("no disk (need_mb=999999, ")
     assert [p.name for p in record.phases] == ["start", "modules", "network", "scratch"]
 
 
@@ -87,7 +89,7 @@ from lab.targets.run import Run
 run_id, root, accel = sys.argv[1:]
 run = Run(run_id, Path(root)).hold()
 target = LibvirtTarget("killed", PROFILES["kvm"], {}, run, accel=accel)
-print(target.launch(bootloader.build(), kernel_args="").name, flush=True)
+print(target.launch(bootloader.build(), kernel_args="ucvm.os=none").name, flush=True)
 time.sleep(600)
 """
 
@@ -129,7 +131,7 @@ def libvirtd_restarted() -> Iterator[None]:
 def test_libvirtd_dying_mid_run_fails_the_cell_and_leaks_nothing(
     kvm_target: LibvirtTarget, boot_loader: BootLoader, lab_run: Run, libvirtd_restarted: None
 ) -> None:
-    instance = kvm_target.launch(boot_loader, kernel_args="")
+    instance = kvm_target.launch(boot_loader, kernel_args=LOADER_ONLY)
     instance.wait_for("ucvm: phase=start", 120)
     subprocess.run(["pkill", "-KILL", "-x", "libvirtd"], check=True)
     time.sleep(0.5)

@@ -76,7 +76,7 @@ def test_the_real_matrix_loads() -> None:
     matrix = load_matrix(REAL_MATRIX)
 
     assert [target.name for target in matrix.targets][:3] == ["kvm", "openstack", "opennebula"]
-    assert matrix.versions == ("newest",)
+    assert matrix.versions == ("newest", "previous", "1.0", "devel")
     assert matrix.settings.accel == "auto"
     assert matrix.settings.boot_budget_s == 240.0
     assert matrix.settings.reports == REAL_MATRIX.parent / "reports"

@@ -1,13 +1,17 @@
 """Unit tests of lab.observe (console text -> BootRecord) and of Timeline.feed.
 
 The console texts are what a real boot prints: SeaBIOS and SYSLINUX banners, kernel messages
-with their `[    1.63]` uptime prefix, and the markers exactly as /init prints them
-(lab/build/initramfs/init and functions).
+with their `[    1.63]` uptime prefix, the boot loader's markers exactly as /init prints them
+(lab/build/initramfs/init and functions), systemd's own lines, and the booted OS's `ready`
+(ucvm-ready.service, docs/os-on-demand.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +20,15 @@ from types import SimpleNamespace
 import pytest
 
 from lab import observe
-from lab.observe import PHASES, BootRecord, parse_fields, record_from_console
+from lab.observe import (
+    LOADER_PHASES,
+    OS_PHASES,
+    PHASES,
+    BootRecord,
+    next_phase_after,
+    parse_fields,
+    record_from_console,
+)
 from lab.targets import base
 from lab.targets.base import Timeline
 
@@ -40,10 +52,36 @@ NETWORK = (
     "ucvm: phase=network t=4.22 status=ok iface=eth0 driver=virtio_net ip=10.0.2.15 gw=10.0.2.2"
 )
 SCRATCH = "ucvm: phase=scratch t=4.90 status=ok dev=/dev/vda2 action=created size_mb=975 boots=1"
-READY = "ucvm: phase=ready t=5.12 cache_bytes=0 os=not-run"
+REPO = (
+    "ucvm: phase=repo t=5.30 status=ok server=http://10.0.2.100/ tag=1.2 branch=prod "
+    "source=requested snapshot=0123456789ab image_bytes=98304000"
+)
+MOUNT = (
+    'ucvm: phase=mount t=6.10 status=ok snapshot="1.2 (0123456789ab)" '
+    "cache_bytes=1048576 fetched_bytes=1048576"
+)
+SWITCH_ROOT = "ucvm: phase=switch_root t=6.20 status=ok init=/sbin/init"
+# Printed by ucvm-ready.service in the booted OS, after multi-user.target.
+OS_READY = (
+    "ucvm: phase=ready t=31.20 os=1.2 release=1.2 snapshot=0123456789ab cache_bytes=41943040 "
+    "fetched_bytes=41943040 evicted_blocks=0 units_failed=0"
+)
+# Printed by the boot loader itself right after scratch when booted with ucvm.os=none.
+LOADER_READY = "ucvm: phase=ready t=5.12 cache_bytes=0 os=none"
+MARKERS = {
+    "start": START,
+    "modules": MODULES,
+    "network": NETWORK,
+    "scratch": SCRATCH,
+    "repo": REPO,
+    "mount": MOUNT,
+    "switch_root": SWITCH_ROOT,
+    "ready": OS_READY,
+}
 
-# A whole boot as (host seconds since launch, console line); kernel noise between markers.
-BOOT_TIMELINE: list[tuple[float, str]] = [
+# A whole boot into the OS as (host seconds since launch, console line); kernel and systemd
+# noise between the markers.
+LOADER_TIMELINE: list[tuple[float, str]] = [
     *[(0.4, line) for line in BANNER.splitlines()],
     (2.9, START),
     (3.3, "[    2.104311] virtio_blk virtio1: [vda] 28672 512-byte logical blocks (14.7 MB)"),
@@ -51,9 +89,22 @@ BOOT_TIMELINE: list[tuple[float, str]] = [
     (5.6, NETWORK),
     (5.9, "[    4.512000] EXT4-fs (vda2): mounted filesystem with ordered data mode."),
     (6.2, SCRATCH),
-    (6.4, READY),
+]
+BOOT_TIMELINE: list[tuple[float, str]] = [
+    *LOADER_TIMELINE,
+    (6.9, REPO),
+    (7.5, "[    5.980000] nbd0: detected capacity change from 0 to 192000"),
+    (7.8, MOUNT),
+    (7.9, SWITCH_ROOT),
+    (8.3, "[    6.512345] systemd[1]: systemd 252.30-1~deb12u2 running in system mode"),
+    (8.4, "Welcome to Debian GNU/Linux 12 (bookworm)!"),
+    (33.0, "[  OK  ] Reached target multi-user.target - Multi-User System."),
+    (33.6, OS_READY),
 ]
 BOOT_CONSOLE = "".join(f"{line}\r\n" for _, line in BOOT_TIMELINE)
+# The same boot loader with ucvm.os=none: no repository, `ready` right after scratch.
+LOADER_ONLY_TIMELINE = [*LOADER_TIMELINE, (6.4, LOADER_READY)]
+LOADER_ONLY_CONSOLE = "".join(f"{line}\r\n" for _, line in LOADER_ONLY_TIMELINE)
 
 
 def console(*lines: str) -> str:
@@ -66,7 +117,13 @@ def timeline_of(text: str) -> list[tuple[float, str]]:
     return [(n / 10, line) for n, line in enumerate(text.splitlines())]
 
 
-# --- a boot that reaches ready ---------------------------------------------------------------
+def test_phases_are_the_loader_s_then_the_os_s() -> None:
+    assert LOADER_PHASES == ("start", "modules", "network", "scratch")
+    assert OS_PHASES == ("repo", "mount", "switch_root")
+    assert list(PHASES) == [*LOADER_PHASES, *OS_PHASES, "ready"]
+
+
+# --- a boot that reaches the OS's ready -------------------------------------------------------
 
 
 @pytest.fixture
@@ -82,13 +139,15 @@ def test_ready_boot_has_every_phase_in_order(ready_record: BootRecord) -> None:
 
 
 def test_ready_boot_guest_and_host_times(ready_record: BootRecord) -> None:
-    assert [p.guest_s for p in ready_record.phases] == [1.63, 2.71, 4.22, 4.90, 5.12]
-    assert [p.host_s for p in ready_record.phases] == [2.9, 4.0, 5.6, 6.2, 6.4]
-    assert ready_record.guest_to_ready_s == 5.12
-    assert ready_record.host_to_ready_s == 6.4
+    assert [p.guest_s for p in ready_record.phases] == [
+        1.63, 2.71, 4.22, 4.90, 5.30, 6.10, 6.20, 31.20
+    ]  # fmt: skip
+    assert [p.host_s for p in ready_record.phases] == [2.9, 4.0, 5.6, 6.2, 6.9, 7.8, 7.9, 33.6]
+    assert ready_record.guest_to_ready_s == 31.2
+    assert ready_record.host_to_ready_s == 33.6
 
 
-def test_ready_boot_fields(ready_record: BootRecord) -> None:
+def test_ready_boot_loader_fields(ready_record: BootRecord) -> None:
     network = ready_record.phase("network")
     assert network is not None
     assert network.status == "ok"
@@ -102,14 +161,46 @@ def test_ready_boot_fields(ready_record: BootRecord) -> None:
     assert start is not None and start.fields["kernel"] == "6.1.0-28-cloud-amd64"
     modules = ready_record.phase("modules")
     assert modules is not None and modules.fields["drivers"].split(",")[-1] == "virtio_ring"
-    ready = ready_record.phase("ready")
-    assert ready is not None and ready.fields["cache_bytes"] == "0"
-    assert ready_record.phase("os-mount") is None
+
+
+def test_ready_boot_os_phase_fields(ready_record: BootRecord) -> None:
+    repo = ready_record.phase("repo")
+    assert repo is not None and repo.status == "ok"
+    assert repo.fields == {
+        "server": "http://10.0.2.100/",
+        "tag": "1.2",
+        "branch": "prod",
+        "source": "requested",
+        "snapshot": "0123456789ab",
+        "image_bytes": "98304000",
+    }
+    mount = ready_record.phase("mount")
+    assert mount is not None
+    assert mount.fields == {
+        "snapshot": "1.2 (0123456789ab)",
+        "cache_bytes": "1048576",
+        "fetched_bytes": "1048576",
+    }
+    switch_root = ready_record.phase("switch_root")
+    assert switch_root is not None and switch_root.fields == {"init": "/sbin/init"}
+
+
+def test_ready_boot_os_ready_marker(ready_record: BootRecord) -> None:
+    assert ready_record.os_version == "1.2"
+    assert ready_record.ready_field("release") == "1.2"
+    assert ready_record.ready_field("snapshot") == "0123456789ab"
+    assert ready_record.ready_field("units_failed") == "0"
+    assert ready_record.ready_field("no_such_field") is None
+    assert ready_record.ready_bytes("cache_bytes") == 41943040
+    assert ready_record.ready_bytes("fetched_bytes") == 41943040
+    assert ready_record.ready_bytes("evicted_blocks") == 0
+    assert ready_record.ready_bytes("snapshot") is None  # a hash, not a byte count
+    assert ready_record.ready_bytes("no_such_field") is None
 
 
 def test_ready_summary(ready_record: BootRecord) -> None:
     assert ready_record.summary() == (
-        "ready after 6.4 s host time (5.12 s guest uptime), accel kvm"
+        "ready after 33.6 s host time (31.20 s guest uptime), accel kvm"
     )
 
 
@@ -123,8 +214,36 @@ def test_without_timeline_host_time_is_unknown() -> None:
 
 def test_ready_summary_without_timeline() -> None:
     record = record_from_console(BOOT_CONSOLE)
-    assert "5.12 s guest uptime" in record.summary()
-    assert "ready" in record.phase_table()
+    assert record.summary() == "ready (host time unknown) (31.20 s guest uptime), accel unknown"
+    assert record.phase_table().splitlines()[-2].split()[:3] == ["ready", "31.20", "-"]
+
+
+# --- a boot loader-only boot (ucvm.os=none) ----------------------------------------------------
+
+
+@pytest.fixture
+def loader_only_record() -> BootRecord:
+    return record_from_console(
+        LOADER_ONLY_CONSOLE, LOADER_ONLY_TIMELINE, instance="ucvm-t1-kvm", accel="kvm"
+    )
+
+
+def test_loader_only_boot_skips_the_os_phases(loader_only_record: BootRecord) -> None:
+    assert [p.name for p in loader_only_record.phases] == [*LOADER_PHASES, "ready"]
+    assert loader_only_record.outcome == "ready"
+    assert (loader_only_record.failed_phase, loader_only_record.reason) == (None, None)
+    assert all(loader_only_record.phase(name) is None for name in OS_PHASES)
+
+
+def test_loader_only_boot_ready_marker(loader_only_record: BootRecord) -> None:
+    assert loader_only_record.os_version == "none"
+    assert loader_only_record.ready_bytes("cache_bytes") == 0
+    assert loader_only_record.ready_bytes("fetched_bytes") is None
+    assert loader_only_record.guest_to_ready_s == 5.12
+    assert loader_only_record.host_to_ready_s == 6.4
+    assert loader_only_record.summary() == (
+        "ready after 6.4 s host time (5.12 s guest uptime), accel kvm"
+    )
 
 
 # --- fields ----------------------------------------------------------------------------------
@@ -141,7 +260,20 @@ def test_ready_summary_without_timeline() -> None:
         ),
         (' detail="" dev=/dev/vda2', {"detail": "", "dev": "/dev/vda2"}),
         (" drivers=ahci,libata,sd_mod", {"drivers": "ahci,libata,sd_mod"}),
-        (" cache_bytes=0 os=not-run", {"cache_bytes": "0", "os": "not-run"}),
+        (" cache_bytes=0 os=none", {"cache_bytes": "0", "os": "none"}),
+        (
+            ' status=ok snapshot="1.2 (0123456789ab)" cache_bytes=1048576',
+            {"status": "ok", "snapshot": "1.2 (0123456789ab)", "cache_bytes": "1048576"},
+        ),
+        (
+            " server=http://10.0.2.100/ "
+            'detail="ucvm-blockd: server unreachable: http://10.0.2.100/manifest (5 attempts)"',
+            {
+                "server": "http://10.0.2.100/",
+                "detail": "ucvm-blockd: server unreachable: "
+                "http://10.0.2.100/manifest (5 attempts)",
+            },
+        ),
     ],
 )
 def test_parse_fields(text: str, fields: dict[str, str]) -> None:
@@ -161,7 +293,26 @@ def test_quoted_field_of_a_failed_phase() -> None:
     assert scratch is not None
     assert scratch.status == "failed"
     assert scratch.fields == {"reason": "no-disk", "need_mb": "256", "detail": "no free space"}
-    assert record.reason == "reason=no-disk need_mb=256 detail=no free space"
+    assert record.reason == "no disk (need_mb=256, detail=no free space)"
+
+
+@pytest.mark.parametrize(
+    ("marker", "reason"),
+    [
+        pytest.param(
+            "ucvm: phase=network t=16.31 status=failed reason=no-nic", "no nic", id="no-fields"
+        ),
+        pytest.param("ucvm: phase=network t=16.31 status=failed", "failed", id="no-reason"),
+        pytest.param(
+            "ucvm: phase=network t=16.31 status=failed iface=eth0",
+            "failed (iface=eth0)",
+            id="no-reason-with-fields",
+        ),
+    ],
+)
+def test_reason_of_a_failed_phase_without_detail(marker: str, reason: str) -> None:
+    record = record_from_console(console(START, MODULES, marker))
+    assert (record.outcome, record.failed_phase, record.reason) == ("failed", "network", reason)
 
 
 # --- how a boot ends -------------------------------------------------------------------------
@@ -170,6 +321,11 @@ PANIC = (
     "[    1.634567] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)"
 )
 BREAK_NETWORK = "ucvm: break before phase=network (ucvm.break)"
+REPO_UNREACHABLE = (
+    "ucvm: phase=repo t=20.1 status=failed reason=repository-unreachable "
+    'server=http://10.0.2.100/ detail="ucvm-blockd: server unreachable: '
+    'http://10.0.2.100/manifest (5 attempts)"'
+)
 
 
 @pytest.mark.parametrize(
@@ -185,8 +341,24 @@ BREAK_NETWORK = "ucvm: break before phase=network (ucvm.break)"
             None,
             "failed",
             "network",
-            "reason=no-dhcp",
+            "no dhcp (iface=eth0, driver=virtio_net)",
             id="failed-network",
+        ),
+        pytest.param(
+            console(
+                START,
+                MODULES,
+                NETWORK,
+                SCRATCH,
+                REPO,
+                'ucvm: phase=mount t=7.80 status=failed reason=snapshot-refused snapshot="1.2 '
+                '(0123456789ab)" detail="its block list does not match the signed manifest"',
+            ),
+            None,
+            "failed",
+            "mount",
+            "snapshot refused (snapshot=1.2 (0123456789ab), detail=its block list does not",
+            id="failed-mount",
         ),
         pytest.param(
             console(PANIC),
@@ -205,12 +377,36 @@ BREAK_NETWORK = "ucvm: break before phase=network (ucvm.break)"
             id="panic-after-modules",
         ),
         pytest.param(
+            console(START, MODULES, NETWORK, SCRATCH, REPO, MOUNT, SWITCH_ROOT, PANIC),
+            None,
+            "panic",
+            "ready",
+            "kernel panic: VFS: Unable to mount root fs",
+            id="panic-after-switch-root",
+        ),
+        pytest.param(
             console(START, MODULES),
             "timeout",
             "hang",
             "network",
             "stuck before phase network",
             id="hang",
+        ),
+        pytest.param(
+            console(START, MODULES, NETWORK, SCRATCH),
+            "timeout",
+            "hang",
+            "repo",
+            "stuck before phase repo",
+            id="hang-after-scratch",
+        ),
+        pytest.param(
+            console(START, MODULES, NETWORK, SCRATCH, REPO, MOUNT, SWITCH_ROOT),
+            "timeout",
+            "hang",
+            "ready",
+            "no `ready` within the budget; stuck before phase ready",
+            id="hang-in-the-os",
         ),
         pytest.param(
             console(START, MODULES, BREAK_NETWORK),
@@ -221,6 +417,14 @@ BREAK_NETWORK = "ucvm: break before phase=network (ucvm.break)"
             id="hang-at-break",
         ),
         pytest.param(console(START), "gone", "gone", "modules", "stopped running", id="gone"),
+        pytest.param(
+            console(START, MODULES, NETWORK, SCRATCH, REPO),
+            "gone",
+            "gone",
+            "mount",
+            "the guest stopped running before `ready`",
+            id="gone-after-repo",
+        ),
         pytest.param(
             console(START, MODULES, NETWORK),
             "domain vanished",
@@ -245,10 +449,24 @@ def test_outcome(
     assert record.summary() == f"{outcome} in phase {failed_phase}: {record.reason}"
 
 
+def test_repository_unreachable_fails_phase_repo() -> None:
+    text = console(START, MODULES, NETWORK, SCRATCH, REPO_UNREACHABLE)
+    record = record_from_console(text, timeline_of(text))
+    assert record.outcome == "failed"
+    assert record.failed_phase == "repo"
+    assert record.reason is not None and record.reason.startswith("repository unreachable (")
+    assert record.reason == (
+        "repository unreachable (server=http://10.0.2.100/, "
+        "detail=ucvm-blockd: server unreachable: http://10.0.2.100/manifest (5 attempts))"
+    )
+    assert [p.name for p in record.phases] == [*LOADER_PHASES, "repo"]
+    assert record.os_version is None
+
+
 def test_failed_phase_wins_over_a_timeout() -> None:
     text = console(START, MODULES, "ucvm: phase=network t=16.31 status=failed reason=no-nic")
     record = record_from_console(text, waited="timeout")
-    assert (record.outcome, record.failed_phase) == ("failed", "network")
+    assert (record.outcome, record.failed_phase, record.reason) == ("failed", "network", "no nic")
 
 
 def test_plain_hang_does_not_blame_a_break() -> None:
@@ -256,14 +474,36 @@ def test_plain_hang_does_not_blame_a_break() -> None:
     assert "ucvm.break" not in (record.reason or "")
 
 
-@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize(
+    ("printed", "pending"),
+    [
+        ([], "start"),
+        *[([*PHASES[:n]], PHASES[n]) for n in range(1, len(PHASES))],
+        (list(PHASES), "ready"),
+        ([*LOADER_PHASES, "ready"], "ready"),
+    ],
+)
+def test_next_phase_after(printed: list[str], pending: str) -> None:
+    text = console(*(MARKERS[name] for name in printed))
+    assert next_phase_after(record_from_console(text).phases) == pending
+
+
+# ucvm.break works before every phase /init announces with `marker` (the OS prints `ready`).
+@pytest.mark.parametrize("phase", [*LOADER_PHASES, *OS_PHASES])
 def test_break_before_each_phase(phase: str) -> None:
-    markers = {"start": START, "modules": MODULES, "network": NETWORK, "scratch": SCRATCH}
-    before = [markers[name] for name in PHASES[: PHASES.index(phase)]]
+    before = [MARKERS[name] for name in PHASES[: PHASES.index(phase)]]
     text = console(*before, f"ucvm: break before phase={phase} (ucvm.break)")
     record = record_from_console(text, waited="timeout")
     assert (record.outcome, record.failed_phase) == ("hang", phase)
-    assert f"ucvm.break={phase}" in (record.reason or "")
+    assert record.reason == (
+        f"no `ready` within the budget; stuck before phase {phase} (held by ucvm.break={phase})"
+    )
+
+
+def test_break_before_the_loader_s_ready() -> None:
+    text = console(START, MODULES, NETWORK, SCRATCH, "ucvm: break before phase=ready (ucvm.break)")
+    record = record_from_console(text, waited="timeout")
+    assert (record.outcome, record.failed_phase) == ("hang", "ready")
 
 
 # --- markers mixed with kernel noise ----------------------------------------------------------
@@ -275,7 +515,10 @@ def test_marker_after_kernel_noise_on_the_same_line() -> None:
         "[    2.650000] random: crng init done" + MODULES,
         "[    4.201000] virtio_net virtio0 eth0: link up" + NETWORK,
         SCRATCH,
-        READY,
+        "[    5.290000] random: crng init done" + REPO,
+        MOUNT,
+        SWITCH_ROOT,
+        OS_READY,
     )
     record = record_from_console(text)
     assert [p.name for p in record.phases] == list(PHASES)
@@ -283,6 +526,8 @@ def test_marker_after_kernel_noise_on_the_same_line() -> None:
     assert network is not None
     assert network.guest_s == 4.22
     assert network.fields["gw"] == "10.0.2.2"
+    repo = record.phase("repo")
+    assert repo is not None and (repo.guest_s, repo.fields["tag"]) == (5.30, "1.2")
 
 
 def test_kernel_noise_after_a_marker_keeps_name_time_and_status() -> None:
@@ -301,6 +546,15 @@ def test_kernel_noise_does_not_leak_into_the_last_field() -> None:
     assert scratch.fields["boots"] == "1"
 
 
+def test_kernel_noise_does_not_leak_into_the_os_ready_marker() -> None:
+    noisy = OS_READY + "[   31.250000] audit: type=1334 audit(1732494762.123:42): prog-id=12"
+    record = record_from_console(
+        console(START, MODULES, NETWORK, SCRATCH, REPO, MOUNT, SWITCH_ROOT, noisy)
+    )
+    assert record.ready_field("units_failed") == "0"
+    assert record.os_version == "1.2"
+
+
 def test_a_line_that_only_mentions_ucvm_is_no_marker() -> None:
     text = console("[    0.000000] Command line: console=ttyS0 ucvm.break=network", START)
     assert [p.name for p in record_from_console(text).phases] == ["start"]
@@ -308,31 +562,149 @@ def test_a_line_that_only_mentions_ucvm_is_no_marker() -> None:
 
 # --- the markers as the guest's shell functions print them -------------------------------------
 
-
-def guest_prints(script: str) -> str:
-    """Run ``script`` after sourcing the initramfs functions in busybox sh, the console being
-    stdout; stay_up returns instead of sleeping forever."""
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        pytest.skip("busybox is not installed")
-    source = FUNCTIONS.read_text().replace("/dev/console", "/dev/stdout")
-    prelude = """
+# The fixed paths the functions use, rewritten to files under the test's directory (the
+# console becomes stdout). A path the functions no longer use fails the test loudly.
+GUEST_PATHS = {
+    "/dev/console": "/dev/stdout",
+    "/proc/cmdline": "cmdline",
+    "/run/ucvm": "run/ucvm",
+    "/sys/firmware/dmi/entries": "dmi",
+    "/sys/class/dmi/id/product_uuid": "product_uuid",
+    "/scratch/ucvm": "scratch/ucvm",
+}
+# Not a real boot: stay_up returns instead of sleeping forever, no console channel, no sync.
+GUEST_PRELUDE = """
 stay_up() { exit 0; }
 start_console_channel() { :; }
-cmdline_arg() { [ "$1" = ucvm.break ] && [ -n "$BREAK" ] && echo "$BREAK"; }
+sync() { :; }
 """
-    result = subprocess.run(
-        [busybox, "sh", "-c", f"{source}\n{prelude}\n{script}"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
+# A stand-in for the boot loader's block client: `get` copies $FAKE_MANIFEST (or fails as the
+# real one does when the server does not answer: exit 2), `verify` drops the signature line.
+FAKE_BLOCKD = """\
+#!/bin/sh
+echo "$*" >>"$FAKE_CALLS"
+case "$1" in
+get)
+	if [ -n "$FAKE_UNREACHABLE" ]; then
+		echo "ucvm-blockd: server unreachable: $2 (5 attempts)" >&2
+		exit 2
+	fi
+	cp "$FAKE_MANIFEST" "$3" ;;
+verify) grep -v '^signature ' "$3" >"$4" ;;
+*) exit 1 ;;
+esac
+"""
+INSTANCE_UUID = "5f0c3e8a-2b1d-4c6e-9a7f-0e1d2c3b4a59"
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# (tag, branch, published, image bytes), in publish order.
+SNAPSHOTS = [
+    ("1.0", "prod", "2026-11-01T10:00:00Z", 90177536),
+    ("1.1", "prod", "2026-11-10T09:30:00Z", 94371840),
+    ("1.2-rc1", "testing", "2026-11-15T14:00:00Z", 98304000),
+    ("1.2", "prod", "2026-11-20T08:15:00Z", 98304000),
+    ("1.3-rc1", "testing", "2026-11-24T17:45:00Z", 102760448),
+]
+SNAPSHOT_LINES = {
+    tag: f"snapshot {tag} {branch} {when} {sha(tag + '.img')} {size} 65536 {sha(tag + '.blocks')}"
+    for tag, branch, when, size in SNAPSHOTS
+}
+
+
+def manifest(prod: str = "1.2", testing: str = "1.3-rc1") -> str:
+    """A manifest body as docs/os-on-demand.md describes it, the branches at these heads."""
+    return "".join(
+        f"{line}\n"
+        for line in [
+            "ucvm-manifest 1",
+            "repository ucvm-test",
+            "serial 9",
+            "published 2026-11-25T00:32:42Z",
+            "default-branch prod",
+            *SNAPSHOT_LINES.values(),
+            f"branch prod {prod}",
+            f"branch testing {testing}",
+            "signature ed25519 0123456789abcdef c2lnbmF0dXJlIG9mIHRoZSBtYW5pZmVzdA==",
+        ]
     )
-    return result.stdout
 
 
-def test_guest_marker_parses() -> None:
-    line = guest_prints(
+def smbios_oem_strings(*strings: str) -> bytes:
+    """A raw SMBIOS type 11 (OEM strings) structure, as /sys/firmware/dmi/entries/*/raw."""
+    header = bytes([11, 5]) + (0x0B00).to_bytes(2, "little") + bytes([len(strings)])
+    return header + b"".join(s.encode() + b"\0" for s in strings) + b"\0"
+
+
+class Guest:
+    """The initramfs functions in busybox sh on the host, their fixed paths under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        busybox = shutil.which("busybox")
+        if busybox is None:
+            pytest.skip("busybox is not installed")
+        self.busybox = busybox
+        self.root = root
+        self.cmdline = "console=ttyS0"
+        self.manifest = manifest()
+        self.unreachable = False
+        for directory in ("bin", "run/ucvm", "dmi", "scratch/ucvm"):
+            (root / directory).mkdir(parents=True)
+        (root / "product_uuid").write_text(f"{INSTANCE_UUID}\n")
+        blockd = root / "bin" / "ucvm-blockd"
+        blockd.write_text(FAKE_BLOCKD)
+        blockd.chmod(0o755)
+        self.source = FUNCTIONS.read_text()
+        for path, replacement in GUEST_PATHS.items():
+            new = replacement if replacement.startswith("/") else str(root / replacement)
+            pattern = rf"(?<![\w./]){re.escape(path)}"
+            self.source, count = re.subn(pattern, lambda _, new=new: new, self.source)
+            if not count:
+                pytest.fail(f"{FUNCTIONS} no longer uses {path}: update GUEST_PATHS")
+
+    def smbios(self, entry: str, raw: bytes) -> None:
+        (self.root / "dmi" / entry).mkdir()
+        (self.root / "dmi" / entry / "raw").write_bytes(raw)
+
+    def file(self, path: str) -> Path:
+        return self.root / path
+
+    def calls(self) -> list[str]:
+        calls = self.root / "blockd.calls"
+        return calls.read_text().splitlines() if calls.exists() else []
+
+    def prints(self, script: str) -> str:
+        """Run ``script`` after sourcing the functions; what the console shows."""
+        (self.root / "cmdline").write_text(f"{self.cmdline}\n")
+        (self.root / "manifest").write_text(self.manifest)
+        env = {
+            **os.environ,
+            "PATH": f"{self.root / 'bin'}:{os.environ['PATH']}",
+            "FAKE_MANIFEST": str(self.root / "manifest"),
+            "FAKE_CALLS": str(self.root / "blockd.calls"),
+            "FAKE_UNREACHABLE": "1" if self.unreachable else "",
+        }
+        result = subprocess.run(
+            [self.busybox, "sh", "-c", f"{self.source}\n{GUEST_PRELUDE}\n{script}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+            env=env,
+        )
+        return result.stdout
+
+
+@pytest.fixture
+def guest(tmp_path: Path) -> Guest:
+    return Guest(tmp_path)
+
+
+def test_guest_marker_parses(guest: Guest) -> None:
+    line = guest.prints(
         'marker network status=ok iface=eth0 driver="virtio_net" ip="10.0.2.15" gw="10.0.2.2"'
     )
     record = record_from_console(line)
@@ -346,24 +718,25 @@ def test_guest_marker_parses() -> None:
     }
 
 
-def test_guest_break_is_recognised() -> None:
-    text = guest_prints("BREAK=network; marker start kernel=6.1; marker modules; marker network")
+def test_guest_break_is_recognised(guest: Guest) -> None:
+    guest.cmdline = "console=ttyS0 ucvm.break=network"
+    text = guest.prints("marker start kernel=6.1; marker modules; marker network")
     record = record_from_console(text, waited="timeout")
     assert [p.name for p in record.phases] == ["start", "modules"]
     assert (record.outcome, record.failed_phase) == ("hang", "network")
     assert "ucvm.break=network" in (record.reason or "")
 
 
-def test_guest_failure_is_recognised() -> None:
-    text = guest_prints("fail network no-dhcp iface=eth0 driver=virtio_net")
+def test_guest_failure_is_recognised(guest: Guest) -> None:
+    text = guest.prints("fail network no-dhcp iface=eth0 driver=virtio_net")
     record = record_from_console(text)
     assert (record.outcome, record.failed_phase) == ("failed", "network")
-    assert record.reason == "reason=no-dhcp iface=eth0 driver=virtio_net"
+    assert record.reason == "no dhcp (iface=eth0, driver=virtio_net)"
 
 
-def test_guest_failure_detail_with_spaces_survives() -> None:
+def test_guest_failure_detail_with_spaces_survives(guest: Guest) -> None:
     # The very call phase_scratch makes when there is no disk for scratch.
-    text = guest_prints(
+    text = guest.prints(
         'min_mb=256; fail scratch no-disk need_mb="$min_mb" '
         'detail="no free space on the boot disk and no blank disk"'
     )
@@ -371,6 +744,179 @@ def test_guest_failure_detail_with_spaces_survives() -> None:
     scratch = record.phase("scratch")
     assert scratch is not None
     assert scratch.fields["detail"] == "no free space on the boot disk and no blank disk"
+    assert record.reason == (
+        "no disk (need_mb=256, detail=no free space on the boot disk and no blank disk)"
+    )
+
+
+# resolve_version and published read the manifest body (docs/os-on-demand.md).
+
+
+@pytest.mark.parametrize(
+    ("want", "prod", "tag"),
+    [
+        pytest.param("newest", "1.2", "1.2", id="newest"),
+        pytest.param("", "1.2", "1.2", id="nothing-asked-is-newest"),
+        pytest.param("newest", "1.1", "1.1", id="newest-after-a-rollback"),
+        pytest.param("previous", "1.2", "1.1", id="previous-skips-other-branches"),
+        pytest.param("previous", "1.1", "1.0", id="previous-after-a-rollback"),
+        pytest.param("prod", "1.2", "1.2", id="branch-prod"),
+        pytest.param("testing", "1.2", "1.3-rc1", id="branch-testing"),
+        pytest.param("1.0", "1.2", "1.0", id="old-tag"),
+        pytest.param("1.2-rc1", "1.2", "1.2-rc1", id="tag-of-another-branch"),
+    ],
+)
+def test_guest_resolve_version(guest: Guest, want: str, prod: str, tag: str) -> None:
+    guest.manifest = manifest(prod=prod)
+    out = guest.prints(f'resolve_version "{want}" <"$FAKE_MANIFEST"; echo "status=$?"')
+    assert out == f"{SNAPSHOT_LINES[tag]}\nstatus=0\n"
+
+
+@pytest.mark.parametrize(
+    ("want", "prod"),
+    [
+        pytest.param("9.9", "1.2", id="unknown-tag"),
+        pytest.param("stable", "1.2", id="unknown-branch"),
+        pytest.param("previous", "1.0", id="nothing-before-the-first"),
+        pytest.param("newest", "gone", id="head-not-a-snapshot"),
+    ],
+)
+def test_guest_resolve_version_unknown(guest: Guest, want: str, prod: str) -> None:
+    guest.manifest = manifest(prod=prod)
+    out = guest.prints(f'resolve_version "{want}" <"$FAKE_MANIFEST"; echo "status=$?"')
+    assert out == "status=1\n"
+
+
+def test_guest_published(guest: Guest) -> None:
+    out = guest.prints('published <"$FAKE_MANIFEST"')
+    assert out == "tags: 1.0 1.1 1.2-rc1 1.2 1.3-rc1; branches: prod testing"
+
+
+# boot_args: SMBIOS OEM strings beginning `ucvm.` join the kernel command line.
+
+
+def test_guest_boot_args_from_smbios_oem_strings(guest: Guest) -> None:
+    guest.smbios(
+        "11-0",
+        smbios_oem_strings("ucvm.version=1.1", "vendor=acme", "ucvm.repo=http://10.0.2.100/"),
+    )
+    guest.smbios("1-0", smbios_oem_strings("QEMU", "Standard PC", "ucvm.version=9.9"))
+    out = guest.prints('boot_args; cmdline_arg ucvm.version; echo "status=$?"')
+    assert out == "1.1\nstatus=0\n"
+    boot_args = guest.file("run/ucvm/boot-args").read_text()
+    assert boot_args == "ucvm.version=1.1\nucvm.repo=http://10.0.2.100/\n"
+
+
+def test_guest_boot_args_of_several_type_11_entries(guest: Guest) -> None:
+    guest.smbios("11-0", smbios_oem_strings("ucvm.version=1.1"))
+    guest.smbios("11-1", smbios_oem_strings("ucvm.cache_max_mb=64"))
+    out = guest.prints("boot_args; cmdline_arg ucvm.version; cmdline_arg ucvm.cache_max_mb")
+    assert out == "1.1\n64\n"
+
+
+def test_guest_kernel_command_line_wins_over_boot_args(guest: Guest) -> None:
+    guest.cmdline = "console=ttyS0 ucvm.version=2.0"
+    guest.smbios("11-0", smbios_oem_strings("ucvm.version=1.1"))
+    assert guest.prints("boot_args; cmdline_arg ucvm.version") == "2.0\n"
+
+
+def test_guest_without_oem_strings_has_no_boot_args(guest: Guest) -> None:
+    out = guest.prints('boot_args; cmdline_arg ucvm.version; echo "status=$?"')
+    assert out == "status=1\n"
+    assert guest.file("run/ucvm/boot-args").read_text() == ""
+
+
+# phase_repo: the manifest from the (fake) block client, the version to boot, the marker.
+
+
+def repo_phase(guest: Guest) -> BootRecord:
+    text = guest.prints("boot_args; phase_repo")
+    record = record_from_console(text)
+    assert [p.name for p in record.phases] == ["repo"], text
+    return record
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "oem", "pinned", "tag", "branch", "source"),
+    [
+        pytest.param("", None, None, "1.2", "prod", "newest", id="first-boot-newest"),
+        pytest.param("", None, "1.1", "1.1", "prod", "pinned", id="pinned-at-an-earlier-boot"),
+        pytest.param(
+            "ucvm.version=testing", None, "1.1", "1.3-rc1", "testing", "requested",
+            id="requested-branch-wins-over-pinned",
+        ),
+        pytest.param(
+            "", "ucvm.version=previous", "1.2", "1.1", "prod", "requested",
+            id="requested-by-boot-arg",
+        ),
+    ],
+)  # fmt: skip
+def test_guest_phase_repo(
+    guest: Guest,
+    cmdline: str,
+    oem: str | None,
+    pinned: str | None,
+    tag: str,
+    branch: str,
+    source: str,
+) -> None:
+    guest.cmdline = f"console=ttyS0 {cmdline}"
+    if oem:
+        guest.smbios("11-0", smbios_oem_strings(oem))
+    if pinned:
+        guest.file("scratch/ucvm/pinned").write_text(f"{pinned}\n")
+    record = repo_phase(guest)
+    repo = record.phases[0]
+    image_bytes = next(size for t, _, _, size in SNAPSHOTS if t == tag)
+    assert repo.status == "ok"
+    assert repo.fields == {
+        "server": "http://10.0.2.100/",
+        "tag": tag,
+        "branch": branch,
+        "source": source,
+        "snapshot": sha(tag + ".img")[:12],
+        "image_bytes": str(image_bytes),
+    }
+    assert guest.file("scratch/ucvm/pinned").read_text() == f"{tag}\n"  # later boots stay on it
+    get, verify = guest.calls()
+    assert get.startswith("get http://10.0.2.100/manifest ")
+    assert f"--header X-Ucvm-Instance: {INSTANCE_UUID}" in get
+    assert verify.startswith("verify /etc/ucvm/repo.pub ")
+
+
+def test_guest_phase_repo_at_another_server(guest: Guest) -> None:
+    guest.cmdline = "console=ttyS0 ucvm.repo=http://10.0.2.101:8080"
+    record = repo_phase(guest)
+    assert record.phases[0].fields["server"] == "http://10.0.2.101:8080/"
+    assert guest.calls()[0].startswith("get http://10.0.2.101:8080/manifest ")
+
+
+def test_guest_phase_repo_unknown_version(guest: Guest) -> None:
+    guest.cmdline = "console=ttyS0 ucvm.version=9.9"
+    record = repo_phase(guest)
+    assert (record.outcome, record.failed_phase) == ("failed", "repo")
+    assert record.reason == (
+        "unknown version (requested=9.9, "
+        "available=tags: 1.0 1.1 1.2-rc1 1.2 1.3-rc1; branches: prod testing)"
+    )
+    assert not guest.file("scratch/ucvm/pinned").exists()
+
+
+def test_guest_phase_repo_repository_unreachable(guest: Guest) -> None:
+    guest.unreachable = True
+    record = repo_phase(guest)
+    assert (record.outcome, record.failed_phase) == ("failed", "repo")
+    assert record.reason == (
+        "repository unreachable (server=http://10.0.2.100/, "
+        "detail=ucvm-blockd: server unreachable: http://10.0.2.100/manifest (5 attempts))"
+    )
+
+
+def test_guest_phase_repo_fetch_failure_fails_phase_repo(guest: Guest) -> None:
+    guest.unreachable = True
+    record = repo_phase(guest)
+    assert (record.outcome, record.failed_phase) == ("failed", "repo")
+    assert not guest.file("scratch/ucvm/pinned").exists()
 
 
 # --- reports ---------------------------------------------------------------------------------
@@ -383,14 +929,30 @@ def test_phase_table_of_a_ready_boot(ready_record: BootRecord) -> None:
     for row, name in zip(rows[1:-1], PHASES, strict=True):
         assert row.split()[0] == name
     assert "10.0.2.15" in rows[3]
-    assert rows[-1] == f"outcome: {ready_record.summary()}; OS phase: not-run"
+    assert "tag=1.2 branch=prod" in rows[5]
+    assert rows[8].split()[:4] == ["ready", "31.20", "33.60", "ok"]
+    assert rows[-1] == f"outcome: {ready_record.summary()}; OS: 1.2"
+
+
+def test_phase_table_of_a_loader_only_boot(loader_only_record: BootRecord) -> None:
+    rows = loader_only_record.phase_table().splitlines()
+    assert [row.split()[0] for row in rows[1:-1]] == [*LOADER_PHASES, "ready"]
+    assert rows[-1] == f"outcome: {loader_only_record.summary()}; OS: none"
 
 
 def test_phase_table_of_a_failed_boot() -> None:
     text = console(START, MODULES, "ucvm: phase=network t=16.31 status=failed reason=no-dhcp")
-    table = record_from_console(text).phase_table()
-    assert "failed" in table.splitlines()[3]
-    assert table.splitlines()[-1].startswith("outcome: failed in phase network: reason=no-dhcp")
+    rows = record_from_console(text).phase_table().splitlines()
+    assert rows[3].split()[:4] == ["network", "16.31", "-", "failed"]
+    assert rows[-1] == "outcome: failed in phase network: no dhcp; OS: -"
+
+
+def test_phase_table_of_a_boot_that_failed_in_the_repository() -> None:
+    text = console(START, MODULES, NETWORK, SCRATCH, REPO_UNREACHABLE)
+    rows = record_from_console(text).phase_table().splitlines()
+    assert rows[-2].split()[:4] == ["repo", "20.10", "-", "failed"]
+    assert rows[-1].startswith("outcome: failed in phase repo: repository unreachable (")
+    assert rows[-1].endswith("; OS: -")
 
 
 @pytest.mark.parametrize("waited", [None, "timeout"])
@@ -407,7 +969,7 @@ def test_to_json_round_trips(ready_record: BootRecord, waited: str | None) -> No
     assert [p["name"] for p in data["phases"]] == [p.name for p in record.phases]
     assert [p["guest_s"] for p in data["phases"]] == [p.guest_s for p in record.phases]
     assert data["phases"][0]["fields"] == record.phases[0].fields
-    assert data["os_phase"] == "not-run"
+    assert "os_phase" not in data
 
 
 def test_to_json_of_a_ready_boot_carries_host_times(ready_record: BootRecord) -> None:
@@ -416,26 +978,48 @@ def test_to_json_of_a_ready_boot_carries_host_times(ready_record: BootRecord) ->
     assert data["accel"] == "kvm"
     assert data["phases"][-1] == {
         "name": "ready",
-        "guest_s": 5.12,
-        "host_s": 6.4,
+        "guest_s": 31.2,
+        "host_s": 33.6,
         "status": "ok",
-        "fields": {"cache_bytes": "0", "os": "not-run"},
+        "fields": {
+            "os": "1.2",
+            "release": "1.2",
+            "snapshot": "0123456789ab",
+            "cache_bytes": "41943040",
+            "fetched_bytes": "41943040",
+            "evicted_blocks": "0",
+            "units_failed": "0",
+        },
     }
 
 
 @pytest.mark.parametrize(
-    ("extra", "os_phase"),
+    ("lines", "os_version", "cache_bytes"),
     [
-        ([], "not-run"),
-        (["ucvm: phase=os-mount t=5.01 status=ok repo=cernvm-prod.cern.ch"], "run"),
+        pytest.param([LOADER_READY], "none", 0, id="loader-only"),
+        pytest.param([REPO, MOUNT, SWITCH_ROOT, OS_READY], "1.2", 41943040, id="os-on-demand"),
+        pytest.param(
+            ["ucvm: phase=ready t=12.40 os=1.1 release=1.1 cache_bytes=0 units_failed=0"],
+            "1.1",
+            0,
+            id="full-disk-baseline",
+        ),
     ],
 )
-def test_os_phase(extra: list[str], os_phase: str) -> None:
-    text = console(START, MODULES, NETWORK, SCRATCH, *extra, READY)
+def test_os_version(lines: list[str], os_version: str, cache_bytes: int) -> None:
+    text = console(START, MODULES, NETWORK, SCRATCH, *lines)
     record = record_from_console(text, timeline_of(text))
     assert record.outcome == "ready"
-    assert record.os_phase == os_phase
-    assert record.phase_table().endswith(f"OS phase: {os_phase}")
+    assert record.os_version == os_version
+    assert record.ready_bytes("cache_bytes") == cache_bytes
+    assert record.phase_table().endswith(f"; OS: {os_version}")
+
+
+def test_no_os_version_before_ready() -> None:
+    record = record_from_console(console(START, MODULES, NETWORK, SCRATCH, REPO, MOUNT))
+    assert record.os_version is None
+    assert record.ready_field("cache_bytes") is None
+    assert record.ready_bytes("cache_bytes") is None
 
 
 # --- Timeline.feed ---------------------------------------------------------------------------
@@ -509,4 +1093,7 @@ def test_timeline_feeds_record_from_console(clock: FakeClock) -> None:
         text += line + "\r\n"
         timeline.feed(text)
     record = record_from_console(text, timeline.lines)
-    assert [p.host_s for p in record.phases] == pytest.approx([2.9, 4.0, 5.6, 6.2, 6.4])
+    assert [p.host_s for p in record.phases] == pytest.approx(
+        [2.9, 4.0, 5.6, 6.2, 6.9, 7.8, 7.9, 33.6]
+    )
+    assert record.os_version == "1.2"

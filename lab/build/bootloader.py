@@ -30,10 +30,15 @@ from importlib import resources
 from pathlib import Path
 
 from lab.build import kernel as kernel_pkg
+from lab.build import osrepo
 from lab.build.artifacts import ArtifactStore, file_digest
+from lab.build.blockd import BLOCKD_SOURCE, build_blockd
 
 LOADER_VERSION = "0.1"
 KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200 loglevel=4"
+# Where /init looks for the OS repository unless told otherwise (DEFAULT_REPO in
+# initramfs/functions); the lab forwards this guest address to its server on 127.0.0.1.
+GUEST_REPO_ADDRESS = "10.0.2.100:80"
 
 PLATFORM_DRIVERS: dict[str, tuple[str, ...]] = {
     "virtio (KVM, OpenStack, OpenNebula, GCE)": (
@@ -49,6 +54,7 @@ PLATFORM_DRIVERS: dict[str, tuple[str, ...]] = {
     "Amazon EC2": ("nvme", "ena", "xen_blkfront", "xen_netfront"),
     "Google Compute Engine": ("virtio_scsi", "gve"),
     "disks and file systems": ("sd_mod", "sr_mod", "isofs", "ext4", "crc32c_generic"),
+    "OS on demand (block client, snapshot, union root)": ("nbd", "squashfs", "overlay"),
 }
 
 IMAGE_FORMATS = ("raw", "iso", "qcow2", "ova", "vdi", "vhd", "vhdx", "gce-tar")
@@ -168,8 +174,9 @@ def wanted_modules() -> set[str]:
 # --- initramfs ----------------------------------------------------------------------------
 
 
-def stage_initramfs(kernel: kernel_pkg.Kernel, stage: Path) -> list[str]:
-    """Lay out the initramfs tree in ``stage``; returns the module paths it carries."""
+def stage_initramfs(kernel: kernel_pkg.Kernel, stage: Path, repo_public_key: str) -> list[str]:
+    """Lay out the initramfs tree in ``stage``; returns the module paths it carries.
+    ``repo_public_key`` is the OS repository's key line: the guest trusts only what it signs."""
     for directory in ("bin", "dev", "etc/ucvm", "proc", "sys", "run", "tmp", "scratch"):
         (stage / directory).mkdir(parents=True, exist_ok=True)
     shutil.copy2(BUSYBOX, stage / "bin" / "busybox")
@@ -186,6 +193,8 @@ def stage_initramfs(kernel: kernel_pkg.Kernel, stage: Path) -> list[str]:
         target.write_bytes((guest / name).read_bytes())
         target.chmod(0o755)
     (stage / "etc/ucvm/version").write_text(LOADER_VERSION + "\n")
+    (stage / "etc/ucvm/repo.pub").write_text(repo_public_key.strip() + "\n")
+    build_blockd(stage / "bin")
 
     modules_dir = kernel.modules
     carried = module_closure(wanted_modules(), read_module_deps(modules_dir))
@@ -509,25 +518,30 @@ def tool_versions() -> dict[str, str]:
     return dict(line.split("\t", 1) for line in query.stdout.splitlines() if "\t" in line)
 
 
-def build(store: ArtifactStore | None = None) -> BootLoader:
-    """The boot loader for the current inputs, built once and cached by their hash."""
+def build(store: ArtifactStore | None = None, repo_public_key: str | None = None) -> BootLoader:
+    """The boot loader for the current inputs, built once and cached by their hash.
+    It trusts the OS repository key given, by default the lab's own (see lab.build.osrepo)."""
     store = store or ArtifactStore()
+    if repo_public_key is None:
+        repo_public_key = osrepo.SigningKey.load_or_create(osrepo.default_key_path()).public_line()
     kernel = kernel_pkg.fetch(store)
     inputs = {
         "loader_version": LOADER_VERSION,
         "kernel_deb_sha256": kernel.deb_sha256,
         "guest_sources": files_digest((Path(__file__).parent / "initramfs").iterdir()),
+        "block_client": files_digest([BLOCKD_SOURCE]),
+        "repo_public_key": repo_public_key,
         "drivers": PLATFORM_DRIVERS,
         "cmdline": KERNEL_CMDLINE,
         "tools": tool_versions(),
-        "builder": files_digest(Path(__file__).parent.glob("*.py")),  # the build code too
+        "builder": files_digest([Path(__file__), Path(kernel_pkg.__file__)]),  # the code too
     }
 
     def make(out: Path) -> None:
         work = out / "work"
         work.mkdir()
         shutil.copy2(kernel.vmlinuz, out / "vmlinuz")
-        modules = stage_initramfs(kernel, work / "initramfs")
+        modules = stage_initramfs(kernel, work / "initramfs", repo_public_key)
         pack_initramfs(work / "initramfs", out / "initrd.img")
         build_images(out, work)
         write_manifest(out, kernel, modules)

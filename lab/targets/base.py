@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -77,6 +79,9 @@ class Instance(ABC):
         self.target = target
         self.profile = profile
         self.workdir = workdir
+        # The SMBIOS system UUID the guest sees; it names the instance to host services
+        # (the repository server's access log counts the bytes sent to each instance by it).
+        self.uuid = str(uuid.uuid4())
         self.timeline = Timeline()
         self.accel = "unknown"  # kvm | tcg, set by the driver at launch
         self.accel_reason = ""
@@ -181,8 +186,14 @@ class Target(ABC):
         *,
         image_format: str | None = None,
         kernel_args: str | None = None,
+        boot_args: Sequence[str] = (),
+        host_services: Mapping[str, int] | None = None,
     ) -> Instance:
         """Boot ``image`` with this target's (or the given) profile; the caller waits for markers.
 
         ``kernel_args`` switches to direct kernel boot with those extra arguments (a debugging
-        aid: images are otherwise booted from disk or CD through the firmware)."""
+        aid: images are otherwise booted from disk or CD through the firmware).
+        ``boot_args`` are per-instance boot options (``ucvm.version=1.1``) the platform hands
+        the guest beside the image's own command line (SMBIOS OEM strings here).
+        ``host_services`` maps a guest address (``10.0.2.100:80``) to a port on the host's
+        127.0.0.1 that the guest reaches there (the OS repository, a metadata service)."""

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -157,9 +158,14 @@ def domain_xml(
     target: str,
     passthrough: bool = False,
     direct_boot: tuple[Path, Path, str] | None = None,
+    uuid: str | None = None,
+    boot_args: Sequence[str] = (),
+    host_services: Mapping[str, int] | None = None,
 ) -> str:
     domain = ET.Element("domain", type=domain_type)
     sub(domain, "name", name)
+    if uuid:
+        sub(domain, "uuid", uuid)
     metadata = sub(domain, "metadata")
     ET.SubElement(
         metadata,
@@ -173,6 +179,12 @@ def domain_xml(
     sub(domain, "vcpu", "1")
     os_element = sub(domain, "os")
     sub(os_element, "type", "hvm", arch="x86_64", machine=profile.machine)
+    if boot_args:  # per-instance boot options, read by /init beside the kernel command line
+        sub(os_element, "smbios", mode="sysinfo")
+        sysinfo = sub(domain, "sysinfo", type="smbios")
+        oem = sub(sysinfo, "oemStrings")
+        for arg in boot_args:
+            sub(oem, "entry", arg)
     if direct_boot:
         kernel, initrd, cmdline = direct_boot
         sub(os_element, "kernel", str(kernel))
@@ -199,8 +211,7 @@ def domain_xml(
     devices = sub(domain, "devices")
     qemu_args: list[str] = []
     add_disks(devices, qemu_args, profile, disks, passthrough)
-    interface = sub(devices, "interface", type="user")
-    sub(interface, "model", type=profile.nic_model)
+    qemu_args += user_network(profile, host_services or {})
     console = sub(devices, "serial", type="file")
     sub(console, "source", path=str(console_log))
     sub(console, "target", port="0")
@@ -213,6 +224,24 @@ def domain_xml(
         for arg in qemu_args:
             ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=arg)
     return ET.tostring(domain, encoding="unicode")
+
+
+NIC_DEVICES = {"virtio": "virtio-net-pci"}  # libvirt model name -> QEMU device, where they differ
+NIC_SLOT = 0x18  # clear of the slots libvirt assigns and of the passed-through disks (0x10+)
+GUEST_FORWARD = "socat - TCP:127.0.0.1:{port}"
+
+
+def user_network(profile: Profile, host_services: Mapping[str, int]) -> list[str]:
+    """QEMU user networking, given to QEMU directly: libvirt 9.0 cannot describe guestfwd.
+
+    Each host service is a guest address (``10.0.2.100:80``) whose connections QEMU hands,
+    one spawned socat each, to a port on the host's 127.0.0.1. Nothing listens elsewhere."""
+    netdev = "user,id=ucvm-net0"
+    for guest, port in sorted(host_services.items()):
+        netdev += f",guestfwd=tcp:{guest}-cmd:{GUEST_FORWARD.format(port=port)}"
+    device = NIC_DEVICES.get(profile.nic_model, profile.nic_model)
+    bus = "pcie.0" if profile.machine == "q35" else "pci.0"
+    return ["-netdev", netdev, "-device", f"{device},netdev=ucvm-net0,bus={bus},addr={NIC_SLOT:#x}"]
 
 
 # --- accelerator ----------------------------------------------------------------------------
@@ -326,6 +355,8 @@ class LibvirtTarget(Target):
         *,
         image_format: str | None = None,
         kernel_args: str | None = None,
+        boot_args: Sequence[str] = (),
+        host_services: Mapping[str, int] | None = None,
     ) -> LibvirtInstance:
         if context is not None:
             raise TargetError("contextualization media are not supported yet (issue 5)")
@@ -336,6 +367,8 @@ class LibvirtTarget(Target):
             profile=profile or self.profile,
             image_format=image_format,
             kernel_args=kernel_args,
+            boot_args=boot_args,
+            host_services=host_services,
         )
         instance.accel, instance.accel_reason = accel, why
         return instance
@@ -349,6 +382,8 @@ class LibvirtTarget(Target):
         suffix: str | None = None,
         image_format: str | None = None,
         kernel_args: str | None = None,
+        boot_args: Sequence[str] = (),
+        host_services: Mapping[str, int] | None = None,
     ) -> LibvirtInstance:
         name = self.run.resource_name(self.name, suffix or secrets.token_hex(3))
         workdir = self.run.dir / name
@@ -357,7 +392,13 @@ class LibvirtTarget(Target):
         instance = LibvirtInstance(name, self, profile, workdir)
         try:  # whatever stops the start (an error, Ctrl-C), nothing of it may stay behind
             self._start(
-                instance, image, domain_type, image_format or profile.image_format, kernel_args
+                instance,
+                image,
+                domain_type,
+                image_format or profile.image_format,
+                kernel_args,
+                boot_args,
+                host_services or {},
             )
         except BaseException as error:
             instance.destroy()
@@ -374,6 +415,8 @@ class LibvirtTarget(Target):
         domain_type: str,
         fmt: str,
         kernel_args: str | None,
+        boot_args: Sequence[str],
+        host_services: Mapping[str, int],
     ) -> None:
         workdir, profile = instance.workdir, instance.profile
         disks, passthrough = self._prepare_disks(image, profile, fmt, workdir)
@@ -394,6 +437,9 @@ class LibvirtTarget(Target):
             target=self.name,
             passthrough=passthrough,
             direct_boot=direct,
+            uuid=instance.uuid,
+            boot_args=boot_args,
+            host_services=host_services,
         )
         (workdir / "domain.xml").write_text(xml)
         instance.domain = self.conn.defineXML(xml)

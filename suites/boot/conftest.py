@@ -10,8 +10,10 @@ import allure
 import pytest
 
 from lab import matrix
-from lab.build.bootloader import BootLoader
+from lab.build import osrepo
+from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader
 from lab.observe import BootRecord
+from lab.targets.base import Instance, Target
 from lab.targets.profiles import PROFILES
 
 
@@ -61,3 +63,34 @@ def attach_boot(boot_loader: BootLoader) -> Callable[[BootRecord | None, str, st
         allure.attach(json.dumps(image, indent=2), "image", allure.attachment_type.JSON)
 
     return attach
+
+
+@pytest.fixture
+def expected_snapshot(cell: matrix.Cell, os_repo: osrepo.Repository) -> osrepo.Snapshot:
+    """What the cell's version (tag, branch, newest, previous) means in this run's repository."""
+    try:
+        return os_repo.manifest().resolve(cell.version)
+    except osrepo.RepoError as error:
+        pytest.fail(f"matrix.yaml version {cell.version!r}: {error}")
+
+
+@pytest.fixture
+def launch_os(
+    cell: matrix.Cell,
+    target: Target,
+    boot_loader: BootLoader,
+    repo_server: osrepo.RepoServer,
+) -> Callable[..., Instance]:
+    """Launch the cell's target from the one boot loader image, asking for the cell's version
+    and reaching this run's repository server."""
+
+    def launch(**options: object) -> Instance:
+        return target.launch(
+            boot_loader,
+            image_format=cell.target.image_format or target.profile.image_format,
+            boot_args=[f"ucvm.version={cell.version}"],
+            host_services={GUEST_REPO_ADDRESS: repo_server.port},
+            **options,
+        )
+
+    return launch

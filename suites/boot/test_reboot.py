@@ -1,41 +1,56 @@
-"""Scratch space survives a reboot: made on first boot, found and kept on the next."""
+"""A reboot keeps what the paper keeps: scratch (made on the first boot, found on the next), the
+union root's writable layer, the pinned OS version, and the snapshot cache, so the second boot
+fetches little or nothing from the server."""
 
 from __future__ import annotations
 
 import pytest
 
 from lab import matrix
-from lab.build.bootloader import BootLoader
+from lab.build import osrepo
 from lab.observe import observe_boot
 from lab.targets.base import Target
+from suites.boot.cache import measure_cache
 
 pytestmark = [pytest.mark.boot, pytest.mark.check("reboot")]
 
 
-def test_scratch_is_kept_across_reboot(
+def test_reboot_keeps_scratch_root_and_cache(
     cell: matrix.Cell,
     target: Target,
-    boot_loader: BootLoader,
+    launch_os,
+    expected_snapshot: osrepo.Snapshot,
+    repo_server: osrepo.RepoServer,
     lab_matrix: matrix.Matrix,
     attach_boot,
 ) -> None:
     image_format = cell.target.image_format or target.profile.image_format
     budget = lab_matrix.settings.boot_budget_s
     first = second = None
-    with target.launch(boot_loader, image_format=image_format) as instance:
+    with launch_os() as instance:
         try:
             first = observe_boot(instance, budget)
             assert first.ready, first.summary()
-            marker = instance.run("echo kept-$$ > /scratch/ucvm/witness; cat /scratch/ucvm/witness")
-            assert marker.ok, marker.output
+            before = measure_cache(instance, repo_server, expected_snapshot)
+            witness = instance.run("echo kept-$$ | tee /root/witness")
+            assert witness.ok, witness.output
             instance.reboot()
             second = observe_boot(instance, budget)
-            witness = instance.run("cat /scratch/ucvm/witness")
+            assert second.ready, second.summary()
+            after = measure_cache(instance, repo_server, expected_snapshot)
+            kept = instance.run("cat /root/witness")
         finally:  # the evidence, whatever happened: both boots' console
             attach_boot(second or first, instance.console(), image_format)
 
-    assert second.ready, second.summary()
     scratch = second.phase("scratch").fields
     assert (first.phase("scratch").fields["action"], scratch["action"]) == ("created", "reused")
     assert scratch["boots"] == "2"
-    assert witness.output.strip() == marker.output.strip()
+    assert kept.output.strip() == witness.output.strip(), "the union root's upper layer was lost"
+    assert second.os_version == expected_snapshot.tag
+    # The second boot reads its blocks from the cache on scratch: the server sends at most a
+    # fraction of what the first boot needed (new reads: first-boot-only services differ).
+    refetched = after.server_image_bytes - before.server_image_bytes
+    assert refetched < before.server_image_bytes / 2, (
+        f"the second boot fetched {refetched} bytes again, the first {before.server_image_bytes}:"
+        " the cache on scratch was not used"
+    )

@@ -1,0 +1,57 @@
+"""What a boot fetched, measured twice: by the guest's block client (its cache stats) and by the
+repository server (its access log, per instance). The two must agree."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import allure
+
+from lab.build import osrepo
+from lab.targets.base import Instance
+
+
+@dataclass
+class CacheMeasure:
+    """The two measurements of what a boot fetched: the guest's cache, the server's log."""
+
+    guest_cached: int
+    guest_fetched: int
+    evicted_blocks: int
+    server_image_bytes: int
+    server_requests: int
+    snapshot_bytes: int
+
+    def attach(self) -> None:
+        allure.attach(json.dumps(self.__dict__, indent=2), "cache", allure.attachment_type.JSON)
+
+
+def measure_cache(
+    instance: Instance, server: osrepo.RepoServer, snapshot: osrepo.Snapshot, settle_s: float = 10
+) -> CacheMeasure:
+    """Read the guest's block-client stats and the server's bytes for this instance until the
+    two agree (a block in flight shows in one before the other), or until ``settle_s``."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        stats = guest_cache_stats(instance)
+        sent = server.bytes_sent(instance.uuid)
+        measure = CacheMeasure(
+            guest_cached=stats["cached_bytes"],
+            guest_fetched=stats["fetched_bytes"],
+            evicted_blocks=stats["evicted_blocks"],
+            server_image_bytes=sent.image_body_bytes,
+            server_requests=sent.requests,
+            snapshot_bytes=snapshot.image_bytes,
+        )
+        if measure.guest_fetched == measure.server_image_bytes or time.monotonic() > deadline:
+            return measure
+        time.sleep(1)
+
+
+def guest_cache_stats(instance: Instance) -> dict[str, int]:
+    result = instance.run('. /.ucvm/boot.env && cat "$UCVM_CACHE_STATS"')
+    assert result.ok, f"cannot read the guest's cache stats: {result.output}"
+    pairs = (line.split() for line in result.output.splitlines())
+    return {key: int(value) for key, value in (p for p in pairs if len(p) == 2)}

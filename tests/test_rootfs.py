@@ -1,0 +1,463 @@
+"""Tests of lab.build.rootfs: releases.yaml and its precise errors, the lab's files in the OS root
+(the ready marker and the command channel of docs/os-on-demand.md), the pieces of the build
+that need no mmdebstrap; and one nightly test that builds the default release for real.
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lab.build import closed_list, rootfs
+from lab.build.rootfs import ReleaseError
+
+REPO = Path(__file__).resolve().parents[1]
+OS_FILES = REPO / "lab/build/os-files"
+READY = OS_FILES / "usr/lib/ucvm/ucvm-ready"
+CHANNEL = OS_FILES / "usr/lib/ucvm/ucvm-channel"
+MARKER = re.compile(
+    r"^ucvm: phase=ready t=[\d.]+ os=\S+ release=\S+ snapshot=\S+ cache_bytes=\d+ "
+    r"fetched_bytes=\d+ evicted_blocks=\d+ units_failed=\d+$"
+)
+RECORD_KEYS = [
+    "release", "branch", "shopping_list", "shopping_list_sha256", "closed_list_sha256",
+    "packages", "built",
+]  # fmt: skip
+
+# A small valid releases file; each bad case changes one piece of it (line numbers beside).
+GOOD = """\
+default_branch: prod
+releases:
+  - tag: "1.0"
+    branch: prod
+    shopping_list: lists/a.list
+    overlay:
+      /etc/motd: |
+        hello
+  - tag: "2.0-dev"
+    branch: devel
+    shopping_list: lists/b.list
+"""
+#  1 default_branch   3 tag "1.0"   5 shopping_list   7 /etc/motd   9 tag "2.0-dev"   11 list
+
+
+def write_releases(folder: Path, text: str = GOOD) -> Path:
+    (folder / "lists").mkdir(exist_ok=True)
+    (folder / "lists/a.list").write_text("# base\nsystemd-sysv\nopenssh-server\n")
+    (folder / "lists/b.list").write_text("systemd-sysv\npython3-minimal=3.11.2-6+deb12u6\n")
+    path = folder / "releases.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems(folder: Path, text: str) -> list[str]:
+    with pytest.raises(ReleaseError) as caught:
+        rootfs.load_releases(write_releases(folder, text))
+    return list(caught.value.problems)
+
+
+# --------------------------------------------------------------------------- releases.yaml
+
+
+def test_the_real_releases_file_loads() -> None:
+    releases = rootfs.load_release_set(REPO / "releases.yaml")
+    prod = [r.tag for r in releases.releases if r.branch == "prod"]
+    devel = [r.tag for r in releases.releases if r.branch == "devel"]
+    assert prod[:3] == ["1.0", "1.1", "1.2"] and "2.0-dev" in devel
+    assert releases.default.tag == prod[-1]
+    for release in releases.releases:
+        assert release.shopping_list.is_file()
+        assert release.shopping_list.name == f"ucvm-os-{release.tag}.list"
+        assert "/etc/hostname" in release.overlay and "/etc/motd" in release.overlay
+    # each release differs from the one before in packages and in configuration
+    for old, new in zip(releases.releases, releases.releases[1:], strict=False):
+        assert old.shopping_list.read_text() != new.shopping_list.read_text()
+        assert old.overlay != new.overlay
+
+
+def test_a_good_file_gives_releases(tmp_path: Path) -> None:
+    release_set = rootfs.load_release_set(write_releases(tmp_path))
+    first, second = release_set.releases
+    assert (first.tag, first.branch, second.tag, second.branch) == (
+        "1.0",
+        "prod",
+        "2.0-dev",
+        "devel",
+    )
+    assert first.shopping_list == (tmp_path / "lists/a.list").resolve()
+    assert first.overlay == {"/etc/motd": "hello\n"} and second.overlay == {}
+    assert release_set.default == first and release_set.head("devel") == second
+
+
+def test_an_unknown_key_names_its_line_and_the_allowed_keys(tmp_path: Path) -> None:
+    text = GOOD.replace("    branch: prod\n", "    branch: prod\n    packages: [curl]\n")
+    (message,) = problems(tmp_path, text)
+    assert message.startswith(
+        f"{tmp_path / 'releases.yaml'}:5:5: releases[0] (tag '1.0').packages:"
+    )
+    assert "unknown key 'packages'; allowed keys: tag, branch, shopping_list" in message
+
+
+def test_a_branch_name_with_a_slash_is_refused(tmp_path: Path) -> None:
+    (message,) = problems(tmp_path, GOOD.replace("branch: devel", "branch: feature/x"))
+    assert message.startswith(f"{tmp_path / 'releases.yaml'}:10:13: releases[1] (tag '2.0-dev')")
+    assert "expected a name matching ^[A-Za-z0-9][A-Za-z0-9._-]*$; found string 'feature/x'" in (
+        message
+    )
+
+
+def test_a_missing_shopping_list_names_the_file_and_the_fix(tmp_path: Path) -> None:
+    (message,) = problems(tmp_path, GOOD.replace("lists/b.list", "lists/c.list"))
+    assert message.startswith(f"{tmp_path / 'releases.yaml'}:11:20: releases[1] (tag '2.0-dev')")
+    assert f"shopping list 'lists/c.list' does not exist ({tmp_path / 'lists/c.list'})" in message
+    assert "create it (one package per line), or name one of: lists/a.list, lists/b.list" in message
+
+
+def test_an_unquoted_tag_is_a_number_and_the_message_says_quote_it(tmp_path: Path) -> None:
+    (message,) = problems(tmp_path, GOOD.replace('tag: "1.0"', "tag: 1.0"))
+    assert ":3:10: releases[0].tag: expected a string; found number 1.0" in message
+    assert "(put it in quotes to make it a string)" in message
+
+
+def test_a_repeated_tag_points_at_the_first(tmp_path: Path) -> None:
+    (message,) = problems(tmp_path, GOOD.replace('"2.0-dev"', '"1.0"'))
+    assert ":9:10: releases[1] (tag '1.0').tag: tag '1.0' is already used at line 3" in message
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("etc/motd", "expected an absolute path in the root, e.g. /etc/motd; found 'etc/motd'"),
+        ("/etc/../motd", "expected a plain file path (no //, ., .. or trailing /)"),
+        ("/usr/lib/ucvm/ucvm-ready", "/usr/lib/ucvm/ucvm-ready is written by the lab itself"),
+        ("/etc/ucvm-release", "/etc/ucvm-release is written by the lab itself"),
+        ("/etc/systemd/system.conf.d/50-ucvm.conf", "is written by the lab itself"),
+    ],
+)
+def test_an_overlay_path_must_be_absolute_plain_and_not_the_labs(
+    tmp_path: Path, path: str, expected: str
+) -> None:
+    (message,) = problems(tmp_path, GOOD.replace("/etc/motd:", f"{path}:"))
+    assert f":7:7: releases[0] (tag '1.0').overlay.{path}: invalid key: " in message
+    assert expected in message
+
+
+def test_overlay_content_must_be_text(tmp_path: Path) -> None:
+    (message,) = problems(tmp_path, GOOD.replace("/etc/motd: |\n        hello", "/etc/motd: 3"))
+    assert ":7:18: releases[0] (tag '1.0').overlay./etc/motd: expected a string" in message
+
+
+def test_the_default_branch_must_have_a_release(tmp_path: Path) -> None:
+    (message,) = problems(tmp_path, GOOD.replace("default_branch: prod", "default_branch: main"))
+    assert (
+        ":1:17: default_branch: no release is on branch 'main'; expected one of: devel, prod"
+        in (message)
+    )
+
+
+def test_a_bad_shopping_list_line_names_the_list_line_and_the_release(tmp_path: Path) -> None:
+    path = write_releases(tmp_path)
+    (tmp_path / "lists/a.list").write_text("systemd-sysv\nOpenSSH\ncurl=\n")
+    with pytest.raises(ReleaseError) as caught:
+        rootfs.load_releases(path)
+    first, second = caught.value.problems
+    assert first.startswith(f"{tmp_path / 'lists/a.list'}:2: 'OpenSSH' is not a package name")
+    assert first.endswith(f"(the shopping list of {path}:5)")
+    assert second.startswith(f"{tmp_path / 'lists/a.list'}:3: package curl: the version is empty")
+
+
+def test_every_problem_is_reported_at_once_in_file_order(tmp_path: Path) -> None:
+    text = GOOD.replace("default_branch: prod", "default_branch: main").replace(
+        "lists/a.list", "nowhere.list"
+    )
+    lines = [
+        m.split(":")[1] for m in problems(tmp_path, text.replace("branch: devel", "branch: a/b"))
+    ]
+    assert lines == ["1", "5", "10"]
+
+
+def test_broken_yaml_is_reported_with_its_position(tmp_path: Path) -> None:
+    (message,) = problems(tmp_path, GOOD.replace("    branch: prod\n", "    branch: [prod\n"))
+    assert re.match(rf"{re.escape(str(tmp_path / 'releases.yaml'))}:\d+:\d+: YAML: ", message)
+
+
+# --------------------------------------------------------------------------- the lab's files
+
+
+def fake_root(tmp_path: Path, boot_env: str | None, stats: str | None) -> Path:
+    root = tmp_path / "root"
+    for folder in (".ucvm", "etc", "proc", "scratch/ucvm/cache/abc"):
+        (root / folder).mkdir(parents=True)
+    (root / "etc/ucvm-release").write_text("release=1.2\nbranch=prod\npackages=130\n")
+    (root / "proc/uptime").write_text("17.25 30.10\n")
+    if boot_env is not None:
+        (root / ".ucvm/boot.env").write_text(boot_env)
+    if stats is not None:
+        (root / "scratch/ucvm/cache/abc/stats").write_text(stats)
+    return root
+
+
+def ready_line(root: Path, failed_units: int) -> str:
+    systemctl = root.parent / "systemctl"
+    systemctl.write_text(
+        "#!/bin/sh\n"
+        '[ "$*" = "--failed --no-legend" ] || exit 2\n'
+        + "".join(f'echo "● unit{i}.service loaded failed failed"\n' for i in range(failed_units))
+    )
+    systemctl.chmod(0o755)
+    console = root.parent / "console"
+    env = {"PATH": os.environ["PATH"], "UCVM_ROOT": str(root), "UCVM_CONSOLE": str(console),
+           "UCVM_SYSTEMCTL": str(systemctl)}  # fmt: skip
+    run = subprocess.run([READY], env=env, capture_output=True, text=True, check=True)
+    assert run.stderr == ""
+    assert run.stdout == console.read_text()  # the journal gets the same line
+    (line,) = console.read_text().splitlines()
+    assert MARKER.match(line), line
+    return line
+
+
+SNAPSHOT = "0123456789abcdef" * 4
+BOOT_ENV = f"""\
+UCVM_TAG=stable
+UCVM_SNAPSHOT={SNAPSHOT}
+UCVM_BRANCH=prod
+UCVM_CACHE_STATS=/scratch/ucvm/cache/abc/stats
+UCVM_REPO=http://10.0.2.100/
+"""
+STATS = "cached_bytes 7340032\nfetched_bytes 9437184\nevicted_blocks 12\nverify_failures 0\n"
+
+
+def test_the_ready_marker_from_boot_env_and_the_cache_stats(tmp_path: Path) -> None:
+    line = ready_line(fake_root(tmp_path, BOOT_ENV, STATS), failed_units=2)
+    assert line == (
+        "ucvm: phase=ready t=17.25 os=stable release=1.2 snapshot=0123456789ab "
+        "cache_bytes=7340032 fetched_bytes=9437184 evicted_blocks=12 units_failed=2"
+    )
+
+
+def test_the_ready_marker_of_a_conventional_boot(tmp_path: Path) -> None:
+    """No boot.env (a full-disk boot): os= is the release, nothing was cached or fetched."""
+    line = ready_line(fake_root(tmp_path, None, None), failed_units=0)
+    assert line == (
+        "ucvm: phase=ready t=17.25 os=1.2 release=1.2 snapshot=none "
+        "cache_bytes=0 fetched_bytes=0 evicted_blocks=0 units_failed=0"
+    )
+
+
+def test_the_ready_marker_when_the_stats_file_is_missing_or_odd(tmp_path: Path) -> None:
+    line = ready_line(fake_root(tmp_path, BOOT_ENV, "cached_bytes lots\n"), failed_units=1)
+    assert " os=stable " in line and " snapshot=0123456789ab " in line
+    assert "cache_bytes=0 fetched_bytes=0 evicted_blocks=0 units_failed=1" in line
+
+
+def test_the_ready_marker_keeps_its_fields_single_words(tmp_path: Path) -> None:
+    env = BOOT_ENV.replace("UCVM_TAG=stable", "UCVM_TAG=two words")
+    line = ready_line(fake_root(tmp_path, env, STATS), failed_units=0)
+    assert " os=two_words " in line
+
+
+def test_the_channel_evaluates_line_by_line_and_survives_a_syntax_error(tmp_path: Path) -> None:
+    script = "echo one\nif then\ncd /tmp\nx=$((40 + 2)); echo $x\npwd\nexit 3\necho never\n"
+    run = subprocess.run([CHANNEL], input=script, capture_output=True, text=True)
+    assert run.returncode == 3
+    assert run.stdout.splitlines() == ["one", "42", "/tmp"]
+    assert "syntax error" in run.stderr
+
+
+def unit(path: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string((OS_FILES / path.lstrip("/")).read_text())
+    return parser
+
+
+def test_the_units_follow_the_contract() -> None:
+    ready = unit("/usr/lib/systemd/system/ucvm-ready.service")
+    assert "multi-user.target" in ready["Unit"]["After"].split()
+    assert ready["Service"]["ExecStart"] == "/usr/lib/ucvm/ucvm-ready"
+    assert ready["Install"]["WantedBy"] == "multi-user.target"
+    channel = unit("/usr/lib/systemd/system/ucvm-channel.service")
+    assert "ucvm-ready.service" in channel["Unit"]["Before"].split()
+    assert channel["Service"]["ExecStartPre"] == "/usr/bin/stty -F /dev/ttyS1 raw -echo"
+    assert channel["Service"]["TTYPath"] == "/dev/ttyS1"
+    assert channel["Service"]["ExecStart"] == "/usr/lib/ucvm/ucvm-channel"
+    network = unit("/etc/systemd/network/80-ucvm-dhcp.network")
+    assert network["Match"]["Name"].split() == ["en*", "eth*"]
+    assert network["Network"]["DHCP"] == "yes"
+    assert unit("/etc/systemd/system.conf.d/50-ucvm.conf")["Manager"]["ShowStatus"] == "no"
+    for name in ("ucvm-ready.service", "ucvm-channel.service", "systemd-networkd.service"):
+        assert name in rootfs.UNITS_ENABLED
+
+
+def test_os_files_are_installed_with_their_modes(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/resolv.conf").symlink_to("/nonexistent")
+    rootfs.install_os_files(tmp_path)
+    rootfs.install_file(tmp_path, "/etc/resolv.conf", b"")  # replaces a symlink, not its target
+    assert (tmp_path / "etc/resolv.conf").is_file() and not (
+        tmp_path / "etc/resolv.conf"
+    ).is_symlink()
+    for path in rootfs.lab_paths():
+        installed = tmp_path / path.lstrip("/")
+        mode = installed.stat().st_mode & 0o777
+        assert mode == (0o755 if path.startswith("/usr/lib/ucvm/") else 0o644), path
+        assert installed.read_bytes() == (OS_FILES / path.lstrip("/")).read_bytes()
+    assert rootfs.tree_digest(OS_FILES) == rootfs.tree_digest(OS_FILES)
+    assert len(rootfs.tree_digest(OS_FILES)) == 64
+
+
+# --------------------------------------------------------------------------- pieces of the build
+
+
+def entry(name: str, version: str, arch: str = "amd64") -> closed_list.Entry:
+    return closed_list.Entry(name, version, arch, f"pool/{name}.deb", "0" * 64)
+
+
+def test_a_mismatch_between_the_list_and_dpkg_is_spelled_out() -> None:
+    entries = [entry("bash", "5.2.15-2+b13"), entry("curl", "7.88.1-10"), entry("less", "590-2")]
+    packages = [
+        ("bash", "5.2.15-2+b13", "amd64", "ii"),
+        ("curl", "7.88.1-11", "amd64", "ii"),
+        ("nano", "7.2-1", "amd64", "iU"),
+    ]
+    assert rootfs.package_mismatch(entries, packages) == [
+        "+ nano 7.2-1 (installed, not in the list)",
+        "- less 590-2 (in the list, not installed)",
+        "≠ curl: list 7.88.1-10 (amd64), installed 7.88.1-11 (amd64)",
+        "! nano: dpkg status iU",
+    ]
+    assert rootfs.package_mismatch(entries[:1], packages[:1]) == []
+
+
+def test_apt_names_a_cached_deb_with_its_epoch_quoted() -> None:
+    assert rootfs.apt_archive_name(entry("bsdutils", "1:2.38.1-5+deb12u3")) == (
+        "bsdutils_1%3a2.38.1-5+deb12u3_amd64.deb"
+    )
+    assert rootfs.apt_archive_name(entry("adduser", "3.134", "all")) == "adduser_3.134_all.deb"
+
+
+def test_cached_debs_are_staged_only_when_their_hash_matches(tmp_path: Path) -> None:
+    archives, stage = tmp_path / "archives", tmp_path / "stage"
+    archives.mkdir()
+    good, bad = b"good deb", b"truncated"
+    (archives / "a_1_amd64.deb").write_bytes(good)
+    (archives / "b_1_amd64.deb").write_bytes(bad)
+    entries = [
+        closed_list.Entry("a", "1", "amd64", "", hashlib.sha256(good).hexdigest()),
+        closed_list.Entry("b", "1", "amd64", "", hashlib.sha256(b"whole").hexdigest()),
+        closed_list.Entry("c", "1", "amd64", "", "0" * 64),
+    ]
+    assert rootfs.stage_cached_debs(entries, archives, stage) == ["a_1_amd64.deb"]
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a_1_amd64.deb", "b_1_amd64.deb", "c_1_amd64.deb"):
+        (out / name).write_bytes(b"downloaded")
+    kept = rootfs.keep_downloaded_debs(out, archives, ["a_1_amd64.deb"])
+    assert [p.name for p in kept] == ["b_1_amd64.deb", "c_1_amd64.deb"]
+    assert (archives / "a_1_amd64.deb").read_bytes() == good
+
+
+def test_mmdebstrap_installs_exactly_the_list_from_the_snapshot(tmp_path: Path) -> None:
+    lists = rootfs.AptLists(tmp_path / "lists", (), {}, 0)
+    entries = [entry("bash", "5.2.15-2+b13"), entry("bsdutils", "1:2.38.1-5+deb12u3")]
+    command = rootfs.mmdebstrap_command(entries, lists, tmp_path / "root", tmp_path / "in",
+                                        tmp_path / "out")  # fmt: skip
+    assert "--variant=custom" in command and "--skip=update" in command
+    assert "--mode=root" in command
+    assert "--include=bash=5.2.15-2+b13,bsdutils=1:2.38.1-5+deb12u3" in command
+    assert f"--setup-hook=sync-in {tmp_path / 'lists'} /var/lib/apt/lists/" in command
+    assert command[-3:] == [source.line for source in rootfs.SOURCES]
+
+
+def test_apt_list_names_follow_apts_rule() -> None:
+    security = rootfs.SOURCES[2]
+    assert security.packages_glob() == (
+        "deb.debian.org_debian-security_dists_bookworm-security_main_binary-amd64_Packages*"
+    )
+    assert (
+        security.release_glob()
+        == "deb.debian.org_debian-security_dists_bookworm-security_*Release*"
+    )
+
+
+def test_missing_apt_lists_say_to_run_apt_get_update(tmp_path: Path) -> None:
+    with pytest.raises(rootfs.RootfsError, match=r"apt lists missing: .*Run apt-get update"):
+        rootfs.find_apt_lists(tmp_path)
+
+
+def test_mtimes_are_clamped_not_set(tmp_path: Path) -> None:
+    (tmp_path / "old").write_text("")
+    (tmp_path / "new").write_text("")
+    (tmp_path / "link").symlink_to("/nonexistent")
+    os.utime(tmp_path / "old", (1000, 1000))
+    rootfs.clamp_mtimes(tmp_path, 5000)
+    assert (tmp_path / "old").stat().st_mtime == 1000
+    assert (tmp_path / "new").stat().st_mtime == 5000
+    assert os.lstat(tmp_path / "link").st_mtime == 5000
+    assert tmp_path.stat().st_mtime == 5000
+
+
+def test_the_record_holds_the_contracts_keys(tmp_path: Path) -> None:
+    release = rootfs.load_release_set(write_releases(tmp_path)).releases[0]
+    closed = tmp_path / "closed-list.txt"
+    closed.write_text("bash 5.2 amd64 pool/b.deb 00\ncurl 7.8 amd64 pool/c.deb 11\n")
+    root = tmp_path / "root"
+    record = rootfs.write_record(root, release, closed, epoch=1795432957)
+    assert list(record) == RECORD_KEYS
+    assert rootfs.read_record(root) == record
+    assert record["built"] == "2026-11-23T11:22:37Z" and record["packages"] == "2"
+    assert (root / "usr/share/ucvm/closed-list.txt").read_bytes() == closed.read_bytes()
+
+
+# --------------------------------------------------------------------------- nightly: a real build
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.nightly
+@pytest.mark.timeout(1800)
+def test_the_default_release_builds_for_real() -> None:
+    if os.geteuid() != 0 or not shutil.which("mmdebstrap"):
+        pytest.skip("mmdebstrap in root mode needs root")
+    release = rootfs.load_release_set(REPO / "releases.yaml").default
+    artifact = rootfs.build_release(release)
+    root = artifact.root
+    entries = closed_list.read_json(artifact.directory / "closed-list.json")
+    # dpkg's database is exactly the closed list
+    assert rootfs.package_mismatch(entries, rootfs.installed(root)) == []
+    # the record
+    record = rootfs.read_record(root)
+    assert list(record) == RECORD_KEYS and record == artifact.record
+    assert record["release"] == release.tag and record["branch"] == release.branch
+    assert record["shopping_list"] == release.shopping_list.name
+    assert record["shopping_list_sha256"] == sha256(release.shopping_list)
+    assert record["closed_list_sha256"] == sha256(root / "usr/share/ucvm/closed-list.txt")
+    assert record["closed_list_sha256"] == sha256(artifact.closed_list)
+    assert int(record["packages"]) == len(entries)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", record["built"])
+    # the lab's units, present and enabled
+    for name in ("ucvm-ready.service", "ucvm-channel.service", "systemd-networkd.service"):
+        state = subprocess.run(["chroot", root, "systemctl", "is-enabled", name],
+                               capture_output=True, text=True)  # fmt: skip
+        assert state.stdout.strip() == "enabled", name
+    assert (root / "etc/machine-id").read_bytes() == b"" == (root / "etc/fstab").read_bytes()
+    assert (root / "etc/ssh/ssh_host_ed25519_key").is_file()
+    assert re.search(r"^root:!", (root / "etc/shadow").read_text(), re.MULTILINE)
+    # the image: /sbin is merged /usr's link, and init is there
+    listing = subprocess.run(["unsquashfs", "-ll", artifact.squashfs],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert re.search(r" squashfs-root/sbin -> usr/sbin$", listing, re.MULTILINE)
+    assert re.search(r" squashfs-root/usr/sbin/init -> /lib/systemd/systemd$", listing, re.M)
+    assert " squashfs-root/usr/lib/ucvm/ucvm-ready" in listing
+    assert artifact.info["squashfs_sha256"] == sha256(artifact.squashfs)
+    # unchanged inputs: the same artifact, not a rebuild
+    assert rootfs.build_release(release).directory == artifact.directory
