@@ -86,6 +86,10 @@ def selected_cells(config: pytest.Config) -> list[matrix.Cell]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "cell" in metafunc.fixturenames:
         cells = selected_cells(metafunc.config)
+        check = metafunc.definition.get_closest_marker("check")
+        known = metafunc.config.ucvm_matrix.checks  # type: ignore[attr-defined]
+        if check and check.args[0] in known:  # a check may cover only some versions
+            cells = [c for c in cells if known[check.args[0]].covers(c.version)]
         metafunc.parametrize("cell", [pytest.param(c, id=c.id, marks=host_group(c)) for c in cells])
 
 

@@ -86,6 +86,10 @@ class Check:
     name: str
     description: str
     budget_mb: float | None = None
+    versions: tuple[str, ...] | None = None  # None: every version of the matrix
+
+    def covers(self, version: str) -> bool:
+        return self.versions is None or version in self.versions
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,7 @@ class _TargetSchema(_Schema):
 class _CheckSchema(_Schema):
     description: str
     budget_mb: PositiveNumber | None = None
+    versions: Annotated[list[Name], Field(min_length=1)] | None = None
 
 
 class _GateSchema(_Schema):
@@ -361,7 +366,11 @@ def _describe_value(value: Any) -> str:
 
 
 def _duplicate_problems(tree: Any) -> list[_Problem]:
-    return [*_duplicate_target_names(tree), *_duplicate_versions(tree)]
+    return [
+        *_duplicate_target_names(tree),
+        *_duplicate_versions(tree),
+        *_unknown_check_versions(tree),
+    ]
 
 
 def _duplicate_target_names(tree: Any) -> Iterator[_Problem]:
@@ -379,6 +388,20 @@ def _duplicate_versions(tree: Any) -> Iterator[_Problem]:
         first_line = _position(tree, ("versions", first))[0]
         message = f"duplicate version {versions[again]!r}; first listed at line {first_line}"
         yield _Problem(("versions", again), message)
+
+
+def _unknown_check_versions(tree: Any) -> Iterator[_Problem]:
+    versions = set(map(str, _list_at(tree, "versions")))
+    checks = tree.get("checks") if isinstance(tree, dict) else None
+    for name, check in (checks or {}).items():
+        listed = check.get("versions") if isinstance(check, dict) else None
+        for index, version in enumerate(listed if isinstance(listed, list) else []):
+            if str(version) not in versions:
+                message = (
+                    f"check {name!r} names version {version!r}, which the top-level "
+                    f"`versions:` does not list; add it there or remove it here"
+                )
+                yield _Problem(("checks", name, "versions", index), message)
 
 
 def _list_at(tree: Any, key: str) -> list[Any]:
@@ -502,7 +525,12 @@ def _build_matrix(
         targets=tuple(_build_target(target, env) for target in schema.targets),
         versions=tuple(schema.versions),
         checks={
-            name: Check(name, check.description, check.budget_mb)
+            name: Check(
+                name,
+                check.description,
+                check.budget_mb,
+                tuple(check.versions) if check.versions else None,
+            )
             for name, check in schema.checks.items()
         },
         gate=Gate(

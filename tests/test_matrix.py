@@ -238,6 +238,12 @@ BAD_CASES = [
         id="duplicate-version",
     ),
     pytest.param(
+        "boot: {description: boots}", "boot: {description: boots, versions: [newest, '1.0']}",
+        10, "checks.boot.versions[1]",
+        "check 'boot' names version '1.0', which the top-level `versions:` does not list",
+        id="check-version-not-in-matrix",
+    ),
+    pytest.param(
         "[newest, previous]", "[newest, 'new est']",
         8, "versions[1]",
         "expected a name matching ^[A-Za-z0-9][A-Za-z0-9._-]*$; found string 'new est'",
@@ -516,3 +522,11 @@ def test_a_matrix_error_survives_pickling() -> None:
 
     assert copy.problems == ("first problem", "second problem")
     assert str(copy) == "first problem\nsecond problem"
+
+
+def test_a_check_may_cover_some_versions(tmp_path: Path) -> None:
+    path = tmp_path / "matrix.yaml"
+    path.write_text(GOOD_MATRIX.replace("boots}", "boots, versions: [previous]}"))
+    check = load_matrix(path).checks["boot"]
+    assert check.versions == ("previous",)
+    assert (check.covers("previous"), check.covers("newest")) == (True, False)

@@ -142,3 +142,26 @@ def test_an_unknown_version_lists_the_published_ones(
     assert record.reason.startswith("unknown version"), record.reason
     assert "requested=9.9" in record.reason
     assert "tags: 1.0 1.1" in record.reason and "branches: prod" in record.reason
+
+
+def test_a_full_cache_evicts_old_blocks_and_the_boot_goes_on(
+    kvm_target: LibvirtTarget,
+    boot_loader: BootLoader,
+    os_repo: osrepo.Repository,
+    repo_server: osrepo.RepoServer,
+) -> None:
+    """A real lazy boot into systemd with a cache far smaller than what the boot reads."""
+    limit_mb = 8
+    snapshot = os_repo.manifest().resolve("newest")
+    with kvm_target.launch(
+        boot_loader,
+        boot_args=["ucvm.version=newest", f"ucvm.cache_max_mb={limit_mb}"],
+        host_services={GUEST_REPO_ADDRESS: repo_server.port},
+    ) as instance:
+        record = observe_boot(instance, 400)
+
+    assert record.ready, record.summary()
+    assert record.os_version == snapshot.tag
+    assert int(record.ready_field("evicted_blocks")) > 0
+    assert record.ready_bytes("cache_bytes") <= limit_mb << 20
+    assert record.ready_bytes("fetched_bytes") > limit_mb << 20  # it read more than fits

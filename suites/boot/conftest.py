@@ -68,6 +68,8 @@ def attach_boot(boot_loader: BootLoader) -> Callable[[BootRecord | None, str, st
 @pytest.fixture
 def expected_snapshot(cell: matrix.Cell, os_repo: osrepo.Repository) -> osrepo.Snapshot:
     """What the cell's version (tag, branch, newest, previous) means in this run's repository."""
+    manifest = os_repo.manifest_path.read_text()
+    allure.attach(manifest, "repository manifest (signed)", allure.attachment_type.TEXT)
     try:
         return os_repo.manifest().resolve(cell.version)
     except osrepo.RepoError as error:
