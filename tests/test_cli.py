@@ -96,11 +96,13 @@ def test_gate_fails_when_a_planned_tier_one_cell_has_no_result(lab_dir: Path) ->
 def test_gate_fails_when_a_tier_one_cell_fails(lab_dir: Path) -> None:
     matrix = lab_dir / "matrix.yaml"
     without = ("openstack", "opennebula", "hyperv", "hyperv-vhd", "gce")  # not in the sample
+    other_versions = r'  - (previous|"1\.0"|devel)(\s|$)'  # the sample boots `newest` only
     matrix.write_text(
         "".join(
             line
             for line in matrix.read_text().splitlines(keepends=True)
             if not re.match(rf"\s+- {{name: ({'|'.join(without)}),", line)
+            and not re.match(other_versions, line)
         )
     )
     passing = ucvm_lab("--matrix", str(matrix), "gate", str(SAMPLE_RESULTS))

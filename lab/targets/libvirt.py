@@ -20,7 +20,7 @@ import socket
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -259,6 +259,11 @@ def kvm_offered(conn: libvirt.virConnect) -> tuple[bool, str]:
     return True, ""
 
 
+# An instance's disks, whether they go to QEMU directly, and its direct kernel boot (kernel,
+# initrd, command line) or None, made in its work directory (see launch_disk()).
+Prepare = Callable[[Path], tuple[list[tuple[Path, str, bool]], bool, tuple[Path, Path, str] | None]]
+
+
 class LibvirtTarget(Target):
     """A libvirt host: qemu:///system by default, or any URI from the target's settings."""
 
@@ -373,6 +378,62 @@ class LibvirtTarget(Target):
         instance.accel, instance.accel_reason = accel, why
         return instance
 
+    def launch_disk(
+        self,
+        disk: Path,
+        disk_format: str,
+        kernel: Path,
+        initrd: Path,
+        cmdline: str,
+        *,
+        boot_args: Sequence[str] = (),
+        host_services: Mapping[str, int] | None = None,
+    ) -> LibvirtInstance:
+        """Boot a full-disk OS image (not the boot loader), the conventional baseline of
+        bench/os_on_demand.py: as launch() does with the boot loader, a copy of ``disk`` with a
+        copy-on-write layer on top (libvirt relabels a backing file and may leave it so: the
+        original is never handed to it), as the profile's first disk, started by libvirt's
+        direct kernel boot of ``kernel`` and ``initrd`` with exactly ``cmdline``. Same domain,
+        names, console log and clean-up as launch(); the accelerator is the one launch() or
+        accelerator() decided for this target (or matrix.yaml's setting): no probe is booted
+        from a disk."""
+        if self._accel is None and self.accel_setting not in ("kvm", "tcg"):
+            raise TargetError(
+                f"{self.name}: the accelerator is not decided yet; call accelerator(boot_loader) "
+                "or launch() on this target first"
+            )
+        accel, why = self._accel or (self.accel_setting, "set by matrix.yaml / UCVM_ACCEL")
+        profile = self.profile
+
+        def prepare(
+            workdir: Path,
+        ) -> tuple[list[tuple[Path, str, bool]], bool, tuple[Path, Path, str]]:
+            base, overlay = workdir / f"base-{disk.name}", workdir / "disk.qcow2"
+            subprocess.run(["cp", "--sparse=always", str(disk), str(base)], check=True)
+            qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", disk_format,
+                     str(overlay))  # fmt: skip
+            direct = (workdir / "vmlinuz", workdir / "initrd.img", cmdline)
+            shutil.copy2(kernel, direct[0])  # libvirt relabels these too: copies, as launch()
+            shutil.copy2(initrd, direct[1])
+            disks = [(overlay, "qcow2", False)]
+            passthrough = needs_passthrough(profile, {disk_format, "qcow2"})
+            owner = qemu_user()
+            if passthrough and owner:  # libvirt labels only the disks it manages
+                for path in (base, overlay):
+                    os.chown(path, *owner)
+            return disks, passthrough, direct
+
+        instance = self._define(
+            None,  # type: ignore[arg-type]  # prepare() makes the disks, not the boot loader
+            domain_type="kvm" if accel == "kvm" else "qemu",
+            profile=profile,
+            boot_args=boot_args,
+            host_services=host_services,
+            prepare=prepare,
+        )
+        instance.accel, instance.accel_reason = accel, why
+        return instance
+
     def _define(
         self,
         image: BootLoader,
@@ -384,6 +445,7 @@ class LibvirtTarget(Target):
         kernel_args: str | None = None,
         boot_args: Sequence[str] = (),
         host_services: Mapping[str, int] | None = None,
+        prepare: Prepare | None = None,
     ) -> LibvirtInstance:
         name = self.run.resource_name(self.name, suffix or secrets.token_hex(3))
         workdir = self.run.dir / name
@@ -399,6 +461,7 @@ class LibvirtTarget(Target):
                 kernel_args,
                 boot_args,
                 host_services or {},
+                prepare,
             )
         except BaseException as error:
             instance.destroy()
@@ -417,15 +480,19 @@ class LibvirtTarget(Target):
         kernel_args: str | None,
         boot_args: Sequence[str],
         host_services: Mapping[str, int],
+        prepare: Prepare | None = None,
     ) -> None:
         workdir, profile = instance.workdir, instance.profile
-        disks, passthrough = self._prepare_disks(image, profile, fmt, workdir)
-        direct = None
-        if kernel_args is not None:
-            kernel, initrd = workdir / "vmlinuz", workdir / "initrd.img"
-            shutil.copy2(image.vmlinuz, kernel)
-            shutil.copy2(image.initrd, initrd)
-            direct = (kernel, initrd, f"{KERNEL_CMDLINE} {kernel_args}".strip())
+        if prepare is not None:  # launch_disk(): the caller's disk, kernel and command line
+            disks, passthrough, direct = prepare(workdir)
+        else:
+            disks, passthrough = self._prepare_disks(image, profile, fmt, workdir)
+            direct = None
+            if kernel_args is not None:
+                kernel, initrd = workdir / "vmlinuz", workdir / "initrd.img"
+                shutil.copy2(image.vmlinuz, kernel)
+                shutil.copy2(image.initrd, initrd)
+                direct = (kernel, initrd, f"{KERNEL_CMDLINE} {kernel_args}".strip())
         xml = domain_xml(
             name=instance.name,
             domain_type=domain_type,
@@ -557,6 +624,17 @@ class LibvirtInstance(Instance):
             return self.console_log.read_bytes().decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
+
+    def disk_read_bytes(self) -> int:
+        """Bytes the guest has read from its disks so far (libvirt's block stats, rd_bytes,
+        summed over the domain's disks; disks passed straight to QEMU are not counted)."""
+        if self.domain is None:
+            raise TargetError(f"{self.name} is not running")
+        try:
+            devices = ET.fromstring(self.domain.XMLDesc(0)).iterfind("devices/disk/target")
+            return sum(self.domain.blockStats(t.get("dev"))[1] for t in devices)
+        except libvirt.libvirtError as error:
+            raise TargetError(f"block stats of {self.name}: {error.get_error_message()}") from error
 
     def is_running(self) -> bool:
         if self.domain is None:
