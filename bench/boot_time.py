@@ -22,23 +22,22 @@ import shutil
 import signal
 import statistics
 import sys
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import libvirt
 from rich.console import Console
 from rich.table import Table
+from vms import destroy_leftovers, other_vms, signals_deferred, terminate
 
 from lab.build.bootloader import BootLoader, build
 from lab.observe import observe_boot
 from lab.targets.base import TargetError
-from lab.targets.libvirt import LibvirtTarget, connect, undefine
+from lab.targets.libvirt import LibvirtTarget
 from lab.targets.profiles import PROFILES, Profile
-from lab.targets.run import Run, new_run_id, run_id_of
+from lab.targets.run import Run, new_run_id
 
 RUN_ROOT = Path("/var/tmp/ucvm-lab")
-LIBVIRT_URI = "qemu:///system"  # LibvirtTarget's default
 ANCHOR_PROFILE = "kvm"
 ANCHOR_LABEL = "anchor"
 PAPER_BOOT = 'paper: boot "in seconds" (no figure given)'  # a constant label, not a measurement
@@ -106,37 +105,7 @@ class Row:
         return statistics.median(values) if values else None
 
 
-# --- signals: a VM is destroyed whatever ends the run --------------------------------------
-
-
-def terminate(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while a VM is being created (the launch has not yet handed back
-    the instance that would destroy it); deliver them once it has."""
-    caught: list[int] = []
-    previous = {
-        sig: signal.signal(sig, lambda s, _f: caught.append(s))
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    for sig in caught[:1]:
-        signal.raise_signal(sig)
-
-
 # --- booting -------------------------------------------------------------------------------
-
-
-def other_vms(target: LibvirtTarget) -> int:
-    """VMs already running on the host (another run's, anyone's): they share its CPUs."""
-    return len(target.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
 
 
 def boot_once(subject: Subject, loader: BootLoader, budget_s: float, round_no: int) -> Boot:
@@ -382,18 +351,6 @@ def measure(args: argparse.Namespace, console: Console) -> tuple[list[Row], Boot
         remove_if_empty(run.dir)
         if leftovers:
             console.print(f"[red]destroyed domains left running: {', '.join(leftovers)}[/red]")
-
-
-def destroy_leftovers(run: Run) -> list[str]:
-    """A last check that no domain of this run outlives it (the instances destroy their own)."""
-    conn = connect(LIBVIRT_URI)
-    try:
-        mine = [d for d in conn.listAllDomains() if run_id_of(d.name()) == run.id]
-        for domain in mine:
-            undefine(domain)
-        return [d.name() for d in mine]
-    finally:
-        conn.close()
 
 
 def remove_if_empty(run_dir: Path) -> None:

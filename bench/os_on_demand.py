@@ -33,31 +33,29 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import libvirt
 from rich.console import Console
 from rich.table import Table
+from vms import destroy_leftovers, other_vms, signals_deferred, terminate
 
 from lab.build import osrepo, rootfs
 from lab.build.artifacts import file_digest
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader, build, gzip_size
-from lab.observe import BootRecord, observe_boot
+from lab.observe import BootRecord, guest_cache_stats, observe_boot
 from lab.targets.base import TargetError
 from lab.targets.libvirt import (
     LibvirtInstance,
     LibvirtTarget,
     base_virtual_size,
-    connect,
-    undefine,
 )
 from lab.targets.profiles import PROFILES
 from lab.targets.run import Run, new_run_id
 
 RUN_ROOT = Path("/var/tmp/ucvm-lab")
-LIBVIRT_URI = "qemu:///system"  # LibvirtTarget's default
 PROFILE = "kvm"
 UCVM, CONVENTIONAL = "μCernVM", "conventional"
 SETTLE_S = 10.0  # how long the cross-check waits for guest and server to agree
@@ -134,37 +132,7 @@ class Sizes:
     conventional_cmdline: str
 
 
-# --- signals: a VM is destroyed whatever ends the run --------------------------------------
-
-
-def terminate(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while a VM is being created (the launch has not yet handed back
-    the instance that would destroy it); deliver them once it has."""
-    caught: list[int] = []
-    previous = {
-        sig: signal.signal(sig, lambda s, _f: caught.append(s))
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    for sig in caught[:1]:
-        signal.raise_signal(sig)
-
-
 # --- booting -------------------------------------------------------------------------------
-
-
-def other_vms(target: LibvirtTarget) -> int:
-    """VMs already running on the host (another run's, anyone's): they share its CPUs."""
-    return len(target.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
 
 
 def boot_once(
@@ -254,15 +222,6 @@ def count_server(server: osrepo.RepoServer, instance: LibvirtInstance, boot: Boo
             }
             return
         time.sleep(1)
-
-
-def guest_cache_stats(instance: LibvirtInstance) -> dict[str, int]:
-    """The block client's stats file, read now through the console channel."""
-    result = instance.run('. /.ucvm/boot.env && cat "$UCVM_CACHE_STATS"', timeout=20)
-    if not result.ok:
-        raise TargetError(f"cannot read the guest's cache stats: {result.output.strip()}")
-    pairs = (line.split() for line in result.output.splitlines())
-    return {k: int(v) for k, v in (p for p in pairs if len(p) == 2 and p[1].isdigit())}
 
 
 def run_rounds(
@@ -714,19 +673,6 @@ def measure(args: argparse.Namespace, console: Console) -> tuple[list[Boot], Siz
         run.release()
         if leftovers:
             console.print(f"[red]destroyed domains left running: {', '.join(leftovers)}[/red]")
-
-
-def destroy_leftovers(run: Run) -> list[str]:
-    """A last check that no domain of this run outlives it (the instances destroy their own)."""
-    conn = connect(LIBVIRT_URI)
-    try:
-        prefix = run.resource_name("")  # ucvm-<run id>-
-        mine = [d for d in conn.listAllDomains() if d.name().startswith(prefix)]
-        for domain in mine:
-            undefine(domain)
-        return [d.name() for d in mine]
-    finally:
-        conn.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -197,3 +197,13 @@ def observe_boot(instance: Instance, budget_s: float) -> BootRecord:
     )
     record.accel_reason = instance.accel_reason
     return record
+
+
+def guest_cache_stats(instance: Instance) -> dict[str, int]:
+    """The guest's block-client stats (cached_bytes, fetched_bytes, evicted_blocks,
+    verify_failures), read now through the command channel of the booted OS."""
+    result = instance.run('. /.ucvm/boot.env && cat "$UCVM_CACHE_STATS"', timeout=20)
+    if not result.ok:
+        raise TargetError(f"cannot read the guest's cache stats: {result.output.strip()}")
+    pairs = (line.split() for line in result.output.splitlines())
+    return {k: int(v) for k, v in (p for p in pairs if len(p) == 2 and p[1].isdigit())}

@@ -85,18 +85,9 @@ UNITS_MASKED = ("systemd-firstboot.service",)
 SSH_KEY_TYPES = ("rsa", "ecdsa", "ed25519")
 
 
-class ReleaseError(ValueError):
-    """Problems in releases.yaml (or a list it names); `str(error)` has one line per problem."""
-
-    def __init__(self, *problems: str) -> None:
-        super().__init__(*problems)
-
-    @property
-    def problems(self) -> tuple[str, ...]:
-        return self.args
-
-    def __str__(self) -> str:
-        return "\n".join(self.args)
+class ReleaseError(matrix.MatrixError):
+    """Problems in releases.yaml (or a list it names); `str(error)` has one line per problem.
+    Reported as matrix.yaml's are, with the same validation helpers."""
 
 
 class RootfsError(RuntimeError):

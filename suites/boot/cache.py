@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import allure
 
 from lab.build import osrepo
+from lab.observe import guest_cache_stats
 from lab.targets.base import Instance
 
 
@@ -48,10 +49,3 @@ def measure_cache(
         if measure.guest_fetched == measure.server_image_bytes or time.monotonic() > deadline:
             return measure
         time.sleep(1)
-
-
-def guest_cache_stats(instance: Instance) -> dict[str, int]:
-    result = instance.run('. /.ucvm/boot.env && cat "$UCVM_CACHE_STATS"')
-    assert result.ok, f"cannot read the guest's cache stats: {result.output}"
-    pairs = (line.split() for line in result.output.splitlines())
-    return {key: int(value) for key, value in (p for p in pairs if len(p) == 2)}

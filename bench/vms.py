@@ -1,0 +1,56 @@
+"""What the boot benchmarks share: signals that never leave a VM behind, the count of other
+VMs on the host (they share its CPUs), and the last check that a run's domains are gone."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+
+import libvirt
+
+from lab.targets.libvirt import LibvirtTarget, connect, undefine
+from lab.targets.run import Run
+
+LIBVIRT_URI = "qemu:///system"  # LibvirtTarget's default
+
+
+def terminate(signum: int, _frame: object) -> None:
+    """SIGTERM as an exception, so the context managers destroy what they hold."""
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while a VM is being created (the launch has not yet handed back
+    the instance that would destroy it); deliver them once it has."""
+    caught: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda s, _f: caught.append(s))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for sig in caught[:1]:
+        signal.raise_signal(sig)
+
+
+def other_vms(target: LibvirtTarget) -> int:
+    """VMs already running on the host (another run's, anyone's): they share its CPUs."""
+    return len(target.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+
+
+def destroy_leftovers(run: Run) -> list[str]:
+    """A last check that no domain of this run outlives it (the instances destroy their own)."""
+    conn = connect(LIBVIRT_URI)
+    try:
+        prefix = run.resource_name("")  # ucvm-<run id>-
+        mine = [d for d in conn.listAllDomains() if d.name().startswith(prefix)]
+        for domain in mine:
+            undefine(domain)
+        return [d.name() for d in mine]
+    finally:
+        conn.close()
