@@ -7,6 +7,7 @@ anchor is the kvm profile booted with no firmware at all (libvirt's direct kerne
 same kernel command line): a profile's ratio shows what its firmware, boot loader and devices
 cost. Boots are interleaved round by round (anchor first), so a busy host slows both sides.
 The paper's own figure, boot "in seconds", is a word, not a number: it is printed as a label.
+Every boot runs the boot loader alone (`ucvm.os=none`): the OS is os_on_demand.py's subject.
 
     .venv/bin/python bench/boot_time.py [--profiles kvm,vmware] [--repeat N] [--json PATH]
 """
@@ -39,6 +40,7 @@ from lab.targets.run import Run, new_run_id
 
 RUN_ROOT = Path("/var/tmp/ucvm-lab")
 ANCHOR_PROFILE = "kvm"
+LOADER_ONLY = "ucvm.os=none"  # the boot loader's own `ready`: no repository, no OS
 ANCHOR_LABEL = "anchor"
 PAPER_BOOT = 'paper: boot "in seconds" (no figure given)'  # a constant label, not a measurement
 
@@ -115,7 +117,10 @@ def boot_once(subject: Subject, loader: BootLoader, budget_s: float, round_no: i
             with signals_deferred():
                 instance = stack.enter_context(
                     subject.target.launch(
-                        loader, image_format=subject.image_format, kernel_args=subject.kernel_args
+                        loader,
+                        image_format=subject.image_format,
+                        kernel_args=subject.kernel_args,
+                        boot_args=[LOADER_ONLY],
                     )
                 )
         except TargetError as error:

@@ -50,6 +50,8 @@ class BootRecord:
     failed_phase: str | None = None
     reason: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # Figures measured beside the console (a suite's cross-checks: the server's bytes sent)
+    measurements: dict[str, int] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -98,6 +100,7 @@ class BootRecord:
                 f"{phase.name:<10} {phase.guest_s:8.2f} {host}  {phase.status:<6}  {details}"
             )
         rows.append(f"outcome: {self.summary()}; OS: {self.os_version or '-'}")
+        rows += [f"{key}: {value:,}" for key, value in self.measurements.items()]
         return "\n".join(rows)
 
     def to_json(self) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import allure
 
 from lab.build import osrepo
-from lab.observe import guest_cache_stats
+from lab.observe import BootRecord, guest_cache_stats
 from lab.targets.base import Instance
 
 
@@ -25,7 +25,9 @@ class CacheMeasure:
     server_requests: int
     snapshot_bytes: int
 
-    def attach(self) -> None:
+    def attach(self, record: BootRecord) -> None:
+        """Into the boot record (its phase table and JSON) and as an attachment of its own."""
+        record.measurements.update({f"cache_{key}": value for key, value in self.__dict__.items()})
         allure.attach(json.dumps(self.__dict__, indent=2), "cache", allure.attachment_type.JSON)
 
 

@@ -31,7 +31,7 @@ def test_boots_version_to_ready(
             record = observe_boot(instance, lab_matrix.settings.boot_budget_s)
             if record.ready:
                 cache = measure_cache(instance, repo_server, expected_snapshot)
-                cache.attach()
+                cache.attach(record)
         finally:
             attach_boot(record, instance.console(), image_format)
 
