@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from lab import observe
+from lab.build import osrepo
 from lab.observe import (
     LOADER_PHASES,
     OS_PHASES,
@@ -764,12 +765,16 @@ def test_guest_failure_detail_with_spaces_survives(guest: Guest) -> None:
         pytest.param("testing", "1.2", "1.3-rc1", id="branch-testing"),
         pytest.param("1.0", "1.2", "1.0", id="old-tag"),
         pytest.param("1.2-rc1", "1.2", "1.2-rc1", id="tag-of-another-branch"),
+        pytest.param("previous", "1.3-rc1", "1.2", id="previous-when-prod-was-promoted"),
     ],
 )
 def test_guest_resolve_version(guest: Guest, want: str, prod: str, tag: str) -> None:
     guest.manifest = manifest(prod=prod)
     out = guest.prints(f'resolve_version "{want}" <"$FAKE_MANIFEST"; echo "status=$?"')
     assert out == f"{SNAPSHOT_LINES[tag]}\nstatus=0\n"
+    # The lab computes what a cell should boot on the host: both sides must agree.
+    body = manifest(prod=prod).rsplit("signature ", 1)[0].encode()
+    assert osrepo.Manifest.parse(body).resolve(want or "newest").tag == tag
 
 
 @pytest.mark.parametrize(
@@ -877,7 +882,10 @@ def test_guest_phase_repo(
         "snapshot": sha(tag + ".img")[:12],
         "image_bytes": str(image_bytes),
     }
-    assert guest.file("scratch/ucvm/pinned").read_text() == f"{tag}\n"  # later boots stay on it
+    # The pin is written once the snapshot mounted (phase switch_root), not here.
+    pin = guest.file("scratch/ucvm/pinned")
+    assert (pin.read_text() if pin.exists() else None) == (f"{pinned}\n" if pinned else None)
+    assert guest.file("scratch/ucvm/serial").read_text() == "9\n"  # the manifest's serial
     get, verify = guest.calls()
     assert get.startswith("get http://10.0.2.100/manifest ")
     assert f"--header X-Ucvm-Instance: {INSTANCE_UUID}" in get
@@ -1097,3 +1105,11 @@ def test_timeline_feeds_record_from_console(clock: FakeClock) -> None:
         [2.9, 4.0, 5.6, 6.2, 6.9, 7.8, 7.9, 33.6]
     )
     assert record.os_version == "1.2"
+
+
+def test_guest_refuses_a_manifest_older_than_one_seen_before(guest: Guest) -> None:
+    guest.file("scratch/ucvm/serial").write_text("10\n")  # an earlier boot saw serial 10
+    record = repo_phase(guest)
+    assert (record.outcome, record.failed_phase) == ("failed", "repo")
+    assert record.reason.startswith("manifest refused (")
+    assert "serial 9 is older than 10" in record.reason

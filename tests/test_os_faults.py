@@ -20,7 +20,8 @@ from lab.targets.profiles import PROFILES
 from lab.targets.run import Run
 
 pytestmark = pytest.mark.boot
-BUDGET_S = 150  # far above the server-down retries (1+2+4+8 s): a hang would show as one
+# Far above the server-down retries (6 attempts, 1+2+4+8+16 s apart): a hang would show as one
+BUDGET_S = 150
 
 
 @pytest.fixture

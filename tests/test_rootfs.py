@@ -461,3 +461,15 @@ def test_the_default_release_builds_for_real() -> None:
     assert artifact.info["squashfs_sha256"] == sha256(artifact.squashfs)
     # unchanged inputs: the same artifact, not a rebuild
     assert rootfs.build_release(release).directory == artifact.directory
+
+
+def test_the_ready_marker_says_unknown_when_systemctl_fails(tmp_path: Path) -> None:
+    root = fake_root(tmp_path, BOOT_ENV, STATS)
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text("#!/bin/sh\nexit 1\n")
+    systemctl.chmod(0o755)
+    console = tmp_path / "console"
+    env = {"PATH": os.environ["PATH"], "UCVM_ROOT": str(root), "UCVM_CONSOLE": str(console),
+           "UCVM_SYSTEMCTL": str(systemctl)}  # fmt: skip
+    subprocess.run([READY], env=env, capture_output=True, text=True, check=True)
+    assert console.read_text().rstrip().endswith(" units_failed=unknown")

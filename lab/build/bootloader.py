@@ -513,7 +513,10 @@ def files_digest(paths: Iterable[Path]) -> str:
 
 def tool_versions() -> dict[str, str]:
     """Versions of the Debian packages whose bytes end up in the image."""
-    packages = ("busybox-static", "syslinux-common", "isolinux", "qemu-utils", "xorriso")
+    packages = (
+        "busybox-static", "syslinux-common", "isolinux", "qemu-utils", "xorriso",
+        "libsodium-dev", "musl-tools",  # linked into the block client
+    )  # fmt: skip
     query = subprocess.run(["dpkg-query", "-W", *packages], capture_output=True, text=True)
     return dict(line.split("\t", 1) for line in query.stdout.splitlines() if "\t" in line)
 
@@ -529,7 +532,7 @@ def build(store: ArtifactStore | None = None, repo_public_key: str | None = None
         "loader_version": LOADER_VERSION,
         "kernel_deb_sha256": kernel.deb_sha256,
         "guest_sources": files_digest((Path(__file__).parent / "initramfs").iterdir()),
-        "block_client": files_digest([BLOCKD_SOURCE]),
+        "block_client": files_digest([BLOCKD_SOURCE, BLOCKD_SOURCE.with_name("__init__.py")]),
         "repo_public_key": repo_public_key,
         "drivers": PLATFORM_DRIVERS,
         "cmdline": KERNEL_CMDLINE,

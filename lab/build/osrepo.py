@@ -1029,6 +1029,7 @@ def nginx_conf(root: Path, run_dir: Path, host: str, port: int) -> str:
         f"        listen {host}:{port};",
         f"        root {conf_path_value(root)};",
         "        autoindex off;",
+        "        disable_symlinks on;",  # a link in the tree cannot point nginx elsewhere
         "        log_not_found off;",
         f"        location ^~ {SYNC_PREFIX} {{ return 204; }}",
         "        location ~ /\\. { deny all; }",
@@ -1124,6 +1125,12 @@ class RepoServer:
             raise RepoError(f"{NGINX} is missing: apt-get install nginx-light")
         if not (self.root / MANIFEST).is_file():
             raise RepoError(f"{self.root / MANIFEST}: missing: serve a repository")
+        key = default_key_path().resolve()
+        if key.is_relative_to(self.root.resolve()):
+            raise RepoError(
+                f"the signing key {key} is inside {self.root}, which would serve it: "
+                "move it out (UCVM_REPO_KEY) before serving"
+            )
         (self.run_dir / "tmp").mkdir(parents=True, exist_ok=True)
         problem = ""
         for _ in range(START_ATTEMPTS):

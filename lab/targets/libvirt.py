@@ -236,7 +236,7 @@ def user_network(profile: Profile, host_services: Mapping[str, int]) -> list[str
 
     Each host service is a guest address (``10.0.2.100:80``) whose connections QEMU hands,
     one spawned socat each, to a port on the host's 127.0.0.1. Nothing listens elsewhere."""
-    netdev = "user,id=ucvm-net0"
+    netdev = "user,id=ucvm-net0,restrict=on"  # the guest reaches the forwards, nothing else
     for guest, port in sorted(host_services.items()):
         netdev += f",guestfwd=tcp:{guest}-cmd:{GUEST_FORWARD.format(port=port)}"
     device = NIC_DEVICES.get(profile.nic_model, profile.nic_model)

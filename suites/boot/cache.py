@@ -25,6 +25,10 @@ class CacheMeasure:
     server_requests: int
     snapshot_bytes: int
 
+    @property
+    def agree(self) -> bool:
+        return self.guest_fetched == self.server_image_bytes
+
     def attach(self, record: BootRecord) -> None:
         """Into the boot record (its phase table and JSON) and as an attachment of its own."""
         record.measurements.update({f"cache_{key}": value for key, value in self.__dict__.items()})
@@ -32,10 +36,16 @@ class CacheMeasure:
 
 
 def measure_cache(
-    instance: Instance, server: osrepo.RepoServer, snapshot: osrepo.Snapshot, settle_s: float = 10
+    instance: Instance,
+    server: osrepo.RepoServer,
+    snapshot: osrepo.Snapshot,
+    *,
+    sent_before: int = 0,
+    settle_s: float = 10,
 ) -> CacheMeasure:
     """Read the guest's block-client stats and the server's bytes for this instance until the
-    two agree (a block in flight shows in one before the other), or until ``settle_s``."""
+    two agree (a block in flight shows in one before the other), or until ``settle_s``.
+    The guest counts this boot only; ``sent_before`` is what the server sent in earlier ones."""
     deadline = time.monotonic() + settle_s
     while True:
         stats = guest_cache_stats(instance)
@@ -44,10 +54,10 @@ def measure_cache(
             guest_cached=stats["cached_bytes"],
             guest_fetched=stats["fetched_bytes"],
             evicted_blocks=stats["evicted_blocks"],
-            server_image_bytes=sent.image_body_bytes,
+            server_image_bytes=sent.image_body_bytes - sent_before,
             server_requests=sent.requests,
             snapshot_bytes=snapshot.image_bytes,
         )
-        if measure.guest_fetched == measure.server_image_bytes or time.monotonic() > deadline:
+        if measure.agree or time.monotonic() > deadline:
             return measure
         time.sleep(1)
