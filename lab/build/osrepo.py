@@ -834,9 +834,14 @@ def link_or_copy(image: Path, temp: Path, block_bytes: int) -> ImageHashes:
     return hash_image(temp, block_bytes)
 
 
+MAX_BLOCK_BYTES = 16 << 20  # the guest's block client takes no larger block
+
+
 def check_block_bytes(block_bytes: int) -> None:
-    if block_bytes < 4096 or block_bytes % 4096:
-        raise RepoError(f"block size {block_bytes}: expected a positive multiple of 4096")
+    if block_bytes < 4096 or block_bytes % 4096 or block_bytes > MAX_BLOCK_BYTES:
+        raise RepoError(
+            f"block size {block_bytes}: expected a multiple of 4096 from 4096 to {MAX_BLOCK_BYTES}"
+        )
 
 
 def check_writable_name(kind: str, name: str) -> None:
