@@ -110,7 +110,7 @@ def test_hyperv_fixed_vhd_stays_with_libvirt() -> None:
     assert qemu_option(domain, "-drive") == []
     assert qemu_arg_list(domain) == [  # QEMU gets the network only
         "-netdev",
-        "user,id=ucvm-net0",
+        "user,id=ucvm-net0,restrict=on",
         "-device",
         "tulip,netdev=ucvm-net0,bus=pci.0,addr=0x18",
     ]
@@ -146,7 +146,7 @@ def test_nic_is_the_platform_s_model_on_user_networking(name: str, device: str) 
     )  # a new profile needs its row here
     domain = render(name)
     assert domain.find("devices/interface") is None  # not libvirt's: it cannot do guestfwd
-    assert qemu_option(domain, "-netdev") == ["user,id=ucvm-net0"]
+    assert qemu_option(domain, "-netdev") == ["user,id=ucvm-net0,restrict=on"]
     nics = [d for d in qemu_option(domain, "-device") if "netdev=" in d]
     assert nics == [device]
 
@@ -167,14 +167,14 @@ def test_nic_slot_is_clear_of_passed_through_disks(name: str, base_format: str) 
 def test_host_services_are_guest_forwards_to_the_host_s_loopback() -> None:
     domain = render("kvm", host_services={"10.0.2.100:80": 8123})
     assert qemu_option(domain, "-netdev") == [
-        "user,id=ucvm-net0,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:8123"
+        "user,id=ucvm-net0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:8123"
     ]
 
 
 def test_several_host_services_in_a_stable_order() -> None:
     services = {"169.254.169.254:80": 9000, "10.0.2.100:80": 8123}
     netdev = (
-        "user,id=ucvm-net0"
+        "user,id=ucvm-net0,restrict=on"
         ",guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:8123"
         ",guestfwd=tcp:169.254.169.254:80-cmd:socat - TCP:127.0.0.1:9000"
     )
