@@ -29,7 +29,14 @@ from pathlib import Path
 import libvirt
 from rich.console import Console
 from rich.table import Table
-from vms import destroy_leftovers, other_vms, signals_deferred, terminate
+from vms import (
+    add_boot_options,
+    destroy_leftovers,
+    other_vms,
+    parse_boot_options,
+    signals_deferred,
+    terminate,
+)
 
 from lab.build.bootloader import BootLoader, build
 from lab.observe import observe_boot
@@ -308,32 +315,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="A,B",
         help="profiles to boot (default: all; those QEMU cannot emulate are listed as skipped)",
     )
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=1,
-        metavar="N",
-        help="boots per profile, and of the anchor (default 1); N > 1 reports "
-        "the median and the minimum",
+    add_boot_options(
+        parser,
+        repeat=1,
+        repeat_help="boots per profile, and of the anchor (default 1); N > 1 reports the "
+        "median and the minimum",
+        budget_s=120.0,
     )
-    parser.add_argument(
-        "--budget",
-        type=float,
-        default=120.0,
-        metavar="S",
-        help="seconds one boot may take to reach `ready` (default 120)",
-    )
-    parser.add_argument(
-        "--accel",
-        choices=("auto", "kvm", "tcg"),
-        default="auto",
-        help="accelerator (default auto: the lab's probe decides)",
-    )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also save the figures here")
-    args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    return args
+    return parse_boot_options(parser, argv)
 
 
 def measure(args: argparse.Namespace, console: Console) -> tuple[list[Row], BootLoader]:

@@ -40,7 +40,14 @@ from pathlib import Path
 import libvirt
 from rich.console import Console
 from rich.table import Table
-from vms import destroy_leftovers, other_vms, signals_deferred, terminate
+from vms import (
+    add_boot_options,
+    destroy_leftovers,
+    other_vms,
+    parse_boot_options,
+    signals_deferred,
+    terminate,
+)
 
 from lab.build import osrepo, rootfs
 from lab.build.artifacts import file_digest
@@ -612,31 +619,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "image sizes, bytes fetched or read at boot and time to `ready`, as ratios, beside "
         "the paper's figures and DESIGN.md's budgets."
     )
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=3,
-        metavar="N",
-        help="rounds, one boot of each subject per round (default 3); the table gives medians",
+    add_boot_options(
+        parser,
+        repeat=3,
+        repeat_help="rounds, one boot of each subject per round (default 3); the table gives "
+        "medians",
+        budget_s=300.0,
     )
-    parser.add_argument(
-        "--budget",
-        type=float,
-        default=300.0,
-        metavar="S",
-        help="seconds one boot may take to reach `ready` (default 300)",
-    )
-    parser.add_argument(
-        "--accel",
-        choices=("auto", "kvm", "tcg"),
-        default="auto",
-        help="accelerator (default auto: the lab's probe decides)",
-    )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also save the figures here")
-    args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    return args
+    return parse_boot_options(parser, argv)
 
 
 def measure(args: argparse.Namespace, console: Console) -> tuple[list[Boot], Sizes]:

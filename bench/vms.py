@@ -3,9 +3,11 @@ VMs on the host (they share its CPUs), and the last check that a run's domains a
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import libvirt
 
@@ -54,3 +56,33 @@ def destroy_leftovers(run: Run) -> list[str]:
         return [d.name() for d in mine]
     finally:
         conn.close()
+
+
+def add_boot_options(
+    parser: argparse.ArgumentParser, *, repeat: int, repeat_help: str, budget_s: float
+) -> None:
+    """The options every boot benchmark takes: rounds, per-boot budget, accelerator, JSON."""
+    parser.add_argument("--repeat", type=int, default=repeat, metavar="N", help=repeat_help)
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=budget_s,
+        metavar="S",
+        help=f"seconds one boot may take to reach `ready` (default {budget_s:g})",
+    )
+    parser.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="accelerator (default auto: the lab's probe decides)",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also save the figures here")
+
+
+def parse_boot_options(
+    parser: argparse.ArgumentParser, argv: list[str] | None
+) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    return args
