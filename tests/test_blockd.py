@@ -303,6 +303,18 @@ def test_get_of_a_missing_file_exits_3(blockd: Path, nginx: Nginx, tmp_path: Pat
     assert not out.exists() and not tmp_path.joinpath("out.part").exists()
 
 
+def test_get_refuses_a_body_larger_than_max_bytes(blockd: Path, nginx: Nginx, tmp_path: Path):
+    out = tmp_path / "out"
+    size = len(b"ucvm-manifest 1\n")
+    too_small = run(blockd, "get", nginx.url("manifest"), out, "--max-bytes", size - 1)
+    assert too_small.returncode == EXIT_HTTP
+    assert f"the body has {size} bytes, more than the {size - 1} expected" in errors(too_small)[-1]
+    assert not out.exists() and not tmp_path.joinpath("out.part").exists()
+    enough = run(blockd, "get", nginx.url("manifest"), out, "--max-bytes", size)
+    assert enough.returncode == 0, enough.stderr
+    assert out.read_bytes() == b"ucvm-manifest 1\n"
+
+
 def test_get_retries_a_5xx_then_exits_2(blockd: Path, nginx: Nginx, tmp_path: Path):
     result = run(blockd, "get", nginx.url("unavailable"), tmp_path / "out", "--retries", 1)
     assert result.returncode == EXIT_UNREACHABLE

@@ -1,7 +1,7 @@
 /*
  * ucvm-blockd: the boot loader's lazy block client (docs/os-on-demand.md, "The block client").
  *
- *   ucvm-blockd get URL OUT [--header 'K: V']... [--retries N]
+ *   ucvm-blockd get URL OUT [--header 'K: V']... [--retries N] [--max-bytes N]
  *   ucvm-blockd verify PUBKEY_FILE SIGNED_MANIFEST OUT_BODY
  *   ucvm-blockd serve --nbd /dev/nbdN COMMON
  *   ucvm-blockd cat --offset O --length L COMMON
@@ -295,12 +295,13 @@ enum opt_id {
     O_NAME,
     O_OFFSET,
     O_LENGTH,
+    O_MAX_BYTES,
     O_COUNT,
 };
 
 static const char *const opt_names[O_COUNT] = {
     "header", "retries", "nbd", "url", "size", "block",
-    "hashes", "cache", "cache-max", "name", "offset", "length",
+    "hashes", "cache", "cache-max", "name", "offset", "length", "max-bytes",
 };
 
 #define BIT(o) (1u << (o))
@@ -329,7 +330,7 @@ struct options {
 
 static const char *const USAGE =
     "usage:\n"
-    "  ucvm-blockd get URL OUT [--header 'K: V']... [--retries N]\n"
+    "  ucvm-blockd get URL OUT [--header 'K: V']... [--retries N] [--max-bytes N]\n"
     "  ucvm-blockd verify PUBKEY_FILE SIGNED_MANIFEST OUT_BODY\n"
     "  ucvm-blockd serve --nbd /dev/nbdN COMMON\n"
     "  ucvm-blockd cat --offset O --length L COMMON\n"
@@ -897,7 +898,7 @@ static enum http_result http_check_response(struct http *h, const struct range *
                  rg->first, rg->last, r->length, r->range_first, r->range_last);
         return H_STATUS;
     }
-    if (sk->mem != NULL && r->length > sk->cap) {
+    if (r->length > sk->cap) {
         http_why(h, "the body has %" PRIu64 " bytes, more than the %" PRIu64 " expected",
                  r->length, sk->cap);
         return H_STATUS;
@@ -1046,7 +1047,8 @@ static int http_fetch(struct http *h, const struct range *rg, struct sink *sk)
 /* get                                                                                         */
 
 static const struct command_spec CMD_GET = {
-    "get", BIT(O_HEADER) | BIT(O_RETRIES), 0, 2, "ucvm-blockd get URL OUT [--header 'K: V']..."};
+    "get", BIT(O_HEADER) | BIT(O_RETRIES) | BIT(O_MAX_BYTES), 0, 2,
+    "ucvm-blockd get URL OUT [--header 'K: V']... [--max-bytes N]"};
 
 static int cmd_get(int argc, char **argv)
 {
@@ -1070,7 +1072,14 @@ static int cmd_get(int argc, char **argv)
         logmsg("get: cannot create %s: %s", part, strerror(errno));
         return EXIT_LOCAL;
     }
-    struct sink sk = {.fd = fd, .path = part};
+    /* Nothing fetched is verified yet: a server may not fill the disk or RAM with it. */
+    uint64_t max_bytes;
+    if (option_u64(&o, O_MAX_BYTES, UINT64_MAX, &max_bytes) != EXIT_OK) {
+        close(fd);
+        unlink(part);
+        return EXIT_LOCAL;
+    }
+    struct sink sk = {.fd = fd, .path = part, .cap = max_bytes};
     struct range none = {.on = false};
     rc = http_fetch(&h, &none, &sk);
     http_close(&h);
