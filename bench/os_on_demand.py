@@ -32,7 +32,6 @@ import os
 import signal
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,7 +51,7 @@ from vms import (
 from lab.build import osrepo, rootfs
 from lab.build.artifacts import file_digest
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader, build, gzip_size
-from lab.observe import BootRecord, guest_cache_stats, observe_boot
+from lab.observe import BootRecord, observe_boot, settled_fetch_counts
 from lab.targets.base import TargetError
 from lab.targets.libvirt import (
     LibvirtInstance,
@@ -211,24 +210,19 @@ def count_server(server: osrepo.RepoServer, instance: LibvirtInstance, boot: Boo
     }
     if boot.fetched_bytes == boot.server_image_bytes:
         return
-    started = time.monotonic()
-    while True:
-        try:
-            guest = guest_cache_stats(instance)
-        except TargetError as error:
-            boot.settled = {"error": str(error)}
-            return
-        server_now = server.bytes_sent(instance.uuid).image_body_bytes
-        waited = time.monotonic() - started
-        if guest.get("fetched_bytes") == server_now or waited > SETTLE_S:
-            boot.settled = {
-                "after_s": round(waited, 2),
-                "guest_fetched_bytes": guest.get("fetched_bytes", -1),
-                "guest_cached_bytes": guest.get("cached_bytes", -1),
-                "server_image_bytes": server_now,
-            }
-            return
-        time.sleep(1)
+    try:
+        guest, server_now, waited = settled_fetch_counts(
+            instance, lambda: server.bytes_sent(instance.uuid).image_body_bytes, SETTLE_S
+        )
+    except TargetError as error:
+        boot.settled = {"error": str(error)}
+        return
+    boot.settled = {
+        "after_s": round(waited, 2),
+        "guest_fetched_bytes": guest.get("fetched_bytes", -1),
+        "guest_cached_bytes": guest.get("cached_bytes", -1),
+        "server_image_bytes": server_now,
+    }
 
 
 def run_rounds(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from lab.targets.base import Instance, InstanceGone, TargetError, WaitAborted, WaitTimeout
@@ -210,3 +211,20 @@ def guest_cache_stats(instance: Instance) -> dict[str, int]:
         raise TargetError(f"cannot read the guest's cache stats: {result.output.strip()}")
     pairs = (line.split() for line in result.output.splitlines())
     return {k: int(v) for k, v in (p for p in pairs if len(p) == 2 and p[1].isdigit())}
+
+
+def settled_fetch_counts(
+    instance: Instance, server_image_bytes: Callable[[], int], settle_s: float
+) -> tuple[dict[str, int], int, float]:
+    """The guest's cache stats and the server's image bytes for it, read again (once a second)
+    until the guest's fetched_bytes and the server's count agree, or ``settle_s`` has passed:
+    a block in flight shows in one count before the other. Returns (stats, server bytes,
+    seconds waited)."""
+    started = time.monotonic()
+    while True:
+        stats = guest_cache_stats(instance)
+        sent = server_image_bytes()
+        waited = time.monotonic() - started
+        if stats.get("fetched_bytes") == sent or waited >= settle_s:
+            return stats, sent, waited
+        time.sleep(1)

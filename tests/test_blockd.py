@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
-import ctypes.util
 import fcntl
 import hashlib
 import http.client
@@ -20,14 +18,16 @@ import shlex
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from lab.build import blockd as blockd_pkg
+from lab.build import osrepo
 from lab.build.blockd import build_blockd
+from lab.build.osrepo import signature_line
 
 NGINX = Path("/usr/sbin/nginx")
 BLOCK = 65536
@@ -352,68 +352,6 @@ def test_get_rejects_urls_it_cannot_serve(blockd: Path, tmp_path: Path, url: str
 # verify
 
 
-Signer = Callable[[bytes], bytes]
-
-
-class Ed25519Key:
-    """An Ed25519 key from a seed: the cryptography package, else PyNaCl, else libsodium."""
-
-    def __init__(self, seed: bytes) -> None:
-        self.public, self._sign = self._backend(seed)
-
-    @staticmethod
-    def _backend(seed: bytes) -> tuple[bytes, Signer]:
-        try:
-            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-            from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-            key = Ed25519PrivateKey.from_private_bytes(seed)
-            public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-            return public, key.sign
-        except ImportError:
-            pass
-        try:
-            import nacl.signing  # type: ignore[import-not-found]
-
-            signing = nacl.signing.SigningKey(seed)
-            return bytes(signing.verify_key), lambda m: signing.sign(m).signature
-        except ImportError:
-            pass
-        return Ed25519Key._libsodium(seed)
-
-    @staticmethod
-    def _libsodium(seed: bytes) -> tuple[bytes, Signer]:
-        name = ctypes.util.find_library("sodium")
-        if name is None:
-            pytest.skip("no Ed25519 signer: neither cryptography, PyNaCl nor libsodium")
-        lib = ctypes.CDLL(name)
-        assert lib.sodium_init() >= 0
-        public, secret = ctypes.create_string_buffer(32), ctypes.create_string_buffer(64)
-        assert lib.crypto_sign_seed_keypair(public, secret, seed) == 0
-
-        def sign(message: bytes) -> bytes:
-            signature = ctypes.create_string_buffer(64)
-            assert (
-                lib.crypto_sign_detached(
-                    signature, None, message, ctypes.c_ulonglong(len(message)), secret
-                )
-                == 0
-            )
-            return signature.raw
-
-        return public.raw, sign
-
-    @property
-    def key_id(self) -> str:
-        return hashlib.sha256(self.public).digest()[:8].hex()
-
-    def public_file(self) -> str:
-        return f"ed25519 {self.key_id} {b64(self.public)}\n"
-
-    def signature_line(self, body: bytes) -> bytes:
-        return f"signature ed25519 {self.key_id} {b64(self._sign(body))}\n".encode()
-
-
 def b64(data: bytes) -> str:
     return base64.standard_b64encode(data).decode()
 
@@ -429,15 +367,15 @@ MANIFEST_BODY = (
 ).encode()
 
 
-KeyPair = tuple[Ed25519Key, Path]
+KeyPair = tuple[osrepo.SigningKey, Path]
 
 
 @pytest.fixture
 def keys(tmp_path: Path) -> KeyPair:
     """The repository's key and the boot loader's repo.pub for it."""
-    key = Ed25519Key(bytes(range(32)))
+    key = osrepo.SigningKey.generate()
     pub = tmp_path / "repo.pub"
-    pub.write_text(key.public_file())
+    pub.write_text(key.public_line() + "\n")
     return key, pub
 
 
@@ -452,7 +390,7 @@ def verify(
 
 def test_verify_accepts_a_good_signature(blockd: Path, keys: KeyPair, tmp_path: Path):
     key, pub = keys
-    result, body = verify(blockd, pub, MANIFEST_BODY + key.signature_line(MANIFEST_BODY), tmp_path)
+    result, body = verify(blockd, pub, MANIFEST_BODY + signature_line(key, MANIFEST_BODY), tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr == b""
     assert body.read_bytes() == MANIFEST_BODY
@@ -461,7 +399,7 @@ def test_verify_accepts_a_good_signature(blockd: Path, keys: KeyPair, tmp_path: 
 def test_verify_refuses_a_tampered_body(blockd: Path, keys: KeyPair, tmp_path: Path):
     key, pub = keys
     tampered = MANIFEST_BODY.replace(b"serial 3", b"serial 4")
-    result, body = verify(blockd, pub, tampered + key.signature_line(MANIFEST_BODY), tmp_path)
+    result, body = verify(blockd, pub, tampered + signature_line(key, MANIFEST_BODY), tmp_path)
     assert result.returncode == EXIT_VERIFY
     [line] = errors(result)
     assert "manifest signature invalid" in line
@@ -470,13 +408,13 @@ def test_verify_refuses_a_tampered_body(blockd: Path, keys: KeyPair, tmp_path: P
 
 def test_verify_refuses_another_key(blockd: Path, keys: KeyPair, tmp_path: Path):
     key, pub = keys
-    other = Ed25519Key(bytes(range(1, 33)))
+    other = osrepo.SigningKey.generate()
     result, body = verify(
-        blockd, pub, MANIFEST_BODY + other.signature_line(MANIFEST_BODY), tmp_path
+        blockd, pub, MANIFEST_BODY + signature_line(other, MANIFEST_BODY), tmp_path
     )
     assert result.returncode == EXIT_VERIFY
     [line] = errors(result)
-    assert f"signed by key {other.key_id}, expected {key.key_id}" in line
+    assert f"signed by key {other.keyid}, expected {key.keyid}" in line
     assert not body.exists()
 
 
@@ -491,7 +429,7 @@ def test_verify_refuses_an_unsigned_manifest(blockd: Path, keys: KeyPair, tmp_pa
 
 def test_verify_refuses_a_signature_that_is_not_last(blockd: Path, keys: KeyPair, tmp_path: Path):
     key, pub = keys
-    manifest = MANIFEST_BODY + key.signature_line(MANIFEST_BODY) + b"branch evil v1\n"
+    manifest = MANIFEST_BODY + signature_line(key, MANIFEST_BODY) + b"branch evil v1\n"
     result, _ = verify(blockd, pub, manifest, tmp_path)
     assert result.returncode == EXIT_VERIFY
     assert "manifest signature invalid" in errors(result)[0]
@@ -499,8 +437,8 @@ def test_verify_refuses_a_signature_that_is_not_last(blockd: Path, keys: KeyPair
 
 def test_verify_refuses_a_damaged_key_file(blockd: Path, keys: KeyPair, tmp_path: Path):
     key, pub = keys
-    pub.write_text(f"ed25519 {'0' * 16} {b64(key.public)}\n")
-    result, _ = verify(blockd, pub, MANIFEST_BODY + key.signature_line(MANIFEST_BODY), tmp_path)
+    pub.write_text(f"ed25519 {'0' * 16} {b64(key.public.raw)}\n")
+    result, _ = verify(blockd, pub, MANIFEST_BODY + signature_line(key, MANIFEST_BODY), tmp_path)
     assert result.returncode == EXIT_LOCAL
     assert "does not match the key" in errors(result)[0]
 

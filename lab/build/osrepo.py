@@ -356,6 +356,12 @@ def check_count(what: str, value: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def signature_line(key: SigningKey, body: bytes) -> bytes:
+    """The manifest's last line: ``key``'s Ed25519 signature of every byte before it."""
+    signature = base64.b64encode(key.sign(body)).decode()
+    return f"signature ed25519 {key.keyid} {signature}\n".encode()
+
+
 @dataclass(frozen=True)
 class SignatureLine:
     keyid: str
@@ -396,8 +402,7 @@ class Manifest:
 
     def sign(self, key: SigningKey) -> bytes:
         body = self.render().encode()
-        signature = base64.b64encode(key.sign(body)).decode()
-        return body + f"signature ed25519 {key.keyid} {signature}\n".encode()
+        return body + signature_line(key, body)
 
     @classmethod
     def parse(

@@ -4,13 +4,12 @@ repository server (its access log, per instance). The two must agree."""
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 
 import allure
 
 from lab.build import osrepo
-from lab.observe import BootRecord, guest_cache_stats
+from lab.observe import BootRecord, settled_fetch_counts
 from lab.targets.base import Instance
 
 
@@ -46,18 +45,16 @@ def measure_cache(
     """Read the guest's block-client stats and the server's bytes for this instance until the
     two agree (a block in flight shows in one before the other), or until ``settle_s``.
     The guest counts this boot only; ``sent_before`` is what the server sent in earlier ones."""
-    deadline = time.monotonic() + settle_s
-    while True:
-        stats = guest_cache_stats(instance)
-        sent = server.bytes_sent(instance.uuid)
-        measure = CacheMeasure(
-            guest_cached=stats["cached_bytes"],
-            guest_fetched=stats["fetched_bytes"],
-            evicted_blocks=stats["evicted_blocks"],
-            server_image_bytes=sent.image_body_bytes - sent_before,
-            server_requests=sent.requests,
-            snapshot_bytes=snapshot.image_bytes,
-        )
-        if measure.agree or time.monotonic() > deadline:
-            return measure
-        time.sleep(1)
+    stats, sent, _ = settled_fetch_counts(
+        instance,
+        lambda: server.bytes_sent(instance.uuid).image_body_bytes - sent_before,
+        settle_s,
+    )
+    return CacheMeasure(
+        guest_cached=stats["cached_bytes"],
+        guest_fetched=stats["fetched_bytes"],
+        evicted_blocks=stats["evicted_blocks"],
+        server_image_bytes=sent,
+        server_requests=server.bytes_sent(instance.uuid).requests,
+        snapshot_bytes=snapshot.image_bytes,
+    )
