@@ -20,6 +20,7 @@ from filelock import FileLock
 from lab import matrix
 from lab.build import bootloader, index, osrepo, rootfs
 from lab.targets.base import Target
+from lab.targets.profiles import PROFILES
 from lab.targets.registry import load_matrix, make_target
 from lab.targets.run import Run, new_run_id
 
@@ -90,6 +91,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         known = metafunc.config.ucvm_matrix.checks  # type: ignore[attr-defined]
         if check and check.args[0] in known:  # a check may cover only some versions
             cells = [c for c in cells if known[check.args[0]].covers(c.version)]
+        if "channel" in metafunc.fixturenames:  # a cell per (target, version, channel)
+            metafunc.parametrize(
+                "cell,channel",
+                [
+                    pytest.param(c, channel, id=f"{c.id}-{channel}", marks=host_group(c))
+                    for c in cells
+                    for channel in PROFILES[c.target.profile].channels
+                ],
+            )
+            return
         metafunc.parametrize("cell", [pytest.param(c, id=c.id, marks=host_group(c)) for c in cells])
 
 

@@ -16,18 +16,21 @@ from dataclasses import asdict, dataclass, field
 from lab.targets.base import Instance, InstanceGone, TargetError, WaitAborted, WaitTimeout
 
 # A marker's fields end at the line's end, or where kernel output (`[  5.02] ...`) cuts in.
-MARKER = re.compile(
-    r"ucvm: phase=(?P<name>[\w-]+) t=(?P<t>[\d.]+)(?P<rest>.*?)(?=\[\s*\d+\.\d+\]|$)"
-)
+FIELDS_END = r"(?P<rest>.*?)(?=\[\s*\d+\.\d+\]|$)"
+MARKER = re.compile(r"ucvm: phase=(?P<name>[\w-]+) t=(?P<t>[\d.]+)" + FIELDS_END)
 FIELD = re.compile(r'(?P<key>\w+)=(?:"(?P<quoted>[^"]*)"|(?P<plain>\S*))')
 PANIC = re.compile(r"Kernel panic - not syncing: ?(?P<why>.*)")
 BREAK = re.compile(r"ucvm: break before phase=(?P<name>[\w-]+)")
+# The boot loader's contextualization, a line per step (lab/build/initramfs/context)
+CONTEXT_STEP = re.compile(
+    r"ucvm: context step=(?P<step>[\w-]+) status=(?P<status>[\w-]+)" + FIELDS_END
+)
 # What ends a wait early: the boot can no longer reach `ready`.
 FAILURE = r"ucvm: phase=\S+ t=\S+ status=failed|Kernel panic - not syncing"
 READY = r"ucvm: phase=ready "
 # The phases, in order: the boot loader's, then the OS's own `ready` (printed by the booted OS;
 # with ucvm.os=none the boot loader prints it right after scratch).
-LOADER_PHASES = ("start", "modules", "network", "scratch")
+LOADER_PHASES = ("start", "modules", "network", "context", "scratch")
 OS_PHASES = ("repo", "mount", "switch_root")
 PHASES = (*LOADER_PHASES, *OS_PHASES, "ready")
 
@@ -38,6 +41,15 @@ class Phase:
     guest_s: float
     host_s: float | None
     status: str = "ok"
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ContextStep:
+    """One step of the boot loader's contextualization: what it did with the channel."""
+
+    step: str  # channel, hostname, network, cvmfs_tag, ..., ucernvm (a rejected line), user-data
+    status: str  # found | applied | rejected | unreachable | none | failed | handed-on
     fields: dict[str, str] = field(default_factory=dict)
 
 
@@ -53,6 +65,11 @@ class BootRecord:
     labels: dict[str, str] = field(default_factory=dict)
     # Figures measured beside the console (a suite's cross-checks: the server's bytes sent)
     measurements: dict[str, int] = field(default_factory=dict)
+    context_steps: list[ContextStep] = field(default_factory=list)
+
+    def context_step(self, step: str) -> ContextStep | None:
+        """The last line of that step (a step is reported once, a rejected line each time)."""
+        return next((s for s in reversed(self.context_steps) if s.step == step), None)
 
     @property
     def ready(self) -> bool:
@@ -102,6 +119,9 @@ class BootRecord:
             )
         rows.append(f"outcome: {self.summary()}; OS: {self.os_version or '-'}")
         rows += [f"{key}: {value:,}" for key, value in self.measurements.items()]
+        for step in self.context_steps:
+            details = " ".join(f"{k}={v}" for k, v in step.fields.items())
+            rows.append(f"context {step.step}: {step.status} {details}".rstrip())
         return "\n".join(rows)
 
     def to_json(self) -> str:
@@ -125,6 +145,15 @@ def parse_phases(lines: list[tuple[float | None, str]]) -> list[Phase]:
             status = fields.pop("status", "ok")
             phases.append(Phase(match["name"], float(match["t"]), host_s, status, fields))
     return phases
+
+
+def parse_context_steps(lines: list[tuple[float | None, str]]) -> list[ContextStep]:
+    steps = []
+    for _, line in lines:
+        match = CONTEXT_STEP.search(line)
+        if match:
+            steps.append(ContextStep(match["step"], match["status"], parse_fields(match["rest"])))
+    return steps
 
 
 def next_phase_after(phases: list[Phase]) -> str:
@@ -175,7 +204,10 @@ def record_from_console(
     )
     phases = parse_phases(lines)
     outcome, failed_phase, reason = judge(phases, console, waited=waited)
-    return BootRecord(instance, outcome, phases, accel, failed_phase=failed_phase, reason=reason)
+    return BootRecord(
+        instance, outcome, phases, accel, failed_phase=failed_phase, reason=reason,
+        context_steps=parse_context_steps(lines),
+    )  # fmt: skip
 
 
 def observe_boot(instance: Instance, budget_s: float) -> BootRecord:

@@ -18,6 +18,8 @@ apt_packages=(
   mmdebstrap squashfs-tools e2fsprogs lz4            # OS roots, their snapshots, the baseline disk
   nginx-light socat                                  # the OS repository's server; guest -> host forwards
   libsodium-dev musl-tools                           # ucvm-blockd: Ed25519 + SHA-256, static, small (musl)
+  openssh-client                                     # the context suite logs in as the user cloud-init made
+  golang-go golang-github-vmware-govmomi-dev         # govmomi's vCenter simulator, for the VMware driver's tests
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

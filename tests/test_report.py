@@ -12,13 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from lab.cli import write_report
 from lab.report.allure_html import AllureError, generate_html
 from lab.report.gate import verdict
 from lab.report.known_issues import KnownIssue, KnownIssuesError, load_known_issues
 from lab.report.table import (
     FAIL,
     KNOWN_ISSUE,
+    NO_CONTEXT_RESULT,
     NO_TARGET,
+    PARTIAL,
     PASS,
     PLATFORMS,
     UNKNOWN,
@@ -30,6 +33,7 @@ from lab.report.table import (
     render_markdown,
     write_table,
 )
+from lab.targets.registry import load_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "allure-results-sample"
@@ -309,11 +313,12 @@ def test_markdown_has_all_rows_and_columns_in_order(sample_results):
     header = next(line for line in lines if line.startswith("| Platform"))
     assert header == (
         "| Platform | newest · profile run here | newest · real platform "
-        "| previous · profile run here | previous · real platform |"
+        "| previous · profile run here | previous · real platform "
+        "| contextualization · profile run here |"
     )
     rows = [line for line in lines if line.startswith("| ") and line not in (header, lines[3])]
     assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == list(PLATFORMS)
-    assert all(row.count(" | ") == 4 for row in rows)
+    assert all(row.count(" | ") == 5 for row in rows)
 
 
 def test_markdown_links_console_logs_relative_to_the_output(sample_table, tmp_path):
@@ -359,7 +364,7 @@ def test_markdown_escapes_table_breaking_text():
         for line in render_markdown(table_of([result]), link_base=Path(".")).splitlines()
         if line.startswith("| KVM")
     )
-    assert row.count(" | ") == 2
+    assert row.count(" | ") == 3  # newest profile, newest real, contextualization
     assert r"a\|b\*c\_: failed in phase x&lt;y&gt;" in row
 
 
@@ -368,6 +373,280 @@ def test_results_of_versions_not_in_the_table_are_reported(sample_results):
     assert table.cell("KVM", "newest", "profile").symbol == UNKNOWN
     assert table.ignored == ["kvm Newest boot: version 'Newest' is not a column of the table"]
     assert "Not in the table: kvm Newest boot" in render_markdown(table, link_base=Path("."))
+
+
+# --- contextualization column -------------------------------------------------------------------
+
+LOADER_STEPS = "channel,loader_hostname,network,cvmfs_tag,cvmfs_server,resize_rootfs"
+CONTEXT_PLAN = [
+    ("kvm", "KVM", "profile"),
+    ("kvm-remote", "KVM", "real"),
+    ("vmware", "VMware", "profile"),
+    ("hyperv", "Microsoft Hyper-V", "profile"),
+    ("openstack", "OpenStack", "profile"),
+    ("ec2", "Amazon EC2", "profile"),
+    ("gce", "Google Compute Engine", "profile"),
+]
+
+
+def write_context_result(
+    directory: Path,
+    *,
+    target: str,
+    platform: str,
+    channel: str,
+    status: str = "passed",
+    stop: datetime = T0,
+    message: str = "",
+    took: str = LOADER_STEPS + ",user_data_handed_on,cloud_init,user_and_ssh_key",
+    missing: str = "",
+    evidence: str = "profile",
+    failed_phase: str | None = None,
+) -> None:
+    """One allure result of suites/boot/test_context.py, as allure-pytest writes it."""
+    uuid = f"{target}-{channel}-{int(stop.timestamp())}"
+    labels = {
+        "ucvm.check": "context",
+        "ucvm.target": target,
+        "ucvm.platform": platform,
+        "ucvm.version": "previous",
+        "ucvm.evidence": evidence,
+        "ucvm.tier": "1",
+        "ucvm.channel": channel,
+        "ucvm.context_took_effect": took,
+        "ucvm.context_missing": missing,
+    }
+    if failed_phase:
+        labels["ucvm.failed_phase"] = failed_phase
+    attachments = []
+    if status != "skipped":
+        (directory / f"{uuid}-console-attachment.txt").write_text("ucvm: phase=start t=0.1\n")
+        (directory / f"{uuid}-effects-attachment.json").write_text("{}")
+        attachments = [
+            {"name": "console.log", "source": f"{uuid}-console-attachment.txt"},
+            {"name": "context-effects.json", "source": f"{uuid}-effects-attachment.json"},
+        ]
+    result = {
+        "name": f"test_contextualizes_on_channel[{target}-previous-{channel}]",
+        "status": status,
+        "statusDetails": {"message": message},
+        "attachments": attachments,
+        "stop": int(stop.timestamp() * 1000),
+        "labels": [{"name": name, "value": value} for name, value in labels.items()],
+    }
+    (directory / f"{uuid}-result.json").write_text(json.dumps(result))
+
+
+@pytest.fixture
+def context_results(tmp_path: Path) -> Path:
+    """One platform per case: passed, partial, failed, skipped, a rerun, a real-platform run."""
+    results = tmp_path / "results"
+    results.mkdir()
+    write_context_result(results, target="kvm", platform="KVM", channel="nocloud")
+    write_context_result(
+        results,
+        target="vmware",
+        platform="VMware",
+        channel="ovf",
+        status="failed",
+        message="AssertionError: did not take effect: runcmd (...)\nassert not ['runcmd']",
+        took=LOADER_STEPS + ",cloud_init,write_files",
+        missing="runcmd",
+    )
+    write_context_result(
+        results,
+        target="ec2",
+        platform="Amazon EC2",
+        channel="ec2-imds",
+        status="failed",
+        message="AssertionError: hang in phase network: no DHCP lease\nassert False",
+        took="channel",  # the boot failed: ✗, not ◐
+        missing="loader_hostname,network",
+        failed_phase="network",
+    )
+    write_context_result(
+        results,
+        target="gce",
+        platform="Google Compute Engine",
+        channel="gce-metadata",
+        status="skipped",
+        message="Skipped: no metadata server here",
+        took="",
+    )
+    for channel, stop in (("config-drive", T0), ("openstack-metadata", T0 - timedelta(hours=1))):
+        write_context_result(
+            results, target="openstack", platform="OpenStack", channel=channel, stop=stop
+        )
+    write_context_result(  # an older failure of config-drive, rerun above
+        results,
+        target="openstack",
+        platform="OpenStack",
+        channel="config-drive",
+        status="failed",
+        stop=T0 - timedelta(hours=2),
+        message="AssertionError: did not take effect: channel",
+        took="",
+        missing="channel",
+    )
+    write_context_result(
+        results, target="kvm-remote", platform="KVM", channel="nocloud", evidence="real"
+    )
+    return results
+
+
+@pytest.fixture
+def context_table(context_results: Path):
+    return table_of(
+        read_results([context_results]),
+        versions=["newest", "previous"],
+        planned=CONTEXT_PLAN,
+        sources=[context_results],
+    )
+
+
+def context_notes(table, platform: str) -> list[str]:
+    cell = table.context_cell(platform)
+    numbers = [*cell.notes, *(number for entry in cell.entries for number in entry.notes)]
+    return [footnote_text(table, number) for number in numbers]
+
+
+def markdown_context_cell(markdown: str, platform: str) -> str:
+    row = next(line for line in markdown.splitlines() if line.startswith(f"| {platform} |"))
+    return row.removesuffix(" |").split(" | ")[-1]
+
+
+def test_context_labels_are_read(context_results):
+    results = {(r.target, r.channel, r.status): r for r in read_results([context_results])}
+    partial = results[("vmware", "ovf", "failed")]
+    assert partial.check == "context" and partial.missing == ("runcmd",)
+    assert partial.took_effect[:2] == ("channel", "loader_hostname")
+    assert results[("gce", "gce-metadata", "skipped")].took_effect == ()
+    assert results[("kvm", "nocloud", "passed")].console is not None
+
+
+def test_context_cell_symbols(context_table):
+    symbols = {platform: context_table.context_cell(platform).symbol for platform in PLATFORMS}
+    assert symbols["KVM"] == PASS  # the real-platform run is a footnote, not an entry
+    assert symbols["VMware"] == PARTIAL
+    assert symbols["Amazon EC2"] == FAIL
+    assert symbols["Google Compute Engine"] == UNKNOWN  # skipped: never ✓
+    assert symbols["OpenStack"] == PASS  # the newer config-drive pass wins over the old failure
+    assert symbols["Microsoft Hyper-V"] == UNKNOWN
+    openstack = context_table.context_cell("OpenStack")
+    assert [(e.label, e.symbol) for e in openstack.entries] == [
+        ("config-drive", PASS),
+        ("openstack-metadata", PASS),
+    ]
+    assert openstack.date == T0
+
+
+def test_context_footnotes(context_table):
+    assert context_notes(context_table, "KVM") == [
+        "real platform: kvm-remote · previous · nocloud: passed 2025-11-24"
+    ]
+    assert context_notes(context_table, "VMware") == [
+        "vmware · previous · ovf: partly: took effect: channel, loader_hostname, network, "
+        "cvmfs_tag, cvmfs_server, resize_rootfs, cloud_init, write_files; "
+        "did not take effect: runcmd"
+    ]
+    assert context_notes(context_table, "Amazon EC2") == [
+        "ec2 · previous · ec2-imds: failed in phase network: "
+        "AssertionError: hang in phase network: no DHCP lease"
+    ]
+    assert context_notes(context_table, "Google Compute Engine") == ["no metadata server here"]
+    assert context_notes(context_table, "Microsoft Hyper-V") == [NO_CONTEXT_RESULT]
+    assert context_notes(context_table, "Xen") == [NO_TARGET]  # not planned here
+    assert context_notes(context_table, "OpenStack") == []
+
+
+def test_context_column_in_markdown(context_table, context_results, tmp_path):
+    markdown = write_table(context_table, tmp_path / "reports")[0].read_text()
+    note = {n.text.split(":")[0]: n.number for n in context_table.footnotes}
+    console = "../results/{}-console-attachment.txt"
+    assert markdown_context_cell(markdown, "VMware") == (
+        "◐ 2025-11-24<br>◐ ovf [console.log]("
+        + console.format(f"vmware-ovf-{int(T0.timestamp())}")
+        + f") \\[{note['vmware · previous · ovf']}\\]"
+    )
+    assert markdown_context_cell(markdown, "KVM").startswith(
+        f"✓ 2025-11-24 \\[{note['real platform']}\\]<br>✓ nocloud [console.log]("
+    )
+    assert "<br>✗ ec2-imds [console.log](" in markdown_context_cell(markdown, "Amazon EC2")
+    openstack = markdown_context_cell(markdown, "OpenStack")  # the newer config-drive pass won
+    assert openstack.startswith("✓ 2025-11-24<br>✓ config-drive [console.log](")
+    assert "<br>✓ openstack-metadata [console.log](" in openstack and "✗" not in openstack
+    gce = markdown_context_cell(markdown, "Google Compute Engine")
+    assert gce == f"?<br>? gce-metadata \\[{note['no metadata server here']}\\]"
+    hyperv = markdown_context_cell(markdown, "Microsoft Hyper-V")
+    assert hyperv == f"? \\[{note[NO_CONTEXT_RESULT]}\\]"
+    assert "- ◐ partly: some steps took effect, see the footnote" in markdown
+    assert f"{note['vmware · previous · ovf']}. vmware · previous · ovf: partly: " in markdown
+
+
+def test_context_column_in_html(context_table, tmp_path):
+    page = write_table(context_table, tmp_path / "reports")[1].read_text()
+    assert '<th scope="col">contextualization<br><small>profile run here</small></th>' in page
+    vmware = page.split('<tr><th scope="row">VMware')[1].split("</tr>")[0]
+    assert vmware.count("<td") == 5
+    last = vmware.split("<td")[-1]
+    assert last.startswith(' class="partial"><span class="symbol">◐</span>')
+    assert '<span class="symbol partial">◐</span> ovf <a href="../results/' in last
+    assert 'title="AssertionError: did not take effect: runcmd (...)' in last
+    assert '<span class="symbol partial">◐</span> partly: some steps took effect' in page
+    assert ".partial " in page
+
+
+def test_context_rerun_key_keeps_channels_apart_and_newest_wins():
+    config_drive = make_result(check="context", target="openstack", channel="config-drive")
+    metadata = dataclasses.replace(config_drive, channel="openstack-metadata", status="failed")
+    newer = dataclasses.replace(config_drive, stop=T0 + timedelta(minutes=1), status="skipped")
+    cell = table_of([config_drive, metadata, newer]).context_cell("KVM")
+    assert [(e.label, e.symbol) for e in cell.entries] == [
+        ("config-drive", UNKNOWN),
+        ("openstack-metadata", FAIL),
+    ]
+
+
+def test_context_entries_name_target_and_version_only_when_ambiguous():
+    results = [
+        make_result(check="context", target="virtualbox", platform="VirtualBox", channel="nocloud"),
+        make_result(check="context", target="virtualbox-vdi", platform="VirtualBox", channel=None),
+        make_result(
+            check="context", target="virtualbox", platform="VirtualBox", channel="nocloud",
+            version="previous",
+        ),
+    ]  # fmt: skip
+    cell = table_of(results, versions=["newest", "previous"]).context_cell("VirtualBox")
+    assert [e.label for e in cell.entries] == [
+        "virtualbox nocloud (newest)",
+        "virtualbox nocloud (previous)",
+        "virtualbox-vdi (newest)",
+    ]
+
+
+def test_only_the_boot_table_has_a_context_column_and_the_partial_legend(context_results):
+    results = read_results([context_results])
+    image_size = table_of(results, check="image_size")
+    assert not image_size.has_context
+    markdown = render_markdown(image_size, link_base=Path("."))
+    assert "contextualization" not in markdown and "◐" not in markdown
+    with pytest.raises(KeyError, match="no contextualization column"):
+        image_size.context_cell("KVM")
+    boot = table_of(results)  # context covers `previous`: not a column of this table
+    assert boot.context_cell("KVM").symbol == UNKNOWN
+    ignored = "kvm previous context nocloud: version 'previous' is not a column of the table"
+    assert ignored in boot.ignored
+
+
+def test_write_report_builds_the_context_column_from_a_results_dir(context_results, tmp_path):
+    text = (REPO / "matrix.yaml").read_text()
+    (tmp_path / "matrix.yaml").write_text(re.sub(r"(?m)^(\s+reports:).*$", r"\1 out", text))
+    shutil.copy(REPO / "known-issues.yaml", tmp_path)
+    assert write_report([context_results], load_matrix(tmp_path / "matrix.yaml")) == 0
+    markdown = (tmp_path / "out" / "support-table.md").read_text()
+    assert "| contextualization · profile run here |" in markdown
+    assert markdown_context_cell(markdown, "VMware").startswith("◐ 2025-11-24<br>◐ ovf ")
+    assert NO_CONTEXT_RESULT in markdown  # e.g. VirtualBox: planned, no context result
 
 
 # --- known issues -------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ LOADER_VERSION = "0.1"
 KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200 loglevel=4"
 # Where /init looks for the OS repository unless told otherwise (DEFAULT_REPO in
 # initramfs/functions); the lab forwards this guest address to its server on 127.0.0.1.
-GUEST_REPO_ADDRESS = "10.0.2.100:80"
+GUEST_REPO_ADDRESS = "169.254.169.100:80"
 
 PLATFORM_DRIVERS: dict[str, tuple[str, ...]] = {
     "virtio (KVM, OpenStack, OpenNebula, GCE)": (
@@ -188,7 +188,7 @@ def stage_initramfs(kernel: kernel_pkg.Kernel, stage: Path, repo_public_key: str
     os.mknod(stage / "dev" / "console", 0o600 | 0o020000, os.makedev(5, 1))
 
     guest = resources.files("lab.build") / "initramfs"
-    for name in ("init", "functions", "udhcpc.script", "always-modules"):
+    for name in ("init", "functions", "context", "udhcpc.script", "always-modules"):
         target = stage / ("init" if name == "init" else f"etc/ucvm/{name}")
         target.write_bytes((guest / name).read_bytes())
         target.chmod(0o755)

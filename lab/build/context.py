@@ -5,12 +5,51 @@ and the user-data (cloud-config, a MIME multi-part message, and μCernVM's own
 ``[ucernvm-begin] ... [ucernvm-end]`` block). Each channel delivers it the way its platform
 does: on a medium (an ISO the guest finds by its volume label) or from a metadata service
 on the host's 127.0.0.1, which the guest reaches at 169.254.169.254 through QEMU's user
-network.
+network. What each channel holds is what cloud-init 22.4 (Debian 12's, in the guest OS)
+reads unmodified; tests/test_context.py runs cloud-init's own datasource code against it.
+
+Where the boot loader looks, in this order (lab/build/initramfs/context); the first channel
+that answers is used:
+
+1. Media, by ISO 9660 volume id (32 bytes at byte offset 32808, see ``read_volume_id``):
+   ``cidata`` (nocloud), ``config-2`` (config-drive), ``CONTEXT`` (opennebula), then the
+   OVF transport ``OVF-TRANSPORT`` (ovf).
+2. The metadata service at 169.254.169.254, only when the SMBIOS identity names a cloud
+   (``SMBIOS_IDENTITY``), as cloud-init's ds-identify does: system vendor "Amazon EC2" or a
+   product UUID starting ``ec2`` -> ec2-imds; product "Google Compute Engine" ->
+   gce-metadata; product "OpenStack Nova" or "OpenStack Compute" -> openstack-metadata.
+
+cloud-init itself finds the same channel: ds-identify enables NoCloud, ConfigDrive,
+OpenNebula and OVF by those volume ids and Ec2, GCE and OpenStack by those SMBIOS fields.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import base64
+import binascii
+import difflib
+import email
+import email.message
+import gzip
+import hashlib
+import json
+import os
+import re
+import secrets
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+from urllib.parse import parse_qs, urlsplit
+from xml.sax.saxutils import escape
 
 
 class ContextError(ValueError):
@@ -43,3 +82,1070 @@ def check_user_data_size(platform: str, user_data: bytes, source: str = "user-da
             f"{limit:,} bytes ({limit // 1024} KiB); shorten it, or compress it (gzip) as "
             "cloud-init accepts"
         )
+
+
+# --- channels ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Channel:
+    name: str
+    kind: Literal["medium", "service"]
+    platform: str  # as lab.targets.profiles names it (the support table's row)
+    description: str
+    volume_id: str = ""  # media only: the ISO 9660 volume id the guest finds it by
+
+
+_CHANNELS = (
+    Channel(
+        "nocloud",
+        "medium",
+        "KVM",
+        "NoCloud seed ISO: user-data, meta-data, network-config",
+        "cidata",
+    ),
+    Channel(
+        "config-drive",
+        "medium",
+        "OpenStack",
+        "OpenStack config drive: openstack/<version>/meta_data.json, user_data, network_data.json",
+        "config-2",
+    ),
+    Channel(
+        "openstack-metadata",
+        "service",
+        "OpenStack",
+        "Nova's metadata service: /openstack/<version>/... and its EC2-compatible tree",
+    ),
+    Channel(
+        "ec2-imds",
+        "service",
+        "Amazon EC2",
+        "EC2 instance metadata service, IMDSv2 (a token by PUT, then GETs carrying it)",
+    ),
+    Channel(
+        "gce-metadata",
+        "service",
+        "Google Compute Engine",
+        "GCE metadata server: /computeMetadata/v1/ with the Metadata-Flavor: Google header",
+    ),
+    Channel(
+        "opennebula",
+        "medium",
+        "OpenNebula",
+        "OpenNebula context ISO: context.sh of shell variables",
+        "CONTEXT",
+    ),
+    Channel(
+        "ovf",
+        "medium",
+        "VMware",
+        "vSphere's OVF ISO transport: ovf-env.xml with a PropertySection",
+        "OVF-TRANSPORT",
+    ),
+)
+CHANNELS: tuple[str, ...] = tuple(channel.name for channel in _CHANNELS)
+_BY_NAME = {channel.name: channel for channel in _CHANNELS}
+
+
+def channel_info(name: str) -> Channel:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ContextError(
+            f"unknown contextualization channel {name!r}; known: {', '.join(CHANNELS)}"
+        ) from None
+
+
+# The SMBIOS fields, as libvirt's <sysinfo type='smbios'> names them (<block>.<entry>), that
+# make cloud-init 22.4 enable each service's datasource. What it reads, from
+# /sys/class/dmi/id: Ec2 (ds-identify's ec2_identify_platform and DataSourceEc2.identify_aws)
+# product_uuid and product_serial, which must both start with "ec2" and be equal (case
+# aside); only then is the platform AWS and cloud-init asks for an IMDSv2 token (elsewhere it
+# sends plain GETs, which IMDSv2 refuses). GCE: product_name "Google Compute Engine" (or a
+# product_serial "GoogleCloud-*"). OpenStack: product_name "OpenStack Nova" or "OpenStack
+# Compute" (or chassis_asset_tag the same). The other fields are what those clouds show;
+# sys_vendor is what the boot loader tests for EC2.
+SMBIOS_IDENTITY: dict[str, dict[str, str]] = {
+    "ec2-imds": {
+        "bios.vendor": "Amazon EC2",
+        "system.manufacturer": "Amazon EC2",
+        "system.product": "t3.micro",
+        "system.uuid": "ec2",  # a prefix: smbios_sysinfo() sets uuid and serial to the UUID
+        "chassis.asset": "Amazon EC2",
+    },
+    "gce-metadata": {
+        "bios.vendor": "Google",
+        "system.manufacturer": "Google",
+        "system.product": "Google Compute Engine",
+    },
+    "openstack-metadata": {
+        "system.manufacturer": "OpenStack Foundation",
+        "system.product": "OpenStack Nova",
+    },
+}
+EC2_UUID_PREFIX = "ec2"
+
+
+def smbios_sysinfo(channel: str, domain_uuid: str) -> dict[str, str]:
+    """The SMBIOS entries a domain with this UUID needs for the channel's datasource (none
+    for media). EC2 needs the UUID to start with ec2 (see ``ec2_domain_uuid``) and repeats
+    it as the serial number, as EC2's Nitro hypervisor does."""
+    fields = dict(SMBIOS_IDENTITY.get(channel_info(channel).name, {}))
+    if "system.uuid" in fields:
+        if not domain_uuid.lower().startswith(EC2_UUID_PREFIX):
+            raise ContextError(
+                f"{channel}: domain UUID {domain_uuid} does not start with "
+                f"{EC2_UUID_PREFIX!r}, so cloud-init would not take the guest for EC2; make it "
+                "with lab.build.context.ec2_domain_uuid()"
+            )
+        fields["system.uuid"] = fields["system.serial"] = domain_uuid.lower()
+    return fields
+
+
+def ec2_domain_uuid(uuid: str) -> str:
+    """The UUID with its first three hex digits replaced by ec2, as EC2 instances have."""
+    return EC2_UUID_PREFIX + uuid.lower()[len(EC2_UUID_PREFIX) :]
+
+
+# --- what every channel says, beside the Context ---------------------------------------
+
+GUEST_IPV4 = "169.254.169.15"  # QEMU's user network (net=169.254.169.0/24) leases .15 first
+GUEST_NETWORK = "169.254.169.0/24"
+EC2_AMI_ID = "ami-0ucvm000000000000"
+EC2_INSTANCE_TYPE = "t3.micro"
+EC2_REGION = "us-east-1"
+EC2_ZONE = "us-east-1a"
+EC2_ACCOUNT = "123456789012"
+# cloud-init's Ec2 datasource asks for these in turn and crawls the first that answers; the
+# EC2-compatible tree of OpenStack (and cloud-init's crawl of it) uses "latest".
+EC2_API_VERSIONS = ("2021-03-23", "2018-09-24", "2016-09-02", "2009-04-04", "latest")
+NOVA_EC2_VERSIONS = (
+    "1.0",
+    "2007-01-19",
+    "2007-03-01",
+    "2007-08-29",
+    "2007-10-10",
+    "2007-12-15",
+    "2008-02-01",
+    "2008-09-01",
+    "2009-04-04",
+    "latest",
+)
+# The dated versions cloud-init 22.4 knows (it reads the newest one present, else latest).
+OPENSTACK_VERSIONS = (
+    "2012-08-10",
+    "2013-04-04",
+    "2013-10-17",
+    "2015-10-15",
+    "2016-06-30",
+    "2016-10-06",
+    "2017-02-22",
+    "2018-08-27",
+    "latest",
+)
+OPENSTACK_ZONE = "nova"
+GCE_PROJECT = "ucvm-lab"
+GCE_PROJECT_NUMBER = "123456789012"
+GCE_ZONE = "europe-west1-b"
+# cloud-init's GCE datasource keeps only the ssh-keys lines of user "cloudinit" or of the
+# distribution's default user (Debian: "debian"); other users are the Google guest agent's.
+GCE_SSH_USER = "cloudinit"
+OVF_NAMESPACE = "http://schemas.dmtf.org/ovf/environment/1"
+# Fixed ISO dates (2000-01-01): equal input gives equal bytes.
+ISO_EPOCH = 946684800
+
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
+
+
+def _check_context(context: Context, channel: Channel) -> None:
+    if (
+        not context.instance_id
+        or not context.instance_id.isprintable()
+        or any(c.isspace() for c in context.instance_id)
+    ):
+        raise ContextError(
+            f"{channel.name}: instance id {context.instance_id!r} is empty or has blanks; "
+            "give a printable id without spaces"
+        )
+    if not _HOSTNAME.fullmatch(context.hostname) or len(context.hostname) > 253:
+        raise ContextError(
+            f"{channel.name}: hostname {context.hostname!r} is not a host name; use letters, "
+            "digits and -, dot-separated labels of at most 63 characters"
+        )
+    check_user_data_size(channel.platform, context.user_data, f"{channel.name} user-data")
+
+
+def _normalize_mac(mac: str | None, channel: Channel) -> str | None:
+    if mac is None:
+        return None
+    if not _MAC.fullmatch(mac.lower()):
+        raise ContextError(
+            f"{channel.name}: MAC {mac!r} is not six colon-separated hex bytes "
+            "(e.g. 52:54:00:12:34:56)"
+        )
+    return mac.lower()
+
+
+def _key_names(keys: tuple[str, ...]) -> list[str]:
+    """A name per key, as the clouds list key pairs: the key's comment when it has one."""
+    names = []
+    for index, key in enumerate(keys):
+        fields = key.split(None, 2)
+        name = fields[2].strip() if len(fields) == 3 else ""
+        names.append(name if name and name not in names else f"key-{index}")
+    return names
+
+
+# --- media ---------------------------------------------------------------------------------
+
+# Network config version 2: DHCP on every NIC named e* (the guest has one). cloud-init 22.4's
+# systemd-networkd renderer matches on the ethernets key itself ([Match] Name=<key>) and
+# ignores match: name:, so the key must be the glob.
+NOCLOUD_NETWORK_CONFIG = b"""\
+version: 2
+ethernets:
+  "e*":
+    match:
+      name: "e*"
+    dhcp4: true
+"""
+
+
+def _yaml_string(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)  # a JSON string is a YAML double-quoted one
+
+
+def _nocloud_files(context: Context, mac: str | None) -> dict[str, bytes]:
+    lines = [
+        f"instance-id: {_yaml_string(context.instance_id)}",
+        f"local-hostname: {_yaml_string(context.hostname)}",
+    ]
+    if context.ssh_public_keys:
+        lines.append("public-keys:")
+        lines.extend(f"  - {_yaml_string(key)}" for key in context.ssh_public_keys)
+    return {
+        "user-data": context.user_data,
+        "meta-data": ("\n".join(lines) + "\n").encode(),
+        "network-config": NOCLOUD_NETWORK_CONFIG,
+    }
+
+
+def _openstack_meta_data(context: Context) -> dict[str, object]:
+    names = _key_names(context.ssh_public_keys)
+    pairs = list(zip(names, context.ssh_public_keys, strict=True))
+    return {
+        "uuid": context.instance_id,
+        "name": context.hostname,
+        "hostname": context.hostname,
+        "launch_index": 0,
+        "availability_zone": OPENSTACK_ZONE,
+        "project_id": "ucvm-lab",
+        "meta": {},
+        "devices": [],
+        "public_keys": dict(pairs),
+        "keys": [{"name": name, "type": "ssh", "data": key} for name, key in pairs],
+    }
+
+
+def _openstack_network_data(mac: str) -> dict[str, object]:
+    link = "tap-ucvm0"
+    return {
+        "links": [{"id": link, "type": "phy", "mtu": 1500, "ethernet_mac_address": mac}],
+        "networks": [
+            {"id": "network0", "type": "ipv4_dhcp", "link": link, "network_id": "ucvm-lab-net"}
+        ],
+        "services": [],
+    }
+
+
+def _openstack_version_files(context: Context, mac: str | None, version: str) -> dict[str, bytes]:
+    """One version's files, each from the version Nova added it in. network_data.json only
+    with a MAC: cloud-init finds the NIC of a link by its MAC (a link without one is an
+    error), and with no network_data.json it does DHCP on the first NIC."""
+    files = {"meta_data.json": _json(_openstack_meta_data(context))}
+    if context.user_data:
+        files["user_data"] = context.user_data
+    if version >= "2013-10-17":  # "latest" sorts after every date
+        files["vendor_data.json"] = b"{}"
+    if version >= "2015-10-15" and mac:
+        files["network_data.json"] = _json(_openstack_network_data(mac))
+    if version >= "2016-10-06":
+        files["vendor_data2.json"] = b"{}"
+    return files
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, indent=2).encode()
+
+
+def _config_drive_files(context: Context, mac: str | None) -> dict[str, bytes]:
+    return {
+        f"openstack/{version}/{name}": content
+        for version in OPENSTACK_VERSIONS
+        for name, content in _openstack_version_files(context, mac, version).items()
+    }
+
+
+def _sh_single_quoted(value: str) -> str:
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def _opennebula_files(context: Context, mac: str | None) -> dict[str, bytes]:
+    # No ETH0_IP: cloud-init 22.4 turns any ETH<n>_IP* variable into a static address (from
+    # the MAC when ETH0_IP is empty) and never into DHCP; without one it does DHCP.
+    variables = {
+        "DISK_ID": "1",
+        "NETWORK": "YES",
+        "SET_HOSTNAME": context.hostname,
+        "TARGET": "hdb",
+        "VMID": context.instance_id,
+    }
+    if mac:
+        variables |= {"ETH0_MAC": mac, "ETH0_METHOD": "dhcp"}
+    if context.ssh_public_keys:
+        variables["SSH_PUBLIC_KEY"] = "\n".join(context.ssh_public_keys)
+    if context.user_data:
+        variables["USER_DATA"] = base64.b64encode(context.user_data).decode()
+        variables["USERDATA_ENCODING"] = "base64"
+    lines = ["# Context variables generated by OpenNebula"]
+    lines += [f"{name}={_sh_single_quoted(value)}" for name, value in sorted(variables.items())]
+    return {"context.sh": ("\n".join(lines) + "\n").encode()}
+
+
+def _xml_attribute(value: str) -> str:
+    # Always double quotes: the boot loader's sed reads oe:value="...". A newline would read
+    # back as a space (attribute normalization): keep it as a character reference.
+    entities = {'"': "&quot;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"}
+    return '"' + escape(value, entities) + '"'
+
+
+def _ovf_property(key: str, value: str) -> str:
+    return f"      <Property oe:key={_xml_attribute(key)} oe:value={_xml_attribute(value)}/>"
+
+
+def _ovf_files(context: Context, mac: str | None) -> dict[str, bytes]:
+    properties = {"instance-id": context.instance_id, "hostname": context.hostname}
+    if context.ssh_public_keys:  # one property: several keys go in it, one a line
+        properties["public-keys"] = "\n".join(context.ssh_public_keys)
+    if context.user_data:
+        properties["user-data"] = base64.b64encode(context.user_data).decode()
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<Environment xmlns="{OVF_NAMESPACE}"',
+        f'     xmlns:oe="{OVF_NAMESPACE}"',
+        '     xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"',
+        f"     oe:id={_xml_attribute(context.hostname)}>",
+        "   <PlatformSection>",
+        "      <Kind>VMware ESXi</Kind>",
+        "      <Vendor>VMware, Inc.</Vendor>",
+        "      <Locale>en</Locale>",
+        "   </PlatformSection>",
+        "   <PropertySection>",
+        *(_ovf_property(key, value) for key, value in properties.items()),
+        "   </PropertySection>",
+        "</Environment>",
+    ]
+    return {"ovf-env.xml": ("\n".join(lines) + "\n").encode()}
+
+
+_MEDIUM_FILES = {
+    "nocloud": _nocloud_files,
+    "config-drive": _config_drive_files,
+    "opennebula": _opennebula_files,
+    "ovf": _ovf_files,
+}
+
+
+def medium_files(channel: str, context: Context, *, mac: str | None = None) -> dict[str, bytes]:
+    """The files of a channel's medium, by path inside it."""
+    info = channel_info(channel)
+    if info.kind != "medium":
+        raise ContextError(f"{channel} is a metadata service, not a medium: use MetadataService")
+    _check_context(context, info)
+    return _MEDIUM_FILES[channel](context, _normalize_mac(mac, info))
+
+
+def build_medium(channel: str, context: Context, dest_dir: Path, *, mac: str | None = None) -> Path:
+    """Write the channel's ISO (Rock Ridge and Joliet, as cloud-localds and Nova make them)
+    to dest_dir/<channel>.iso and return its path. Equal input gives equal bytes."""
+    files = medium_files(channel, context, mac=mac)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    iso = dest_dir / f"{channel}.iso"
+    with tempfile.TemporaryDirectory(dir=dest_dir, prefix=f".{channel}-") as work:
+        staging = Path(work) / "root"
+        _stage(files, staging)
+        _make_iso(staging, channel_info(channel).volume_id, Path(work) / "out.iso")
+        os.replace(Path(work) / "out.iso", iso)
+    return iso
+
+
+def _stage(files: Mapping[str, bytes], staging: Path) -> None:
+    for relative, content in files.items():
+        path = staging / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    for path in [staging, *staging.rglob("*")]:
+        os.utime(path, (ISO_EPOCH, ISO_EPOCH))
+
+
+def _make_iso(staging: Path, volume_id: str, out: Path) -> None:
+    # -r (not -R): owner root and modes 0444/0555 whatever the umask, so the bytes repeat;
+    # SOURCE_DATE_EPOCH fixes the volume dates, the file dates come from the mtimes.
+    command = ["xorriso", "-as", "mkisofs", "-quiet", "-V", volume_id, "-J", "-r"]
+    command += ["-o", str(out), str(staging)]
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(ISO_EPOCH)}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ContextError(
+            f"xorriso failed making the {volume_id} ISO ({result.returncode}): "
+            f"{result.stderr.strip()[-400:]}; is xorriso installed (scripts/setup.sh)?"
+        )
+
+
+def read_volume_id(iso: Path) -> str:
+    """The ISO 9660 volume id, read where the boot loader reads it (byte 32808, 32 bytes)."""
+    with iso.open("rb") as stream:
+        stream.seek(32769)
+        if stream.read(5) != b"CD001":
+            raise ContextError(f"{iso}: no ISO 9660 primary volume descriptor at byte 32768")
+        stream.seek(32808)
+        return stream.read(32).decode("ascii", "replace").rstrip(" \0")
+
+
+# --- metadata services: the trees they serve -----------------------------------------------
+
+
+@dataclass
+class _Dir:
+    """A directory of a metadata tree: entries are sub-directories or leaves (bytes)."""
+
+    entries: dict[str, _Dir | bytes]
+    listing: bytes | None = None  # what a GET of the directory answers, if not the names
+    slash_dirs: bool = True  # list sub-directories as name/ (EC2 meta-data, GCE)
+    verbatim_keys: bool = False  # GCE JSON: keys as given (attributes), not camelCased
+
+    def lookup(self, path: str) -> _Dir | bytes | None:
+        node: _Dir | bytes = self
+        for part in filter(None, path.split("/")):
+            if not isinstance(node, _Dir) or part not in node.entries:
+                return None
+            node = node.entries[part]
+        return node
+
+    def names(self) -> list[str]:
+        slash = "/" if self.slash_dirs else ""
+        return [
+            name + slash if isinstance(node, _Dir) else name for name, node in self.entries.items()
+        ]
+
+
+def _tree(
+    entries: Mapping[str, object],
+    *,
+    listing: bytes | None = None,
+    slash_dirs: bool = True,
+    verbatim_keys: bool = False,
+) -> _Dir:
+    """A _Dir from nested mappings; leaves become bytes."""
+    converted: dict[str, _Dir | bytes] = {}
+    for name, value in entries.items():
+        if isinstance(value, _Dir | bytes):
+            converted[name] = value
+        elif isinstance(value, Mapping):
+            converted[name] = _tree(value)
+        else:
+            converted[name] = str(value).encode()
+    return _Dir(converted, listing, slash_dirs, verbatim_keys)
+
+
+def _ec2_public_keys(context: Context) -> _Dir:
+    """public-keys/ lists 0=name; cloud-init then reads 0/openssh-key."""
+    names = _key_names(context.ssh_public_keys)
+    keys = {str(i): _tree({"openssh-key": key}) for i, key in enumerate(context.ssh_public_keys)}
+    listing = "\n".join(f"{i}={name}" for i, name in enumerate(names))
+    return _tree(keys, listing=listing.encode())
+
+
+def _ec2_interface(context: Context, mac: str) -> dict[str, object]:
+    return {
+        "device-number": "0",
+        "interface-id": "eni-0ucvm0000000000",
+        "local-hostname": context.hostname,
+        "local-ipv4s": GUEST_IPV4,
+        "mac": mac,
+        "owner-id": EC2_ACCOUNT,
+        "security-group-ids": "sg-0ucvm0000000000",
+        "security-groups": "default",
+        "subnet-id": "subnet-0ucvm0000000000",
+        "subnet-ipv4-cidr-block": GUEST_NETWORK,
+        "vpc-id": "vpc-0ucvm0000000000",
+        "vpc-ipv4-cidr-block": GUEST_NETWORK,
+        "vpc-ipv4-cidr-blocks": GUEST_NETWORK,
+    }
+
+
+def _ec2_meta_data(context: Context, mac: str) -> _Dir:
+    entries: dict[str, object] = {
+        "ami-id": EC2_AMI_ID,
+        "ami-launch-index": "0",
+        "ami-manifest-path": "(unknown)",
+        "block-device-mapping": {"ami": "/dev/xvda", "root": "/dev/xvda"},
+        "hostname": context.hostname,
+        "instance-action": "none",
+        "instance-id": context.instance_id,
+        "instance-life-cycle": "on-demand",
+        "instance-type": EC2_INSTANCE_TYPE,
+        "local-hostname": context.hostname,
+        "local-ipv4": GUEST_IPV4,
+        "mac": mac,
+        "network": {"interfaces": {"macs": {mac: _ec2_interface(context, mac)}}},
+        "placement": {"availability-zone": EC2_ZONE, "region": EC2_REGION},
+        "profile": "default-hvm",
+    }
+    if context.ssh_public_keys:
+        entries["public-keys"] = _ec2_public_keys(context)
+    entries |= {
+        "reservation-id": "r-0ucvm0000000000",
+        "security-groups": "default",
+        "services": {"domain": "amazonaws.com", "partition": "aws"},
+    }
+    return _tree(entries)
+
+
+def _ec2_identity_document(context: Context) -> bytes:
+    return _json(
+        {
+            "accountId": EC2_ACCOUNT,
+            "architecture": "x86_64",
+            "availabilityZone": EC2_ZONE,
+            "imageId": EC2_AMI_ID,
+            "instanceId": context.instance_id,
+            "instanceType": EC2_INSTANCE_TYPE,
+            "kernelId": None,
+            "pendingTime": "2000-01-01T00:00:00Z",
+            "privateIp": GUEST_IPV4,
+            "ramdiskId": None,
+            "region": EC2_REGION,
+            "version": "2017-09-30",
+        }
+    )
+
+
+def _ec2_root(context: Context, mac: str, versions: tuple[str, ...]) -> _Dir:
+    version: dict[str, object] = {
+        "dynamic": {"instance-identity": {"document": _ec2_identity_document(context)}},
+        "meta-data": _ec2_meta_data(context, mac),
+    }
+    if context.user_data:  # none: a 404, as EC2 answers
+        version["user-data"] = context.user_data
+    tree = _tree(version, slash_dirs=False)
+    return _Dir(dict.fromkeys(versions, tree), slash_dirs=False)
+
+
+def _openstack_root(context: Context, mac: str) -> _Dir:
+    versions = {
+        version: _tree(_openstack_version_files(context, mac, version), slash_dirs=False)
+        for version in OPENSTACK_VERSIONS
+    }
+    root = _ec2_root(context, mac, NOVA_EC2_VERSIONS)
+    root.entries["openstack"] = _tree(versions, slash_dirs=False)
+    return root
+
+
+def _gce_root(context: Context, mac: str) -> _Dir:
+    attributes: dict[str, str] = {}
+    if context.ssh_public_keys:
+        attributes["ssh-keys"] = "\n".join(f"{GCE_SSH_USER}:{k}" for k in context.ssh_public_keys)
+    if context.user_data:
+        try:
+            attributes["user-data"] = context.user_data.decode("utf-8")
+        except UnicodeDecodeError:  # a metadata value is text: binary goes base64
+            attributes["user-data"] = base64.b64encode(context.user_data).decode()
+            attributes["user-data-encoding"] = "base64"
+    short_name = context.hostname.split(".")[0]
+    fqdn = context.hostname
+    if "." not in fqdn:
+        fqdn = f"{fqdn}.{GCE_ZONE}.c.{GCE_PROJECT}.internal"
+    project = f"projects/{GCE_PROJECT_NUMBER}"
+    instance = {
+        "attributes": _tree(attributes, verbatim_keys=True),
+        "hostname": fqdn,
+        "id": context.instance_id,
+        "machine-type": f"{project}/machineTypes/e2-small",
+        "name": short_name,
+        "network-interfaces": {
+            "0": {"ip": GUEST_IPV4, "mac": mac, "network": f"{project}/networks/default"}
+        },
+        "zone": f"{project}/zones/{GCE_ZONE}",
+    }
+    project_dir = {
+        "attributes": _tree({}, verbatim_keys=True),
+        "numeric-project-id": GCE_PROJECT_NUMBER,
+        "project-id": GCE_PROJECT,
+    }
+    return _tree({"computeMetadata": {"v1": {"instance": instance, "project": project_dir}}})
+
+
+# --- metadata services: the rules they answer by -------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class _Responder:
+    def answer(
+        self, method: str, path: str, query: dict[str, list[str]], headers: email.message.Message
+    ) -> _Reply:
+        raise NotImplementedError
+
+
+def _tree_reply(root: _Dir, path: str) -> _Reply:
+    node = root.lookup(path)
+    if node is None:
+        return _Reply(404, b"Not Found")
+    if isinstance(node, _Dir):
+        return _Reply(
+            200, node.listing if node.listing is not None else "\n".join(node.names()).encode()
+        )
+    content_type = "application/json" if path.endswith(".json") else "text/plain"
+    return _Reply(200, node, content_type)
+
+
+class _Ec2Imds(_Responder):
+    """IMDSv2 as EC2 enforces it (HttpTokens=required)."""
+
+    TOKEN_PATH = "/latest/api/token"
+    TOKEN_HEADER = "X-aws-ec2-metadata-token"
+    TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+    MAX_TTL_S = 21600
+
+    def __init__(self, context: Context, mac: str) -> None:
+        self._root = _ec2_root(context, mac, EC2_API_VERSIONS)
+        self._tokens: dict[str, float] = {}  # token -> when it expires (monotonic)
+        self._lock = threading.Lock()
+
+    def answer(
+        self, method: str, path: str, query: dict[str, list[str]], headers: email.message.Message
+    ) -> _Reply:
+        if path.rstrip("/") == self.TOKEN_PATH:
+            return self._issue_token(headers) if method == "PUT" else _Reply(405)
+        if method not in ("GET", "HEAD"):
+            return _Reply(405)
+        if not self._token_valid(headers.get(self.TOKEN_HEADER)):
+            return _Reply(401, b"Unauthorized")
+        return _tree_reply(self._root, path)
+
+    def _issue_token(self, headers: email.message.Message) -> _Reply:
+        ttl = headers.get(self.TTL_HEADER, "")
+        if not ttl.isdigit() or not 1 <= int(ttl) <= self.MAX_TTL_S:
+            return _Reply(400, b"Bad Request")
+        token = secrets.token_urlsafe(42)
+        with self._lock:
+            self._tokens[token] = time.monotonic() + int(ttl)
+        return _Reply(200, token.encode(), headers=((self.TTL_HEADER, ttl),))
+
+    def _token_valid(self, token: str | None) -> bool:
+        with self._lock:
+            return token is not None and self._tokens.get(token, 0.0) > time.monotonic()
+
+
+class _OpenStackMetadata(_Responder):
+    """Nova's metadata service: /openstack/... and the EC2-compatible tree, both plain GETs
+    (cloud-init reads the EC2 tree of OpenStack without a token)."""
+
+    def __init__(self, context: Context, mac: str) -> None:
+        self._root = _openstack_root(context, mac)
+
+    def answer(
+        self, method: str, path: str, query: dict[str, list[str]], headers: email.message.Message
+    ) -> _Reply:
+        if method not in ("GET", "HEAD"):
+            return _Reply(405)
+        return _tree_reply(self._root, path)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("-")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _gce_json(node: _Dir | bytes) -> object:
+    if isinstance(node, bytes):
+        return node.decode()
+    return {
+        (name if node.verbatim_keys else _camel(name)): _gce_json(child)
+        for name, child in node.entries.items()
+    }
+
+
+def _gce_text(node: _Dir | bytes, prefix: str = "") -> Iterator[str]:
+    if isinstance(node, bytes):
+        yield f"{prefix} {node.decode()}"
+        return
+    for name, child in node.entries.items():
+        yield from _gce_text(child, f"{prefix}/{name}".lstrip("/"))
+
+
+class _GceMetadata(_Responder):
+    FLAVOR = ("Metadata-Flavor", "Google")
+
+    def __init__(self, context: Context, mac: str) -> None:
+        self._root = _gce_root(context, mac)
+
+    def answer(
+        self, method: str, path: str, query: dict[str, list[str]], headers: email.message.Message
+    ) -> _Reply:
+        if headers.get("Metadata-Flavor") != "Google" or "X-Forwarded-For" in headers:
+            return self._reply(403, b"Missing required header: Metadata-Flavor: Google\n")
+        if method not in ("GET", "HEAD"):
+            return self._reply(405, b"")
+        node = self._root.lookup(path)
+        if node is None:
+            return self._reply(404, b"Not Found\n")
+        recursive = query.get("recursive", ["false"])[-1].lower() == "true"
+        alt = query.get("alt", ["json" if recursive else "text"])[-1]
+        if isinstance(node, _Dir) and not recursive:
+            names = node.names()
+            if alt == "json":
+                return self._reply(200, json.dumps(names).encode(), "application/json")
+            return self._reply(200, "".join(f"{name}\n" for name in names).encode())
+        if alt == "text":
+            lines = _gce_text(node) if isinstance(node, _Dir) else [node.decode()]
+            return self._reply(200, "\n".join(lines).encode())
+        return self._reply(200, json.dumps(_gce_json(node)).encode(), "application/json")
+
+    def _reply(self, status: int, body: bytes, content_type: str = "application/text") -> _Reply:
+        return _Reply(status, body, content_type, headers=(self.FLAVOR,))
+
+
+_RESPONDERS: dict[str, type[_Ec2Imds | _OpenStackMetadata | _GceMetadata]] = {
+    "ec2-imds": _Ec2Imds,
+    "openstack-metadata": _OpenStackMetadata,
+    "gce-metadata": _GceMetadata,
+}
+
+
+# --- metadata services: the HTTP server ------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = 10  # a client that connects and says nothing does not hold stop() forever
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    do_HEAD = do_PUT = do_POST = do_DELETE = do_GET
+
+    def _answer(self) -> None:
+        service = self.server.service
+        if not service._wait_delay():
+            self.close_connection = True  # stopped while "slow": the answer never comes
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        url = urlsplit(self.path)
+        reply = service._responder.answer(self.command, url.path, parse_qs(url.query), self.headers)
+        service._record(self.command, self.path, reply.status)
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        for name, value in reply.headers:
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(reply.body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # the evidence is MetadataService.requests
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = False  # server_close() then joins every handler thread: none lingers
+
+    def __init__(self, service: MetadataService) -> None:
+        self.service = service
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+
+class MetadataService:
+    """A platform's metadata service on 127.0.0.1 (an ephemeral port), for the guest at
+    169.254.169.254 through QEMU's guestfwd. A context manager: leaving the block stops the
+    server and joins its threads. ``stop()`` makes it "down" mid-run (connections are
+    refused); ``delay_s`` makes it slow (each answer comes that much later)."""
+
+    def __init__(self, channel: str, context: Context, *, mac: str, delay_s: float = 0) -> None:
+        info = channel_info(channel)
+        if info.kind != "service":
+            raise ContextError(f"{channel} is a medium, not a metadata service: use build_medium")
+        _check_context(context, info)
+        self.channel = channel
+        self.context = context
+        self.delay_s = delay_s
+        self._responder = _RESPONDERS[channel](context, _normalize_mac(mac, info) or "")
+        self._requests: list[tuple[str, str, int]] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> MetadataService:
+        if self._server is None:
+            self._server = _Server(self)
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"ucvm-{self.channel}-{self.port}",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop answering; idempotent. Requests still waiting out delay_s get no answer."""
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise ContextError(f"{self.channel} service not started: use it in a with block")
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def requests(self) -> list[tuple[str, str, int]]:
+        """(method, path with query, status) of every answered request, in order."""
+        with self._lock:
+            return list(self._requests)
+
+    def _record(self, method: str, path: str, status: int) -> None:
+        with self._lock:
+            self._requests.append((method, path, status))
+
+    def _wait_delay(self) -> bool:
+        """False when the service stopped while the answer was being delayed."""
+        if self._stopping.is_set():
+            return False
+        return not (self.delay_s > 0 and self._stopping.wait(self.delay_s))
+
+    def __enter__(self) -> MetadataService:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# --- μCernVM's block -------------------------------------------------------------------------
+
+UCERNVM_BEGIN = "[ucernvm-begin]"
+UCERNVM_END = "[ucernvm-end]"
+UCERNVM_CONTENT_TYPE = "text/ucernvm"
+_HOST_PORT = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?")
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+# A URL path takes only what the boot loader accepts in a value: A-Za-z0-9._:/-
+_URL = re.compile(
+    r"https?://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?(/[\w.:/-]*)?", re.A
+)
+
+
+def _valid_server(value: str) -> bool:
+    return bool(_HOST_PORT.fullmatch(value) or _URL.fullmatch(value))
+
+
+# key -> (is the value valid, what a valid value looks like)
+UCERNVM_KEYS: dict[str, tuple[Callable[[str], object], str]] = {
+    "cvmfs_server": (_valid_server, "host[:port] or an http(s):// URL of the OS repository"),
+    "cvmfs_tag": (_TAG.fullmatch, "an OS version: a tag (e.g. 1.2), newest or previous"),
+    "cvmfs_branch": (_BRANCH.fullmatch, "a branch name of the OS repository (e.g. devel)"),
+    "resize_rootfs": (lambda value: value in ("on", "off"), "on or off"),
+}
+
+
+@dataclass(frozen=True)
+class BlockProblem:
+    source: str  # the user-data's name, and the MIME part when the block is in one
+    line: int  # 1-based, in that source
+    what: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.source}, line {self.line}: {self.what}; {self.fix}"
+
+
+@dataclass(frozen=True)
+class UcernvmBlock:
+    values: dict[str, str] = field(default_factory=dict)
+    problems: tuple[BlockProblem, ...] = ()
+    found: bool = False  # a [ucernvm-begin] line was there
+
+
+def parse_ucernvm_block(user_data: bytes, source: str) -> UcernvmBlock:
+    """μCernVM's block from user-data as a user wrote it: plain text, gzip, or a MIME
+    multi-part message (the block in its text/ucernvm part, else anywhere in the text)."""
+    unpacked = _gunzipped(user_data, source)
+    if isinstance(unpacked, BlockProblem):
+        return UcernvmBlock(problems=(unpacked,))
+    text = unpacked.decode("utf-8", "replace")
+    part = _ucernvm_part(text, source)
+    if isinstance(part, BlockProblem):
+        return UcernvmBlock(problems=(part,), found=True)
+    if part is not None:
+        return _parse_block(*part)
+    return _parse_block(text, source)
+
+
+def _gunzipped(user_data: bytes, source: str) -> bytes | BlockProblem:
+    if user_data[:2] != b"\x1f\x8b":  # gzip, which cloud-init and the boot loader accept
+        return user_data
+    try:
+        return gzip.decompress(user_data)
+    except (OSError, EOFError) as error:
+        what = f"gzip-compressed but does not decompress ({error})"
+        return BlockProblem(source, 1, what, "compress it again with gzip, or send it plain")
+
+
+def _ucernvm_part(text: str, source: str) -> tuple[str, str] | BlockProblem | None:
+    """(text, source) of the first text/ucernvm part of a MIME message, if there is one."""
+    if "mime-version:" not in text[:4096].lower():
+        return None
+    message = email.message_from_string(text)
+    for number, part in enumerate(message.walk()):
+        if part.get_content_type() != UCERNVM_CONTENT_TYPE:
+            continue
+        part_source = f"{source}, MIME part {number} ({UCERNVM_CONTENT_TYPE})"
+        payload = part.get_payload()
+        if not isinstance(payload, str):
+            continue
+        encoding = str(part.get("Content-Transfer-Encoding", "7bit")).lower()
+        if encoding == "base64":
+            try:
+                raw = base64.b64decode("".join(payload.split()), validate=True)
+            except (binascii.Error, ValueError) as error:
+                return BlockProblem(
+                    part_source,
+                    1,
+                    f"Content-Transfer-Encoding base64, but not base64 ({error})",
+                    "encode the part again (base64 -w 76), or send it as 7bit text",
+                )
+            payload = raw.decode("utf-8", "replace")
+        return payload, part_source
+    return None
+
+
+def _parse_block(text: str, source: str) -> UcernvmBlock:
+    # As the boot loader reads it: the markers start a line, blanks around = are not trimmed.
+    lines = text.splitlines()
+    begin = next((i for i, line in enumerate(lines) if line.startswith(UCERNVM_BEGIN)), None)
+    if begin is None:
+        return UcernvmBlock()
+    end = next((i for i in range(begin + 1, len(lines)) if lines[i].startswith(UCERNVM_END)), None)
+    problems: list[BlockProblem] = []
+    if end is None:
+        problems.append(
+            BlockProblem(
+                source,
+                begin + 1,
+                f"{UCERNVM_BEGIN} without {UCERNVM_END}",
+                f"add a line {UCERNVM_END} after the block's last key=value line",
+            )
+        )
+        end = len(lines)
+    values: dict[str, str] = {}
+    for number in range(begin + 1, end):
+        _parse_line(lines[number], number + 1, source, values, problems)
+    return UcernvmBlock(values, tuple(problems), found=True)
+
+
+def _parse_line(
+    line: str, number: int, source: str, values: dict[str, str], problems: list[BlockProblem]
+) -> None:
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+        return
+    if "=" not in stripped:
+        problems.append(
+            BlockProblem(
+                source,
+                number,
+                f"{stripped!r} is not key=value",
+                "write key=value, or start the line with # to comment it",
+            )
+        )
+        return
+    key, value = stripped.split("=", 1)
+    problem = _check_key_value(key, value)
+    if problem:
+        problems.append(BlockProblem(source, number, *problem))
+    elif key in values:
+        problems.append(
+            BlockProblem(
+                source, number, f"{key} given twice", f"keep one {key}= line (this one wins)"
+            )
+        )
+        values[key] = value
+    else:
+        values[key] = value
+
+
+def _check_key_value(key: str, value: str) -> tuple[str, str] | None:
+    """(what, fix) when key=value is not valid in the block, else None."""
+    if key not in UCERNVM_KEYS:
+        close = difflib.get_close_matches(key, UCERNVM_KEYS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return f"unknown key {key!r}", f"{hint}known keys: {', '.join(UCERNVM_KEYS)}"
+    is_valid, expected = UCERNVM_KEYS[key]
+    if not value.isascii() or not is_valid(value):
+        return f"{key}={value!r} is not valid", f"give {expected}"
+    return None
+
+
+def compose_user_data(cloud_config: str, ucernvm: Mapping[str, str]) -> bytes:
+    """A MIME multi-part user-data: the cloud-config part, then μCernVM's block as a
+    text/ucernvm part (7bit, so the boot loader finds the block in the raw text too).
+    cloud-init 22.4 hands the cloud-config on and only logs a warning for text/ucernvm.
+    The boundary comes from the content: equal input gives equal bytes."""
+    problems = []
+    for key, value in ucernvm.items():
+        problem = _check_key_value(key, value)
+        if problem:
+            problems.append(f"{key}: {problem[0]}; {problem[1]}")
+    if problems:
+        raise ContextError("μCernVM block: " + " | ".join(problems))
+    block = "".join(
+        [f"{UCERNVM_BEGIN}\n", *(f"{k}={v}\n" for k, v in ucernvm.items()), f"{UCERNVM_END}\n"]
+    )
+    charset = "us-ascii" if cloud_config.isascii() else "utf-8"
+    message = MIMEMultipart()
+    for content, subtype, filename, part_charset in (
+        (cloud_config, "cloud-config", "cloud-config.txt", charset),
+        (block, "ucernvm", "ucernvm.txt", "us-ascii"),
+    ):
+        part = MIMEText(content, subtype, part_charset)
+        part.add_header("Content-Disposition", "attachment", filename=filename)
+        message.attach(part)
+    digest = hashlib.sha256((cloud_config + "\0" + block).encode()).hexdigest()[:32]
+    message.set_boundary(f"===============ucvm{digest}==")
+    return message.as_bytes()

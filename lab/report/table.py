@@ -2,7 +2,9 @@
 
 A cell is ✓ only with evidence: a passed result, its date and its console log. A cell where
 nothing ran is ``?``, with a footnote saying why. Profile runs (here, on emulated hardware of
-the platform) and real runs (on the platform itself) are separate columns.
+the platform) and real runs (on the platform itself) are separate columns. The ``boot`` table
+ends with a contextualization column: one entry per channel of the platform's ``context``
+results (profile runs; real-platform ones are footnotes), ◐ when only some steps took effect.
 """
 
 from __future__ import annotations
@@ -37,8 +39,14 @@ PLATFORMS: tuple[str, ...] = (
 EVIDENCE: tuple[str, ...] = ("profile", "real")
 EVIDENCE_TITLES = {"profile": "profile run here", "real": "real platform"}
 
-PASS, FAIL, KNOWN_ISSUE, UNKNOWN = "✓", "✗", "⚡", "?"
-SYMBOL_CLASSES = {PASS: "pass", FAIL: "fail", KNOWN_ISSUE: "known", UNKNOWN: "unknown"}
+PASS, FAIL, KNOWN_ISSUE, UNKNOWN, PARTIAL = "✓", "✗", "⚡", "?", "◐"
+SYMBOL_CLASSES = {
+    PASS: "pass",
+    FAIL: "fail",
+    KNOWN_ISSUE: "known",
+    UNKNOWN: "unknown",
+    PARTIAL: "partial",
+}
 LEGEND = (
     (PASS, "passed: every target of the cell that ran passed"),
     (FAIL, "failed or broken: the target and the phase it failed in are shown"),
@@ -51,6 +59,15 @@ COLUMNS_NOTE = (
     "works with that hardware, not the platform. real platform: booted on the platform "
     "itself. Dates are UTC, of the newest run in the cell."
 )
+BOOT_CHECK, CONTEXT_CHECK = "boot", "context"
+CONTEXT_TITLE = "contextualization"
+CONTEXT_LEGEND = (PARTIAL, "partly: some steps took effect, see the footnote")
+CONTEXT_NOTE = (
+    "contextualization: booted here with user-data on each channel the platform hands it to "
+    "the guest by (nocloud, config-drive, ec2-imds, ...), the newest result per target, version "
+    "and channel; results on the real platform are footnotes."
+)
+NO_CONTEXT_RESULT = "no context result (not run)"
 
 LABEL_PREFIX = "ucvm."
 REQUIRED_LABELS = ("check", "target", "platform", "version", "evidence", "tier")
@@ -78,6 +95,9 @@ class Result:
     accel: str | None = None
     failed_phase: str | None = None
     console: Path | None = None
+    channel: str | None = None  # the contextualization channel (check ``context``)
+    took_effect: tuple[str, ...] = ()  # context steps that took effect inside the guest
+    missing: tuple[str, ...] = ()  # context steps that did not
 
     @property
     def ran(self) -> bool:
@@ -93,16 +113,22 @@ class Result:
         return self.ran and not self.passed
 
     @property
-    def rerun_key(self) -> tuple[str, str, str]:
-        return (self.target, self.version, self.check)
+    def rerun_key(self) -> tuple[str, str, str, str | None]:
+        return (self.target, self.version, self.check, self.channel)
 
     @property
     def skip_reason(self) -> str:
         reason = self.message.strip().removeprefix("Skipped:").strip()
         return reason or "skipped without a reason"
 
+    @property
+    def first_message_line(self) -> str:
+        lines = self.message.strip().splitlines()
+        return lines[0].strip() if lines else ""
+
     def describe(self) -> str:
-        return f"{self.target} {self.version} {self.check}"
+        channel = f" {self.channel}" if self.channel else ""
+        return f"{self.target} {self.version} {self.check}{channel}"
 
 
 # --- reading allure-results -------------------------------------------------------------------
@@ -126,8 +152,8 @@ def read_results(dirs: Sequence[Path]) -> list[Result]:
 
 
 def latest_results(results: Iterable[Result]) -> list[Result]:
-    """One result per (target, version, check): the one with the newest ``stop``."""
-    newest: dict[tuple[str, str, str], Result] = {}
+    """One result per (target, version, check, channel): the one with the newest ``stop``."""
+    newest: dict[tuple[str, str, str, str | None], Result] = {}
     for result in results:
         kept = newest.get(result.rerun_key)
         if kept is None or result.stop > kept.stop:
@@ -159,7 +185,15 @@ def _read_result(path: Path) -> Result | None:
         accel=labels.get("accel"),
         failed_phase=labels.get("failed_phase"),
         console=_console(path.parent, data),
+        channel=labels.get("channel") or None,
+        took_effect=_steps(labels.get("context_took_effect")),
+        missing=_steps(labels.get("context_missing")),
     )
+
+
+def _steps(value: str | None) -> tuple[str, ...]:
+    """A comma-separated label value as a tuple; empty or absent gives ()."""
+    return tuple(step.strip() for step in (value or "").split(",") if step.strip())
 
 
 def _ucvm_labels(data: dict[str, Any]) -> dict[str, str]:
@@ -242,9 +276,34 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class ContextEntry:
+    """One channel's newest ``context`` result in a contextualization cell."""
+
+    result: Result
+    symbol: str
+    label: str
+    notes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ContextCell:
+    """A platform's contextualization: its profile-run entries; real-platform ones as notes."""
+
+    platform: str
+    symbol: str
+    entries: tuple[ContextEntry, ...]
+    notes: tuple[int, ...]
+
+    @property
+    def date(self) -> datetime | None:
+        return max((e.result.stop for e in self.entries if e.result.ran), default=None)
+
+
+@dataclass(frozen=True)
 class Row:
     platform: str
     cells: tuple[Cell, ...]
+    context: ContextCell | None = None
 
 
 @dataclass
@@ -261,9 +320,23 @@ class SupportTable:
     def columns(self) -> list[tuple[str, str]]:
         return [(version, evidence) for version in self.versions for evidence in EVIDENCE]
 
+    @property
+    def has_context(self) -> bool:
+        return any(row.context is not None for row in self.rows)
+
+    @property
+    def legend(self) -> tuple[tuple[str, str], ...]:
+        return (*LEGEND, CONTEXT_LEGEND) if self.has_context else LEGEND
+
     def cell(self, platform: str, version: str, evidence: str) -> Cell:
         row = self.rows[PLATFORMS.index(platform)]
         return row.cells[self.columns.index((version, evidence))]
+
+    def context_cell(self, platform: str) -> ContextCell:
+        context = self.rows[PLATFORMS.index(platform)].context
+        if context is None:
+            raise KeyError(f"the {self.check!r} table has no {CONTEXT_TITLE} column")
+        return context
 
 
 def build_table(
@@ -278,18 +351,32 @@ def build_table(
 ) -> SupportTable:
     """The table of ``check``: a row per platform, two columns (profile, real) per version.
 
+    The ``boot`` table adds a contextualization column built from the ``context`` results.
     ``planned``: optional (target, platform, evidence) triples from matrix.yaml; a cell with no
     result then says which planned targets did not report, instead of "no target in matrix.yaml".
     """
-    chosen = [result for result in latest_results(results) if result.check == check]
+    latest = latest_results(results)
+    checks = (check, CONTEXT_CHECK) if check == BOOT_CHECK else (check,)
+    chosen = [result for result in latest if result.check in checks]
+    shown = [result for result in chosen if result.version in versions]
+    plan = _plan(planned)
     builder = _CellBuilder(
-        results=[result for result in chosen if result.version in versions],
+        results=[result for result in shown if result.check == check],
         known_issues=known_issues,
-        planned=_plan(planned),
+        planned=plan,
+    )
+    context = _ContextCellBuilder(
+        results=[result for result in shown if result.check == CONTEXT_CHECK],
+        planned=plan,
+        footnotes=builder.footnotes,  # one numbering, in reading order
     )
     columns = [(version, evidence) for version in versions for evidence in EVIDENCE]
     rows = [
-        Row(platform, tuple(builder.cell(platform, v, e) for v, e in columns))
+        Row(
+            platform,
+            tuple(builder.cell(platform, v, e) for v, e in columns),
+            context.cell(platform) if check == BOOT_CHECK else None,
+        )
         for platform in PLATFORMS
     ]
     return SupportTable(
@@ -377,6 +464,104 @@ def _symbol(results: Sequence[Result], issues: Sequence[KnownIssue]) -> str:
     return PASS
 
 
+@dataclass
+class _ContextCellBuilder:
+    """Contextualization cells. Known issues are not applied: they name no check or channel."""
+
+    results: list[Result]
+    planned: _Plan | None
+    footnotes: _Footnotes
+
+    def cell(self, platform: str) -> ContextCell:
+        mine = sorted(
+            (result for result in self.results if result.platform == platform),
+            key=lambda r: (r.target, r.version, r.channel or ""),
+        )
+        profile = [result for result in mine if result.evidence == "profile"]
+        entries = tuple(self._entry(result, profile) for result in profile)
+        notes = [] if profile else [self.footnotes.ref(self._missing_reason(platform))]
+        notes += [
+            self.footnotes.ref(f"real platform: {_context_note(result)}")
+            for result in mine
+            if result.evidence == "real"
+        ]
+        symbol = _context_symbol([entry.symbol for entry in entries])
+        return ContextCell(platform, symbol, entries, tuple(dict.fromkeys(notes)))
+
+    def _entry(self, result: Result, neighbours: Sequence[Result]) -> ContextEntry:
+        symbol = _context_entry_symbol(result)
+        label = _context_label(result, neighbours)
+        if symbol == PASS:
+            return ContextEntry(result, symbol, label)
+        # a skip shares its footnote with the boot cells skipped for the same reason
+        text = result.skip_reason if symbol == UNKNOWN else _context_note(result)
+        return ContextEntry(result, symbol, label, (self.footnotes.ref(text),))
+
+    def _missing_reason(self, platform: str) -> str:
+        return NO_CONTEXT_RESULT if (self.planned or {}).get((platform, "profile")) else NO_TARGET
+
+
+def _is_partial(result: Result) -> bool:
+    """Failed after the boot succeeded, with some steps in effect and some recorded missing."""
+    return (
+        result.failed
+        and result.failed_phase is None
+        and bool(result.took_effect and result.missing)
+    )
+
+
+def _context_entry_symbol(result: Result) -> str:
+    if result.passed:
+        return PASS
+    if not result.ran:
+        return UNKNOWN
+    return PARTIAL if _is_partial(result) else FAIL
+
+
+def _context_symbol(symbols: Sequence[str]) -> str:
+    """Like ``_symbol``: any failure is ✗, nothing that ran is ?, so ✓ needs every run passed."""
+    ran = [symbol for symbol in symbols if symbol != UNKNOWN]
+    if not ran:
+        return UNKNOWN
+    return next((worst for worst in (FAIL, PARTIAL) if worst in ran), PASS)
+
+
+def _context_note(result: Result) -> str:
+    """Which result (target · version · channel), and what it says."""
+    channel = result.channel or "(no channel label)"
+    return f"{result.target} · {result.version} · {channel}: {_outcome(result)}"
+
+
+def _context_label(result: Result, neighbours: Sequence[Result]) -> str:
+    """The channel, with the target or version only when the cell's results need telling apart."""
+    parts = [result.channel] if result.channel else []
+    if len({r.target for r in neighbours}) > 1 or not parts:
+        parts.insert(0, result.target)
+    if len({r.version for r in neighbours}) > 1:
+        parts.append(f"({result.version})")
+    return " ".join(parts)
+
+
+def _outcome(result: Result) -> str:
+    """What a context result says, for its footnote."""
+    if result.passed:
+        return f"passed {result.stop:%Y-%m-%d}"
+    if not result.ran:
+        return f"not run: {result.skip_reason}"
+    if _is_partial(result):
+        return (
+            f"partly: took effect: {', '.join(result.took_effect)}; "
+            f"did not take effect: {', '.join(result.missing)}"
+        )
+    return _failure(result)
+
+
+def _failure(result: Result) -> str:
+    phase = f" in phase {result.failed_phase}" if result.failed_phase else ""
+    message = result.first_message_line
+    return f"{result.status}{phase}" + (f": {message}" if message else "")
+
+
 # --- rendering ----------------------------------------------------------------------------------
 
 
@@ -399,8 +584,16 @@ def _web_link(link: str | None) -> str | None:
     return link if link and urlsplit(link).scheme in ("http", "https") else None
 
 
-def _column_title(version: str, evidence: str) -> str:
-    return f"{version} · {EVIDENCE_TITLES[evidence]}"
+def _column_titles(table: SupportTable) -> list[tuple[str, str]]:
+    """(top, bottom) lines of each column's title after "Platform"."""
+    titles = [(version, EVIDENCE_TITLES[evidence]) for version, evidence in table.columns]
+    if table.has_context:
+        titles.append((CONTEXT_TITLE, EVIDENCE_TITLES["profile"]))
+    return titles
+
+
+def _notes_on_columns(table: SupportTable) -> str:
+    return f"{COLUMNS_NOTE} {CONTEXT_NOTE}" if table.has_context else COLUMNS_NOTE
 
 
 def _built_line(table: SupportTable) -> str:
@@ -419,7 +612,7 @@ def _md(text: str) -> str:
 
 def render_markdown(table: SupportTable, *, link_base: Path) -> str:
     """GitHub-flavoured Markdown; links are relative to ``link_base`` (where the file goes)."""
-    header = ["Platform", *(_column_title(v, e) for v, e in table.columns)]
+    header = ["Platform", *(f"{top} · {bottom}" for top, bottom in _column_titles(table))]
     lines = [
         f"# Support status: {_md(table.check)}",
         "",
@@ -428,9 +621,11 @@ def render_markdown(table: SupportTable, *, link_base: Path) -> str:
     ]
     for row in table.rows:
         cells = [_md_cell(cell, link_base) for cell in row.cells]
+        if row.context is not None:
+            cells.append(_md_context_cell(row.context, link_base))
         lines.append("| " + " | ".join([_md(row.platform), *cells]) + " |")
-    lines += ["", *(f"- {symbol} {_md(text)}" for symbol, text in LEGEND), ""]
-    lines += [_md(COLUMNS_NOTE), "", *_md_footnotes(table.footnotes)]
+    lines += ["", *(f"- {symbol} {_md(text)}" for symbol, text in table.legend), ""]
+    lines += [_md(_notes_on_columns(table)), "", *_md_footnotes(table.footnotes)]
     lines += [f"Not in the table: {_md(text)}\n" for text in table.ignored]
     return "\n".join([*lines, _md(_built_line(table)), ""])
 
@@ -438,15 +633,30 @@ def render_markdown(table: SupportTable, *, link_base: Path) -> str:
 def _md_cell(cell: Cell, link_base: Path) -> str:
     head = f"{cell.symbol} {cell.date:%Y-%m-%d}" if cell.date else cell.symbol
     entries = [_md_entry(result, link_base) for result in cell.results]
-    refs = "".join(f"\\[{number}\\]" for number in cell.notes)
+    refs = _md_refs(cell.notes)
     return "<br>".join([head, *entries]) + (f" {refs}" if refs else "")
 
 
-def _md_entry(result: Result, link_base: Path) -> str:
-    text = _md(_entry_text(result))
+def _md_entry(result: Result, link_base: Path, text: str | None = None) -> str:
+    text = _md(_entry_text(result) if text is None else text)
     if result.console is None:
         return text
     return f"{text} [{_md(CONSOLE_ATTACHMENT)}]({_href(result.console, link_base)})"
+
+
+def _md_refs(numbers: Iterable[int]) -> str:
+    return "".join(f"\\[{number}\\]" for number in numbers)
+
+
+def _md_context_cell(cell: ContextCell, link_base: Path) -> str:
+    head = f"{cell.symbol} {cell.date:%Y-%m-%d}" if cell.date else cell.symbol
+    entries = [
+        _md_entry(entry.result, link_base, f"{entry.symbol} {entry.label}")
+        + (f" {_md_refs(entry.notes)}" if entry.notes else "")
+        for entry in cell.entries
+    ]
+    refs = _md_refs(cell.notes)
+    return "<br>".join([head + (f" {refs}" if refs else ""), *entries])
 
 
 def _md_footnotes(footnotes: Sequence[Footnote]) -> list[str]:
@@ -480,6 +690,11 @@ td time { color: #3c4043; font-size: .9em; }
 .fail { background: #fce8e6; } .fail .symbol { color: #c5221f; }
 .known { background: #fef7e0; } .known .symbol { color: #b06000; }
 .unknown { background: #f1f3f4; } .unknown .symbol { color: #5f6368; }
+.partial { background: #fff0e0; } .partial .symbol { color: #b45309; }
+.symbol.pass { color: #137333; } .symbol.fail { color: #c5221f; }
+.symbol.known { color: #b06000; } .symbol.unknown { color: #5f6368; }
+.symbol.partial { color: #b45309; }
+td li .symbol { font-size: 1em; padding: 0 .2rem; border-radius: 3px; }
 .legend { list-style: none; padding: 0; } .legend li { margin: .15rem 0; }
 .legend .symbol { display: inline-block; width: 1.6rem; text-align: center; border-radius: 3px; }
 .meta, .columns { color: #5f6368; }
@@ -513,15 +728,15 @@ def render_html(table: SupportTable, *, link_base: Path) -> str:
     return _PAGE.substitute(
         title=esc(f"Support status: {table.check}"),
         header="".join(
-            f'<th scope="col">{esc(v)}<br><small>{esc(EVIDENCE_TITLES[e])}</small></th>'
-            for v, e in table.columns
+            f'<th scope="col">{esc(top)}<br><small>{esc(bottom)}</small></th>'
+            for top, bottom in _column_titles(table)
         ),
         rows="\n".join(_html_row(row, link_base) for row in table.rows),
         legend="\n".join(
             f'<li><span class="symbol {SYMBOL_CLASSES[s]}">{esc(s)}</span> {esc(text)}</li>'
-            for s, text in LEGEND
+            for s, text in table.legend
         ),
-        columns=esc(COLUMNS_NOTE),
+        columns=esc(_notes_on_columns(table)),
         footnotes=_html_footnotes(table.footnotes),
         ignored="\n".join(f'<p class="meta">Not in the table: {esc(t)}</p>' for t in table.ignored),
         built=esc(_built_line(table)),
@@ -530,12 +745,14 @@ def render_html(table: SupportTable, *, link_base: Path) -> str:
 
 def _html_row(row: Row, link_base: Path) -> str:
     cells = "".join(_html_cell(cell, link_base) for cell in row.cells)
+    if row.context is not None:
+        cells += _html_context_cell(row.context, link_base)
     return f'<tr><th scope="row">{html.escape(row.platform)}</th>{cells}</tr>'
 
 
 def _html_cell(cell: Cell, link_base: Path) -> str:
     date = f" <time>{cell.date:%Y-%m-%d}</time>" if cell.date else ""
-    refs = "".join(f'<sup><a href="#fn-{n}">[{n}]</a></sup>' for n in cell.notes)
+    refs = _html_refs(cell.notes)
     entries = "".join(_html_entry(result, link_base) for result in cell.results)
     items = f"<ul>{entries}</ul>" if entries else ""
     return (
@@ -544,13 +761,36 @@ def _html_cell(cell: Cell, link_base: Path) -> str:
     )
 
 
-def _html_entry(result: Result, link_base: Path) -> str:
+def _html_refs(numbers: Iterable[int]) -> str:
+    return "".join(f'<sup><a href="#fn-{n}">[{n}]</a></sup>' for n in numbers)
+
+
+def _html_entry(result: Result, link_base: Path, label: str = "", refs: str = "") -> str:
+    """A result as a list item; ``label`` (HTML) replaces the usual text, ``refs`` follow."""
     title = f' title="{html.escape(result.message)}"' if result.message else ""
     link = ""
     if result.console is not None:
         href = html.escape(_href(result.console, link_base))
         link = f' <a href="{href}">{CONSOLE_ATTACHMENT}</a>'
-    return f"<li{title}>{html.escape(_entry_text(result))}{link}</li>"
+    return f"<li{title}>{label or html.escape(_entry_text(result))}{link}{refs}</li>"
+
+
+def _html_context_cell(cell: ContextCell, link_base: Path) -> str:
+    date = f" <time>{cell.date:%Y-%m-%d}</time>" if cell.date else ""
+    entries = "".join(
+        _html_entry(entry.result, link_base, _html_context_label(entry), _html_refs(entry.notes))
+        for entry in cell.entries
+    )
+    items = f"<ul>{entries}</ul>" if entries else ""
+    return (
+        f'<td class="{SYMBOL_CLASSES[cell.symbol]}"><span class="symbol">{cell.symbol}</span>'
+        f"{date} {_html_refs(cell.notes)}{items}</td>"
+    )
+
+
+def _html_context_label(entry: ContextEntry) -> str:
+    symbol = f'<span class="symbol {SYMBOL_CLASSES[entry.symbol]}">{entry.symbol}</span>'
+    return f"{symbol} {html.escape(entry.label)}"
 
 
 def _html_footnotes(footnotes: Sequence[Footnote]) -> str:

@@ -23,6 +23,7 @@ from lab.targets.run import Run
 
 if TYPE_CHECKING:
     from lab.build.bootloader import BootLoader
+    from lab.build.context import Context
 
 POLL_S = 0.1
 
@@ -177,13 +178,21 @@ class Target(ABC):
         here by nature (no emulation, no credentials). A broken host that should be there
         (local libvirtd down) raises TargetError: its cells fail rather than skip."""
 
+    def offers_channel(self, channel: str) -> tuple[bool, str]:
+        """(True, "") if this driver can deliver a context on ``channel`` of its profile, else
+        (False, why): a channel the platform has but this driver cannot imitate."""
+        if channel in self.profile.channels:
+            return True, ""
+        return False, f"the {self.profile.name} profile has no channel {channel!r}"
+
     @abstractmethod
     def launch(
         self,
         image: BootLoader,
-        context: object | None = None,
+        context: Context | None = None,
         profile: Profile | None = None,
         *,
+        channel: str | None = None,
         image_format: str | None = None,
         kernel_args: str | None = None,
         boot_args: Sequence[str] = (),
@@ -195,5 +204,7 @@ class Target(ABC):
         aid: images are otherwise booted from disk or CD through the firmware).
         ``boot_args`` are per-instance boot options (``ucvm.version=1.1``) the platform hands
         the guest beside the image's own command line (SMBIOS OEM strings here).
-        ``host_services`` maps a guest address (``10.0.2.100:80``) to a port on the host's
-        127.0.0.1 that the guest reaches there (the OS repository, a metadata service)."""
+        ``host_services`` maps a guest address (``169.254.169.100:80``) to a port on the host's
+        127.0.0.1 that the guest reaches there (the OS repository).
+        ``context`` is the user's contextualization (lab.build.context), delivered on the
+        platform's ``channel`` (by default the profile's first) as the platform delivers it."""

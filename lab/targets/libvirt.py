@@ -21,12 +21,14 @@ import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import libvirt
 from filelock import FileLock
 
+from lab.build import context as ctx
 from lab.build.bootloader import KERNEL_CMDLINE, BootLoader
 from lab.targets.base import CommandResult, Instance, Target, TargetError, WaitTimeout
 from lab.targets.profiles import Profile
@@ -161,7 +163,13 @@ def domain_xml(
     uuid: str | None = None,
     boot_args: Sequence[str] = (),
     host_services: Mapping[str, int] | None = None,
+    network: GuestNetwork | None = None,
+    smbios: Mapping[str, Mapping[str, str]] | None = None,
+    context_medium: Path | None = None,
 ) -> str:
+    """The domain of one instance. ``smbios`` is the platform's identity by SMBIOS section
+    (``{"system": {"manufacturer": "Amazon EC2"}}``); ``context_medium`` an ISO attached as a
+    CD-ROM after the disks (the contextualization channel's medium)."""
     domain = ET.Element("domain", type=domain_type)
     sub(domain, "name", name)
     if uuid:
@@ -179,12 +187,20 @@ def domain_xml(
     sub(domain, "vcpu", "1")
     os_element = sub(domain, "os")
     sub(os_element, "type", "hvm", arch="x86_64", machine=profile.machine)
-    if boot_args:  # per-instance boot options, read by /init beside the kernel command line
+    if boot_args or smbios:  # per-instance boot options and the platform's identity
         sub(os_element, "smbios", mode="sysinfo")
         sysinfo = sub(domain, "sysinfo", type="smbios")
-        oem = sub(sysinfo, "oemStrings")
-        for arg in boot_args:
-            sub(oem, "entry", arg)
+        for section in SMBIOS_SECTIONS:  # in the order libvirt's schema wants
+            entries = (smbios or {}).get(section, {})
+            if not entries:
+                continue
+            block = sub(sysinfo, section)
+            for key, value in entries.items():
+                sub(block, "entry", value, name=key)
+        if boot_args:  # read by /init beside the kernel command line
+            oem = sub(sysinfo, "oemStrings")
+            for arg in boot_args:
+                sub(oem, "entry", arg)
     if direct_boot:
         kernel, initrd, cmdline = direct_boot
         sub(os_element, "kernel", str(kernel))
@@ -211,7 +227,10 @@ def domain_xml(
     devices = sub(domain, "devices")
     qemu_args: list[str] = []
     add_disks(devices, qemu_args, profile, disks, passthrough)
-    qemu_args += user_network(profile, host_services or {})
+    if context_medium:
+        bus = cdrom_bus(profile)
+        disk_element(devices, context_medium, "raw", bus, DEVICE_NAMES[bus] + "c", cdrom=True)
+    qemu_args += user_network(profile, host_services or {}, network or GuestNetwork())
     console = sub(devices, "serial", type="file")
     sub(console, "source", path=str(console_log))
     sub(console, "target", port="0")
@@ -226,22 +245,58 @@ def domain_xml(
     return ET.tostring(domain, encoding="unicode")
 
 
+SMBIOS_SECTIONS = ("bios", "system", "baseBoard", "chassis")
+
+
+def cdrom_bus(profile: Profile) -> str:
+    """Where a platform puts a CD-ROM: on its disk bus when that bus takes one, else on the
+    machine's own ATA controller (IDE on i440FX, SATA/AHCI on Q35)."""
+    if profile.disk_bus in ("scsi", "sata", "ide"):
+        return profile.disk_bus
+    return "sata" if profile.machine == "q35" else "ide"
+
+
 NIC_DEVICES = {"virtio": "virtio-net-pci"}  # libvirt model name -> QEMU device, where they differ
 NIC_SLOT = 0x18  # clear of the slots libvirt assigns and of the passed-through disks (0x10+)
 GUEST_FORWARD = "socat - TCP:127.0.0.1:{port}"
+# The guest's user network is the link-local range clouds use, so the metadata service sits at
+# 169.254.169.254 as on EC2, GCE and OpenStack (guestfwd accepts only addresses inside it).
+GUEST_NET = "169.254.169.0/24"
 
 
-def user_network(profile: Profile, host_services: Mapping[str, int]) -> list[str]:
+@dataclass(frozen=True)
+class GuestNetwork:
+    """The instance's NIC address and the host ports it forwards to (``ssh_port``: the
+    host's 127.0.0.1 port that reaches the guest's SSH server, or 0 for none)."""
+
+    mac: str = field(default_factory=lambda: "52:54:00:" + ":".join(
+        f"{b:02x}" for b in secrets.token_bytes(3)))  # fmt: skip
+    ssh_port: int = 0
+
+
+def user_network(
+    profile: Profile, host_services: Mapping[str, int], network: GuestNetwork
+) -> list[str]:
     """QEMU user networking, given to QEMU directly: libvirt 9.0 cannot describe guestfwd.
 
-    Each host service is a guest address (``10.0.2.100:80``) whose connections QEMU hands,
-    one spawned socat each, to a port on the host's 127.0.0.1. Nothing listens elsewhere."""
-    netdev = "user,id=ucvm-net0,restrict=on"  # the guest reaches the forwards, nothing else
+    Each host service is a guest address (``169.254.169.100:80``) whose connections QEMU
+    hands, one spawned socat each, to a port on the host's 127.0.0.1. Nothing listens
+    elsewhere; the SSH forward listens on 127.0.0.1 only."""
+    netdev = f"user,id=ucvm-net0,restrict=on,net={GUEST_NET}"  # the forwards, nothing else
     for guest, port in sorted(host_services.items()):
         netdev += f",guestfwd=tcp:{guest}-cmd:{GUEST_FORWARD.format(port=port)}"
+    if network.ssh_port:
+        netdev += f",hostfwd=tcp:127.0.0.1:{network.ssh_port}-:22"
     device = NIC_DEVICES.get(profile.nic_model, profile.nic_model)
     bus = "pcie.0" if profile.machine == "q35" else "pci.0"
-    return ["-netdev", netdev, "-device", f"{device},netdev=ucvm-net0,bus={bus},addr={NIC_SLOT:#x}"]
+    nic = f"{device},netdev=ucvm-net0,bus={bus},addr={NIC_SLOT:#x},mac={network.mac}"
+    return ["-netdev", netdev, "-device", nic]
+
+
+def free_local_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 # --- accelerator ----------------------------------------------------------------------------
@@ -314,6 +369,11 @@ class LibvirtTarget(Target):
             )
         return True, f"libvirt {self.uri}"
 
+    def offers_channel(self, channel: str) -> tuple[bool, str]:
+        if channel in UNDELIVERABLE:
+            return False, UNDELIVERABLE[channel]
+        return super().offers_channel(channel)
+
     # --- accelerator ------------------------------------------------------------------
     def accelerator(self, image: BootLoader) -> tuple[str, str]:
         """('kvm' | 'tcg', why), decided once per target object and cached per host boot."""
@@ -355,25 +415,34 @@ class LibvirtTarget(Target):
     def launch(
         self,
         image: BootLoader,
-        context: object | None = None,
+        context: ctx.Context | None = None,
         profile: Profile | None = None,
         *,
+        channel: str | None = None,
         image_format: str | None = None,
         kernel_args: str | None = None,
         boot_args: Sequence[str] = (),
         host_services: Mapping[str, int] | None = None,
+        metadata_delay_s: float = 0,
     ) -> LibvirtInstance:
-        if context is not None:
-            raise TargetError("contextualization media are not supported yet (issue 5)")
+        """As Target.launch. With a ``context``, the instance gets the platform's channel
+        (``channel``, by default the profile's first): its medium as a CD-ROM, or its metadata
+        service at 169.254.169.254 (which the instance owns and stops), the platform's SMBIOS
+        identity, and an SSH forward from the host's 127.0.0.1 (``instance.network.ssh_port``).
+        ``metadata_delay_s`` slows every answer of the service (a fault test's slow cloud)."""
+        profile = profile or self.profile
+        delivery = ContextDelivery.plan(profile, context, channel) if context else None
         accel, why = self.accelerator(image)
         instance = self._define(
             image,
             domain_type="kvm" if accel == "kvm" else "qemu",
-            profile=profile or self.profile,
+            profile=profile,
             image_format=image_format,
             kernel_args=kernel_args,
             boot_args=boot_args,
             host_services=host_services,
+            delivery=delivery,
+            metadata_delay_s=metadata_delay_s,
         )
         instance.accel, instance.accel_reason = accel, why
         return instance
@@ -446,6 +515,8 @@ class LibvirtTarget(Target):
         boot_args: Sequence[str] = (),
         host_services: Mapping[str, int] | None = None,
         prepare: Prepare | None = None,
+        delivery: ContextDelivery | None = None,
+        metadata_delay_s: float = 0,
     ) -> LibvirtInstance:
         name = self.run.resource_name(self.name, suffix or secrets.token_hex(3))
         workdir = self.run.dir / name
@@ -453,6 +524,8 @@ class LibvirtTarget(Target):
         workdir.chmod(0o755)
         instance = LibvirtInstance(name, self, profile, workdir)
         try:  # whatever stops the start (an error, Ctrl-C), nothing of it may stay behind
+            if delivery:
+                host_services = delivery.deliver(instance, host_services, metadata_delay_s)
             self._start(
                 instance,
                 image,
@@ -507,6 +580,9 @@ class LibvirtTarget(Target):
             uuid=instance.uuid,
             boot_args=boot_args,
             host_services=host_services,
+            network=instance.network,
+            smbios=instance.smbios,
+            context_medium=instance.context_medium,
         )
         (workdir / "domain.xml").write_text(xml)
         instance.domain = self.conn.defineXML(xml)
@@ -607,11 +683,69 @@ def undefine(domain: libvirt.virDomain) -> None:
         domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
 
 
+class ContextDelivery:
+    """How one instance gets its context: the channel, and what the platform shows the guest."""
+
+    def __init__(self, channel: str, context: ctx.Context) -> None:
+        self.channel = channel
+        self.context = context
+
+    @classmethod
+    def plan(cls, profile: Profile, context: ctx.Context, channel: str | None) -> ContextDelivery:
+        chosen = channel or (profile.channels[0] if profile.channels else None)
+        if chosen in UNDELIVERABLE:
+            raise TargetError(UNDELIVERABLE[chosen])
+        if chosen is None or chosen not in profile.channels:
+            offered = ", ".join(profile.channels) or "none"
+            raise TargetError(
+                f"the {profile.name} profile offers no channel {chosen!r}; it offers: {offered}"
+            )
+        ctx.check_user_data_size(profile.platform, context.user_data, f"{chosen} user-data")
+        return cls(chosen, context)
+
+    def deliver(
+        self, instance: LibvirtInstance, host_services: Mapping[str, int] | None, delay_s: float
+    ) -> dict[str, int]:
+        """Make the medium or start the service; returns the host services with the
+        metadata service's forward added."""
+        services = dict(host_services or {})
+        instance.network = GuestNetwork(ssh_port=free_local_port())
+        if "system.uuid" in ctx.SMBIOS_IDENTITY.get(self.channel, {}):
+            instance.uuid = ctx.ec2_domain_uuid(instance.uuid)  # EC2's UUIDs begin with ec2
+        for key, value in ctx.smbios_sysinfo(self.channel, instance.uuid).items():
+            section, entry = key.split(".", 1)
+            instance.smbios.setdefault(section, {})[entry] = value
+        if ctx.channel_info(self.channel).kind == "medium":
+            instance.context_medium = ctx.build_medium(
+                self.channel, self.context, instance.workdir, mac=instance.network.mac
+            )
+            return services
+        service = ctx.MetadataService(
+            self.channel, self.context, mac=instance.network.mac, delay_s=delay_s
+        )
+        instance.metadata = service.__enter__()
+        services[METADATA_ADDRESS] = service.port
+        return services
+
+
+METADATA_ADDRESS = "169.254.169.254:80"
+# Channels of a platform that QEMU has no device for.
+UNDELIVERABLE = {
+    "guestinfo": "guestinfo travels over VMware's backdoor RPC (VMware Tools), which QEMU does "
+    "not implement; under QEMU the vmware profile is contextualized by its OVF ISO transport. "
+    "The VMware driver sets guestinfo on vSphere (checked against govmomi's simulator)",
+}
+
+
 class LibvirtInstance(Instance):
     def __init__(self, name: str, target: LibvirtTarget, profile: Profile, workdir: Path) -> None:
         super().__init__(name, target, profile, workdir)
         self.domain: libvirt.virDomain | None = None
         self.qemu_pid: int | None = None
+        self.network = GuestNetwork()
+        self.smbios: dict[str, dict[str, str]] = {}
+        self.context_medium: Path | None = None
+        self.metadata: ctx.MetadataService | None = None  # the channel's service, if it has one
         self._channel: socket.socket | None = None
         self._destroyed = False
 
@@ -668,6 +802,33 @@ class LibvirtInstance(Instance):
         output = received.decode("utf-8", "replace")[: match.start()]
         return CommandResult(command, int(match.group(1)), output)
 
+    def ssh(self, user: str, key: Path, command: str, timeout: float = 60) -> CommandResult:
+        """Run ``command`` as ``user`` over SSH, logging in with the private ``key`` through
+        the instance's forward on the host's 127.0.0.1 (a context launch has one)."""
+        if not self.network.ssh_port:
+            raise TargetError(f"{self.name} was launched without a context: no SSH forward")
+        options = {
+            "BatchMode": "yes",  # a refused key fails; it never falls back to a password
+            "IdentitiesOnly": "yes",
+            "StrictHostKeyChecking": "no",  # the guest made its host keys at this boot
+            "UserKnownHostsFile": "/dev/null",
+            "ConnectTimeout": "10",
+            "LogLevel": "ERROR",
+        }
+        args = ["ssh", "-i", str(key), "-p", str(self.network.ssh_port)]
+        for name, value in options.items():
+            args += ["-o", f"{name}={value}"]
+        try:
+            done = subprocess.run(
+                [*args, f"{user}@127.0.0.1", command],
+                capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as error:
+            raise WaitTimeout(
+                f"ssh {user}@{self.name} {command!r}: no end in {timeout:g} s"
+            ) from error
+        return CommandResult(command, done.returncode, done.stdout + done.stderr)
+
     def _open_channel(self) -> socket.socket:
         if self._channel is None:
             channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -700,6 +861,8 @@ class LibvirtInstance(Instance):
         self._destroyed = True
         if self._channel:
             self._channel.close()
+        if self.metadata:
+            self.metadata.__exit__(None, None, None)
         try:
             if self.domain is not None:
                 undefine(self.domain)

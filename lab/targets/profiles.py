@@ -24,6 +24,8 @@ class Profile:
     hyperv_flags: tuple[str, ...] = ()  # Hyper-V enlightenments QEMU accepts under TCG
     not_emulated: str = ""  # why QEMU here cannot run this platform at all
     notes: str = ""
+    # How the platform hands the guest its user-data (lab.build.context), first = default
+    channels: tuple[str, ...] = ("nocloud",)
 
 
 VIRTIO = dict(
@@ -37,9 +39,11 @@ VIRTIO = dict(
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        Profile("kvm", "KVM", **VIRTIO),
-        Profile("openstack", "OpenStack", **VIRTIO),
-        Profile("opennebula", "OpenNebula", **VIRTIO),
+        Profile("kvm", "KVM", **VIRTIO),  # plain KVM (libvirt, virt-install): a NoCloud ISO
+        Profile(
+            "openstack", "OpenStack", **VIRTIO, channels=("config-drive", "openstack-metadata")
+        ),
+        Profile("opennebula", "OpenNebula", **VIRTIO, channels=("opennebula",)),
         Profile(
             "vmware",
             "VMware",
@@ -49,6 +53,7 @@ PROFILES: dict[str, Profile] = {
             nic_model="vmxnet3",
             nic_driver="vmxnet3",
             image_format="ova",
+            channels=("ovf", "guestinfo"),
         ),
         Profile(
             "virtualbox",
@@ -80,6 +85,7 @@ PROFILES: dict[str, Profile] = {
             nic_driver="virtio_net",
             image_format="raw",
             notes="NVMe disk as on Nitro; QEMU has no ENA NIC, so virtio-net stands in",
+            channels=("ec2-imds",),
         ),
         Profile(
             "gce",
@@ -91,6 +97,7 @@ PROFILES: dict[str, Profile] = {
             nic_driver="virtio_net",
             image_format="gce-tar",
             notes="QEMU has no gVNIC, so virtio-net stands in",
+            channels=("gce-metadata",),
         ),
         Profile(
             "xen",

@@ -11,9 +11,11 @@ from pathlib import Path
 from lab import matrix
 from lab.build import bootloader
 from lab.targets.base import Target
+from lab.targets.ec2 import Ec2Target
 from lab.targets.libvirt import LibvirtTarget
 from lab.targets.profiles import PROFILES
 from lab.targets.run import Run
+from lab.targets.vmware import VmwareTarget
 
 TargetFactory = Callable[[matrix.Target, matrix.Settings, Run], Target]
 
@@ -25,7 +27,19 @@ def libvirt_target(spec: matrix.Target, settings: matrix.Settings, run: Run) -> 
     )  # fmt: skip
 
 
-DRIVERS: dict[str, TargetFactory] = {"libvirt": libvirt_target}
+def ec2_target(spec: matrix.Target, settings: matrix.Settings, run: Run) -> Target:
+    return Ec2Target(spec.name, PROFILES[spec.profile], dict(spec.settings), run)
+
+
+def vmware_target(spec: matrix.Target, settings: matrix.Settings, run: Run) -> Target:
+    return VmwareTarget(spec.name, PROFILES[spec.profile], dict(spec.settings), run)
+
+
+DRIVERS: dict[str, TargetFactory] = {
+    "libvirt": libvirt_target,
+    "ec2": ec2_target,  # boto3; its API cycle is checked against moto's server in the tests
+    "vmware": vmware_target,  # pyvmomi; checked against govmomi's vCenter simulator
+}
 
 
 def load_matrix(path: Path) -> matrix.Matrix:

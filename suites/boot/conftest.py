@@ -34,6 +34,8 @@ def cell_labels(request: pytest.FixtureRequest) -> None:
         "ucvm.evidence": cell.target.evidence,
         "ucvm.tier": str(cell.target.tier),
     }
+    if "channel" in request.fixturenames:
+        labels["ucvm.channel"] = request.getfixturevalue("channel")
     for name, value in labels.items():
         allure.dynamic.label(name, value)
     profile = PROFILES[cell.target.profile]

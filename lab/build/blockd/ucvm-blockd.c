@@ -296,12 +296,13 @@ enum opt_id {
     O_OFFSET,
     O_LENGTH,
     O_MAX_BYTES,
+    O_METHOD,
     O_COUNT,
 };
 
 static const char *const opt_names[O_COUNT] = {
     "header", "retries", "nbd", "url", "size", "block",
-    "hashes", "cache", "cache-max", "name", "offset", "length", "max-bytes",
+    "hashes", "cache", "cache-max", "name", "offset", "length", "max-bytes", "method",
 };
 
 #define BIT(o) (1u << (o))
@@ -331,6 +332,7 @@ struct options {
 static const char *const USAGE =
     "usage:\n"
     "  ucvm-blockd get URL OUT [--header 'K: V']... [--retries N] [--max-bytes N]\n"
+    "                  [--method GET|PUT]   (PUT sends an empty body: an IMDSv2 token)\n"
     "  ucvm-blockd verify PUBKEY_FILE SIGNED_MANIFEST OUT_BODY\n"
     "  ucvm-blockd serve --nbd /dev/nbdN COMMON\n"
     "  ucvm-blockd cat --offset O --length L COMMON\n"
@@ -556,6 +558,7 @@ enum http_result {
 
 struct http {
     struct url url;
+    const char *method; /* GET, or PUT with an empty body */
     const char *const *headers;
     int nheaders;
     unsigned retries;
@@ -590,6 +593,7 @@ struct response {
 
 static void http_init(struct http *h, const struct options *o)
 {
+    h->method = o->value[O_METHOD] ? o->value[O_METHOD] : "GET";
     h->headers = o->headers;
     h->nheaders = o->nheaders;
     h->retries = o->retries;
@@ -702,8 +706,10 @@ static enum http_result http_send_request(struct http *h, const struct range *rg
     char req[REQUEST_HEAD_BYTES];
     size_t len = 0;
     bool ok = append(req, sizeof req, &len,
-                     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: ucvm-blockd\r\n", h->url.path,
-                     h->url.host);
+                     "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: ucvm-blockd\r\n", h->method,
+                     h->url.path, h->url.host);
+    if (strcmp(h->method, "PUT") == 0)
+        ok = ok && append(req, sizeof req, &len, "Content-Length: 0\r\n");
     if (rg->on)
         ok = ok && append(req, sizeof req, &len, "Range: bytes=%" PRIu64 "-%" PRIu64 "\r\n",
                           rg->first, rg->last);
@@ -1047,8 +1053,8 @@ static int http_fetch(struct http *h, const struct range *rg, struct sink *sk)
 /* get                                                                                         */
 
 static const struct command_spec CMD_GET = {
-    "get", BIT(O_HEADER) | BIT(O_RETRIES) | BIT(O_MAX_BYTES), 0, 2,
-    "ucvm-blockd get URL OUT [--header 'K: V']... [--max-bytes N]"};
+    "get", BIT(O_HEADER) | BIT(O_RETRIES) | BIT(O_MAX_BYTES) | BIT(O_METHOD), 0, 2,
+    "ucvm-blockd get URL OUT [--header 'K: V']... [--max-bytes N] [--method GET|PUT]"};
 
 static int cmd_get(int argc, char **argv)
 {
@@ -1059,6 +1065,11 @@ static int cmd_get(int argc, char **argv)
         return rc;
     if (url_parse(o.positional[0], &h.url) != EXIT_OK)
         return EXIT_LOCAL;
+    const char *method = o.value[O_METHOD];
+    if (method && strcmp(method, "GET") != 0 && strcmp(method, "PUT") != 0) {
+        logmsg("get: --method '%s' is not GET or PUT", method);
+        return EXIT_LOCAL;
+    }
     http_init(&h, &o);
     const char *out = o.positional[1];
     char part[PATH_MAX];

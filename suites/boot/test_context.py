@@ -1,0 +1,204 @@
+"""Contextualization: one cell per (target, channel). The one boot loader image boots with a
+user-data on the platform's channel; each effect is then checked inside the guest.
+
+The boot loader's part, from its console lines: the channel found, the hostname, the network
+settings, and the [ucernvm-begin] keys (the OS version, the repository server, scratch sizing).
+The OS's part, done by real cloud-init (Debian's) from the same channel, checked by logging in
+over SSH as the user it created with the key it installed: the hostname, the file it wrote,
+the command it ran, and cloud-init's own verdict. The version is chosen by the user-data's
+cvmfs_tag alone (no boot option), and the server by its cvmfs_server, a second guest address
+of the run's repository that only the user-data names.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import allure
+import pytest
+
+from lab import matrix
+from lab.build import context as ctx
+from lab.build import osrepo
+from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader
+from lab.observe import BootRecord, observe_boot
+from lab.targets.base import Instance, Target
+
+pytestmark = [pytest.mark.boot, pytest.mark.check("context")]
+
+USER = "ucvm-tester"
+CHECK_FILE = "/etc/ucvm-lab/context-check"
+COMMAND_FILE = "/var/lib/ucvm-lab-runcmd"
+# Only the user-data names this address: a repo marker showing it proves cvmfs_server applied.
+CONTEXT_REPO_ADDRESS = "169.254.169.101:80"
+SCRATCH_MIN_MB = 256  # the boot loader's default minimum: resize_rootfs=off makes exactly that
+
+
+@dataclass
+class Effects:
+    """Which steps took effect inside the guest: step -> (took effect, evidence)."""
+
+    steps: dict[str, tuple[bool, str]] = field(default_factory=dict)
+
+    def record(self, step: str, ok: bool, evidence: str) -> None:
+        self.steps[step] = (ok, evidence)
+
+    @property
+    def missing(self) -> list[str]:
+        return [step for step, (ok, _) in self.steps.items() if not ok]
+
+    def as_json(self) -> str:
+        return json.dumps(
+            {step: {"took_effect": ok, "evidence": why} for step, (ok, why) in self.steps.items()},
+            indent=2,
+        )
+
+
+@pytest.fixture(scope="session")
+def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A fresh key pair for the user cloud-init creates: (private key file, public key line)."""
+    import subprocess
+
+    key = tmp_path_factory.mktemp("ssh") / "id_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ucvm-lab", "-f", str(key)],
+        check=True,
+    )
+    return key, key.with_suffix(".pub").read_text().strip()
+
+
+def user_data(tag: str, nonce: str, public_key: str) -> bytes:
+    cloud_config = f"""#cloud-config
+users:
+  - name: {USER}
+    shell: /bin/bash
+    sudo: "ALL=(ALL) NOPASSWD:ALL"
+    ssh_authorized_keys:
+      - {public_key}
+write_files:
+  - path: {CHECK_FILE}
+    content: "{nonce}\\n"
+runcmd:
+  - [sh, -c, "echo {nonce} > {COMMAND_FILE}"]
+"""
+    ucernvm = {
+        "cvmfs_tag": tag,
+        "cvmfs_server": CONTEXT_REPO_ADDRESS.removesuffix(":80"),
+        "resize_rootfs": "off",
+    }
+    return ctx.compose_user_data(cloud_config, ucernvm)
+
+
+def loader_effects(record: BootRecord, effects: Effects, channel: str, hostname: str,
+                   snapshot: osrepo.Snapshot) -> None:  # fmt: skip
+    found = record.context_step("channel")
+    effects.record(
+        "channel",
+        bool(found and found.status == "found" and found.fields.get("channel") == channel),
+        f"{found.status} {found.fields}" if found else "no context lines on the console",
+    )
+    step = record.context_step("hostname")
+    effects.record(
+        "loader_hostname",
+        bool(step and step.status == "applied" and step.fields.get("value") == hostname),
+        f"{step.status} {step.fields}" if step else "no hostname step",
+    )
+    step = record.context_step("network")
+    effects.record(
+        "network", bool(step and step.status == "applied"), str(step) if step else "no step"
+    )
+    repo = record.phase("repo")
+    effects.record(
+        "cvmfs_tag",
+        bool(repo and repo.fields.get("tag") == snapshot.tag and record.os_version == snapshot.tag
+             and repo.fields.get("source") == "user-data"),
+        f"repo {repo.fields if repo else '-'}; booted {record.os_version}",
+    )  # fmt: skip
+    server = f"http://{CONTEXT_REPO_ADDRESS.removesuffix(':80')}/"
+    effects.record(
+        "cvmfs_server",
+        bool(repo and repo.fields.get("server") == server),
+        f"repo server {repo.fields.get('server') if repo else '-'}, asked {server}",
+    )
+    scratch = record.phase("scratch")
+    size = int(scratch.fields.get("size_mb", 0)) if scratch else 0
+    effects.record(
+        "resize_rootfs",
+        0 < size <= SCRATCH_MIN_MB,
+        f"scratch {size} MB (off: the minimum, {SCRATCH_MIN_MB} MB; on: the whole free disk)",
+    )
+    step = record.context_step("user-data")
+    effects.record(
+        "user_data_handed_on",
+        bool(step and step.status == "handed-on"),
+        f"{step.status} {step.fields}" if step else "no user-data step",
+    )
+
+
+def os_effects(
+    instance: Instance, record: BootRecord, effects: Effects, key: Path, hostname: str, nonce: str
+) -> None:
+    state = record.ready_field("cloud_init")
+    detail = instance.run("cat /run/cloud-init/result.json 2>&1", timeout=30).output.strip()
+    effects.record("cloud_init", state == "done", f"cloud_init={state}; result.json: {detail}")
+    login = instance.ssh(USER, key, "id -un; hostname; cat " + CHECK_FILE + " " + COMMAND_FILE)
+    lines = login.output.split()
+    effects.record("user_and_ssh_key", login.ok and lines[:1] == [USER], login.output.strip())
+    effects.record("os_hostname", lines[1:2] == [hostname], f"hostname: {lines[1:2]}")
+    effects.record("write_files", lines[2:3] == [nonce], f"{CHECK_FILE}: {lines[2:3]}")
+    effects.record("runcmd", lines[3:4] == [nonce], f"{COMMAND_FILE}: {lines[3:4]}")
+
+
+def test_contextualizes_on_channel(
+    cell: matrix.Cell,
+    channel: str,
+    target: Target,
+    boot_loader: BootLoader,
+    repo_server: osrepo.RepoServer,
+    expected_snapshot: osrepo.Snapshot,
+    lab_matrix: matrix.Matrix,
+    ssh_key: tuple[Path, str],
+    attach_boot,
+) -> None:
+    offered, why = target.offers_channel(channel)
+    if not offered:
+        pytest.skip(f"{cell.target.name} · {channel}: {why}")
+    key, public_key = ssh_key
+    nonce = secrets.token_hex(8)
+    hostname = f"ucvm-{channel}"
+    context = ctx.Context(
+        instance_id=f"i-{secrets.token_hex(8)}",
+        hostname=hostname,
+        user_data=user_data(expected_snapshot.tag, nonce, public_key),
+        ssh_public_keys=(public_key,),
+    )
+    allure.attach(context.user_data, "user-data", allure.attachment_type.TEXT)
+    image_format = cell.target.image_format or target.profile.image_format
+    effects, record = Effects(), None
+    with target.launch(
+        boot_loader,
+        context,
+        channel=channel,
+        image_format=image_format,
+        host_services={GUEST_REPO_ADDRESS: repo_server.port,
+                       CONTEXT_REPO_ADDRESS: repo_server.port},
+    ) as instance:  # fmt: skip
+        try:
+            record = observe_boot(instance, lab_matrix.settings.boot_budget_s)
+            loader_effects(record, effects, channel, hostname, expected_snapshot)
+            if record.ready:
+                os_effects(instance, record, effects, key, hostname, nonce)
+        finally:
+            attach_boot(record, instance.console(), image_format)
+            allure.attach(effects.as_json(), "context-effects.json", allure.attachment_type.JSON)
+            took = [step for step, (ok, _) in effects.steps.items() if ok]
+            allure.dynamic.label("ucvm.context_took_effect", ",".join(took))
+            allure.dynamic.label("ucvm.context_missing", ",".join(effects.missing))
+
+    assert record.ready, record.summary()
+    assert not effects.missing, "did not take effect: " + "; ".join(
+        f"{step} ({effects.steps[step][1]})" for step in effects.missing
+    )
