@@ -194,8 +194,25 @@ def cmd_gate(args: argparse.Namespace, lab: matrix.Matrix) -> int:
 def cmd_sweep(args: argparse.Namespace, lab: matrix.Matrix) -> int:
     removed = osrepo.sweep_servers(lab.settings.run_root)  # before their run dirs go
     removed += sweep(lab.settings.libvirt_uri, lab.settings.run_root)
+    removed += sweep_remote(lab)
     out.print("\n".join(removed) or "nothing to sweep")
     return 0
+
+
+def sweep_remote(lab: matrix.Matrix) -> list[str]:
+    """What dead runs left on the remote targets that can be reached (credentials given)."""
+    removed = []
+    for spec in lab.targets:
+        if spec.driver == "libvirt":
+            continue
+        remote = make_target(spec, lab.settings, Run(new_run_id(), lab.settings.run_root))
+        try:
+            reachable, _ = remote.available()
+            if reachable:
+                removed += [f"{spec.name}: {item}" for item in remote.sweep(lab.settings.run_root)]
+        except TargetError as error:
+            out.print(f"[yellow]sweep of {spec.name} skipped: {error}[/]")
+    return removed
 
 
 def cmd_solve(args: argparse.Namespace, lab: matrix.Matrix | None) -> int:

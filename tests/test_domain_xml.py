@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from lab.targets.libvirt import QEMU_NS, domain_xml, needs_passthrough
+from lab.targets.libvirt import QEMU_NS, GuestNetwork, domain_xml, needs_passthrough
 from lab.targets.profiles import PROFILES
 from lab.targets.run import Run
 
 EMULATED = [name for name, profile in PROFILES.items() if not profile.not_emulated]
+MAC = "52:54:00:aa:bb:cc"
+NETWORK = GuestNetwork(mac=MAC)
+NETDEV = "user,id=ucvm-net0,restrict=on,net=169.254.169.0/24"
 
 
 def render(
@@ -24,6 +27,9 @@ def render(
     uuid: str | None = None,
     boot_args: Sequence[str] = (),
     host_services: Mapping[str, int] | None = None,
+    network: GuestNetwork = NETWORK,
+    smbios: Mapping[str, Mapping[str, str]] | None = None,
+    context_medium: Path | None = None,
 ) -> ET.Element:
     profile = PROFILES[profile_name]
     disks = [(Path("/run/x/disk.qcow2"), "qcow2", False)]
@@ -43,6 +49,9 @@ def render(
         uuid=uuid,
         boot_args=boot_args,
         host_services=host_services,
+        network=network,
+        smbios=smbios,
+        context_medium=context_medium,
     )
     return ET.fromstring(xml)
 
@@ -110,9 +119,9 @@ def test_hyperv_fixed_vhd_stays_with_libvirt() -> None:
     assert qemu_option(domain, "-drive") == []
     assert qemu_arg_list(domain) == [  # QEMU gets the network only
         "-netdev",
-        "user,id=ucvm-net0,restrict=on",
+        NETDEV,
         "-device",
-        "tulip,netdev=ucvm-net0,bus=pci.0,addr=0x18",
+        f"tulip,netdev=ucvm-net0,bus=pci.0,addr=0x18,mac={MAC}",
     ]
 
 
@@ -146,9 +155,9 @@ def test_nic_is_the_platform_s_model_on_user_networking(name: str, device: str) 
     )  # a new profile needs its row here
     domain = render(name)
     assert domain.find("devices/interface") is None  # not libvirt's: it cannot do guestfwd
-    assert qemu_option(domain, "-netdev") == ["user,id=ucvm-net0,restrict=on"]
+    assert qemu_option(domain, "-netdev") == [NETDEV]
     nics = [d for d in qemu_option(domain, "-device") if "netdev=" in d]
-    assert nics == [device]
+    assert nics == [f"{device},mac={MAC}"]
 
 
 @pytest.mark.parametrize(
@@ -165,17 +174,16 @@ def test_nic_slot_is_clear_of_passed_through_disks(name: str, base_format: str) 
 
 
 def test_host_services_are_guest_forwards_to_the_host_s_loopback() -> None:
-    domain = render("kvm", host_services={"10.0.2.100:80": 8123})
+    domain = render("kvm", host_services={"169.254.169.100:80": 8123})
     assert qemu_option(domain, "-netdev") == [
-        "user,id=ucvm-net0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:8123"
+        f"{NETDEV},guestfwd=tcp:169.254.169.100:80-cmd:socat - TCP:127.0.0.1:8123"
     ]
 
 
 def test_several_host_services_in_a_stable_order() -> None:
-    services = {"169.254.169.254:80": 9000, "10.0.2.100:80": 8123}
+    services = {"169.254.169.254:80": 9000, "169.254.169.100:80": 8123}
     netdev = (
-        "user,id=ucvm-net0,restrict=on"
-        ",guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:8123"
+        NETDEV + ",guestfwd=tcp:169.254.169.100:80-cmd:socat - TCP:127.0.0.1:8123"
         ",guestfwd=tcp:169.254.169.254:80-cmd:socat - TCP:127.0.0.1:9000"
     )
     assert qemu_option(render("ec2", host_services=services), "-netdev") == [netdev]
@@ -216,3 +224,42 @@ def test_uuid_is_the_domain_s() -> None:
     uuid = "5f0c3e8a-2b1d-4c6e-9a7f-0e1d2c3b4a59"
     assert render("kvm", uuid=uuid).find("uuid").text == uuid
     assert render("kvm").find("uuid") is None  # libvirt then makes one up
+
+
+# --- contextualization: the SSH forward, the platform's identity, the medium ---------------------
+
+
+def test_ssh_forward_listens_on_the_host_s_loopback_only() -> None:
+    domain = render("kvm", network=GuestNetwork(mac=MAC, ssh_port=2222))
+    assert qemu_option(domain, "-netdev") == [f"{NETDEV},hostfwd=tcp:127.0.0.1:2222-:22"]
+
+
+def test_smbios_identity_and_boot_args_share_the_sysinfo() -> None:
+    uuid = "ec2c0ffe-0000-4000-8000-0000000000aa"
+    identity = {"system": {"manufacturer": "Amazon EC2", "uuid": uuid},
+                "bios": {"vendor": "Amazon EC2"}}  # fmt: skip
+    domain = render("ec2", smbios=identity, boot_args=["ucvm.os=none"], uuid=uuid)
+    sysinfo = domain.find("sysinfo")
+    assert [child.tag for child in sysinfo] == ["bios", "system", "oemStrings"]  # schema order
+    system = {e.get("name"): e.text for e in sysinfo.find("system")}
+    assert system["manufacturer"] == "Amazon EC2" and system["uuid"] == domain.find("uuid").text
+    assert domain.find("os/smbios").get("mode") == "sysinfo"
+
+
+@pytest.mark.parametrize(
+    ("name", "bus"),
+    [
+        ("kvm", "ide"),
+        ("ec2", "sata"),
+        ("vmware", "scsi"),
+        ("virtualbox", "sata"),
+        ("hyperv", "ide"),
+    ],
+)
+def test_context_medium_is_a_cdrom_on_the_platform_s_bus(name: str, bus: str) -> None:
+    domain = render(name, context_medium=Path("/run/x/nocloud.iso"))
+    disks = domain.findall("devices/disk")
+    medium = next(d for d in disks if d.find("source").get("file").endswith("nocloud.iso"))
+    assert medium.get("device") == "cdrom" and medium.find("readonly") is not None
+    assert medium.find("target").get("bus") == bus
+    assert medium.find("boot") is None  # the platform boots its image, not the medium

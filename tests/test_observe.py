@@ -26,6 +26,7 @@ from lab.observe import (
     OS_PHASES,
     PHASES,
     BootRecord,
+    ContextStep,
     next_phase_after,
     parse_fields,
     record_from_console,
@@ -33,7 +34,9 @@ from lab.observe import (
 from lab.targets import base
 from lab.targets.base import Timeline
 
-FUNCTIONS = Path(observe.__file__).parent / "build" / "initramfs" / "functions"
+INITRAMFS = Path(observe.__file__).parent / "build" / "initramfs"
+FUNCTIONS = INITRAMFS / "functions"
+CONTEXT_FUNCTIONS = INITRAMFS / "context"  # /init sources both
 
 BANNER = """\
 SeaBIOS (version 1.16.2-debian-1.16.2-1)
@@ -50,11 +53,20 @@ MODULES = (
     "drivers=failover,net_failover,virtio,virtio_blk,virtio_net,virtio_pci,virtio_ring"
 )
 NETWORK = (
-    "ucvm: phase=network t=4.22 status=ok iface=eth0 driver=virtio_net ip=10.0.2.15 gw=10.0.2.2"
+    "ucvm: phase=network t=4.22 status=ok iface=eth0 driver=virtio_net ip=169.254.169.15 gw=169.254.169.2"
 )
+# The boot loader's contextualization: a line per step, then the phase's marker
+# (lab/build/initramfs/context); the boot option ucvm.version chose the OS, not the user-data.
+CONTEXT_STEPS = [
+    "ucvm: context step=channel status=found channel=nocloud source=/dev/sr0",
+    "ucvm: context step=hostname status=applied value=ucvm-t1-kvm",
+    "ucvm: context step=network status=applied mode=dhcp iface=eth0",
+    "ucvm: context step=user-data status=handed-on bytes=212",
+]
+CONTEXT = "ucvm: phase=context t=4.60 status=ok channel=nocloud applied=2 rejected=0"
 SCRATCH = "ucvm: phase=scratch t=4.90 status=ok dev=/dev/vda2 action=created size_mb=975 boots=1"
 REPO = (
-    "ucvm: phase=repo t=5.30 status=ok server=http://10.0.2.100/ tag=1.2 branch=prod "
+    "ucvm: phase=repo t=5.30 status=ok server=http://169.254.169.100/ tag=1.2 branch=prod "
     "source=requested snapshot=0123456789ab image_bytes=98304000"
 )
 MOUNT = (
@@ -73,6 +85,7 @@ MARKERS = {
     "start": START,
     "modules": MODULES,
     "network": NETWORK,
+    "context": CONTEXT,
     "scratch": SCRATCH,
     "repo": REPO,
     "mount": MOUNT,
@@ -88,6 +101,8 @@ LOADER_TIMELINE: list[tuple[float, str]] = [
     (3.3, "[    2.104311] virtio_blk virtio1: [vda] 28672 512-byte logical blocks (14.7 MB)"),
     (4.0, MODULES),
     (5.6, NETWORK),
+    *[(5.65, line) for line in CONTEXT_STEPS],
+    (5.7, CONTEXT),
     (5.9, "[    4.512000] EXT4-fs (vda2): mounted filesystem with ordered data mode."),
     (6.2, SCRATCH),
 ]
@@ -119,7 +134,7 @@ def timeline_of(text: str) -> list[tuple[float, str]]:
 
 
 def test_phases_are_the_loader_s_then_the_os_s() -> None:
-    assert LOADER_PHASES == ("start", "modules", "network", "scratch")
+    assert LOADER_PHASES == ("start", "modules", "network", "context", "scratch")
     assert OS_PHASES == ("repo", "mount", "switch_root")
     assert list(PHASES) == [*LOADER_PHASES, *OS_PHASES, "ready"]
 
@@ -141,9 +156,11 @@ def test_ready_boot_has_every_phase_in_order(ready_record: BootRecord) -> None:
 
 def test_ready_boot_guest_and_host_times(ready_record: BootRecord) -> None:
     assert [p.guest_s for p in ready_record.phases] == [
-        1.63, 2.71, 4.22, 4.90, 5.30, 6.10, 6.20, 31.20
+        1.63, 2.71, 4.22, 4.60, 4.90, 5.30, 6.10, 6.20, 31.20
     ]  # fmt: skip
-    assert [p.host_s for p in ready_record.phases] == [2.9, 4.0, 5.6, 6.2, 6.9, 7.8, 7.9, 33.6]
+    assert [p.host_s for p in ready_record.phases] == [
+        2.9, 4.0, 5.6, 5.7, 6.2, 6.9, 7.8, 7.9, 33.6
+    ]  # fmt: skip
     assert ready_record.guest_to_ready_s == 31.2
     assert ready_record.host_to_ready_s == 33.6
 
@@ -155,8 +172,8 @@ def test_ready_boot_loader_fields(ready_record: BootRecord) -> None:
     assert network.fields == {
         "iface": "eth0",
         "driver": "virtio_net",
-        "ip": "10.0.2.15",
-        "gw": "10.0.2.2",
+        "ip": "169.254.169.15",
+        "gw": "169.254.169.2",
     }
     start = ready_record.phase("start")
     assert start is not None and start.fields["kernel"] == "6.1.0-28-cloud-amd64"
@@ -168,7 +185,7 @@ def test_ready_boot_os_phase_fields(ready_record: BootRecord) -> None:
     repo = ready_record.phase("repo")
     assert repo is not None and repo.status == "ok"
     assert repo.fields == {
-        "server": "http://10.0.2.100/",
+        "server": "http://169.254.169.100/",
         "tag": "1.2",
         "branch": "prod",
         "source": "requested",
@@ -216,7 +233,8 @@ def test_without_timeline_host_time_is_unknown() -> None:
 def test_ready_summary_without_timeline() -> None:
     record = record_from_console(BOOT_CONSOLE)
     assert record.summary() == "ready (host time unknown) (31.20 s guest uptime), accel unknown"
-    assert record.phase_table().splitlines()[-2].split()[:3] == ["ready", "31.20", "-"]
+    rows = record.phase_table().splitlines()
+    assert rows[len(PHASES)].split()[:3] == ["ready", "31.20", "-"]
 
 
 # --- a boot loader-only boot (ucvm.os=none) ----------------------------------------------------
@@ -267,12 +285,12 @@ def test_loader_only_boot_ready_marker(loader_only_record: BootRecord) -> None:
             {"status": "ok", "snapshot": "1.2 (0123456789ab)", "cache_bytes": "1048576"},
         ),
         (
-            " server=http://10.0.2.100/ "
-            'detail="ucvm-blockd: server unreachable: http://10.0.2.100/manifest (5 attempts)"',
+            " server=http://169.254.169.100/ "
+            'detail="ucvm-blockd: server unreachable: http://169.254.169.100/manifest (5 attempts)"',
             {
-                "server": "http://10.0.2.100/",
+                "server": "http://169.254.169.100/",
                 "detail": "ucvm-blockd: server unreachable: "
-                "http://10.0.2.100/manifest (5 attempts)",
+                "http://169.254.169.100/manifest (5 attempts)",
             },
         ),
     ],
@@ -324,8 +342,8 @@ PANIC = (
 BREAK_NETWORK = "ucvm: break before phase=network (ucvm.break)"
 REPO_UNREACHABLE = (
     "ucvm: phase=repo t=20.1 status=failed reason=repository-unreachable "
-    'server=http://10.0.2.100/ detail="ucvm-blockd: server unreachable: '
-    'http://10.0.2.100/manifest (5 attempts)"'
+    'server=http://169.254.169.100/ detail="ucvm-blockd: server unreachable: '
+    'http://169.254.169.100/manifest (5 attempts)"'
 )
 
 
@@ -378,7 +396,7 @@ REPO_UNREACHABLE = (
             id="panic-after-modules",
         ),
         pytest.param(
-            console(START, MODULES, NETWORK, SCRATCH, REPO, MOUNT, SWITCH_ROOT, PANIC),
+            console(START, MODULES, NETWORK, CONTEXT, SCRATCH, REPO, MOUNT, SWITCH_ROOT, PANIC),
             None,
             "panic",
             "ready",
@@ -394,7 +412,7 @@ REPO_UNREACHABLE = (
             id="hang",
         ),
         pytest.param(
-            console(START, MODULES, NETWORK, SCRATCH),
+            console(START, MODULES, NETWORK, CONTEXT, SCRATCH),
             "timeout",
             "hang",
             "repo",
@@ -402,7 +420,7 @@ REPO_UNREACHABLE = (
             id="hang-after-scratch",
         ),
         pytest.param(
-            console(START, MODULES, NETWORK, SCRATCH, REPO, MOUNT, SWITCH_ROOT),
+            console(START, MODULES, NETWORK, CONTEXT, SCRATCH, REPO, MOUNT, SWITCH_ROOT),
             "timeout",
             "hang",
             "ready",
@@ -419,7 +437,7 @@ REPO_UNREACHABLE = (
         ),
         pytest.param(console(START), "gone", "gone", "modules", "stopped running", id="gone"),
         pytest.param(
-            console(START, MODULES, NETWORK, SCRATCH, REPO),
+            console(START, MODULES, NETWORK, CONTEXT, SCRATCH, REPO),
             "gone",
             "gone",
             "mount",
@@ -430,7 +448,7 @@ REPO_UNREACHABLE = (
             console(START, MODULES, NETWORK),
             "domain vanished",
             "error",
-            "scratch",
+            "context",
             "domain vanished",
             id="error",
         ),
@@ -451,14 +469,14 @@ def test_outcome(
 
 
 def test_repository_unreachable_fails_phase_repo() -> None:
-    text = console(START, MODULES, NETWORK, SCRATCH, REPO_UNREACHABLE)
+    text = console(START, MODULES, NETWORK, CONTEXT, SCRATCH, REPO_UNREACHABLE)
     record = record_from_console(text, timeline_of(text))
     assert record.outcome == "failed"
     assert record.failed_phase == "repo"
     assert record.reason is not None and record.reason.startswith("repository unreachable (")
     assert record.reason == (
-        "repository unreachable (server=http://10.0.2.100/, "
-        "detail=ucvm-blockd: server unreachable: http://10.0.2.100/manifest (5 attempts))"
+        "repository unreachable (server=http://169.254.169.100/, "
+        "detail=ucvm-blockd: server unreachable: http://169.254.169.100/manifest (5 attempts))"
     )
     assert [p.name for p in record.phases] == [*LOADER_PHASES, "repo"]
     assert record.os_version is None
@@ -502,7 +520,7 @@ def test_break_before_each_phase(phase: str) -> None:
 
 
 def test_break_before_the_loader_s_ready() -> None:
-    text = console(START, MODULES, NETWORK, SCRATCH, "ucvm: break before phase=ready (ucvm.break)")
+    text = console(START, MODULES, NETWORK, CONTEXT, SCRATCH, "ucvm: break before phase=ready (ucvm.break)")
     record = record_from_console(text, waited="timeout")
     assert (record.outcome, record.failed_phase) == ("hang", "ready")
 
@@ -515,6 +533,7 @@ def test_marker_after_kernel_noise_on_the_same_line() -> None:
         START,
         "[    2.650000] random: crng init done" + MODULES,
         "[    4.201000] virtio_net virtio0 eth0: link up" + NETWORK,
+        "[    4.580000] ISO 9660 Extensions: RRIP_1991A" + CONTEXT,
         SCRATCH,
         "[    5.290000] random: crng init done" + REPO,
         MOUNT,
@@ -526,7 +545,7 @@ def test_marker_after_kernel_noise_on_the_same_line() -> None:
     network = record.phase("network")
     assert network is not None
     assert network.guest_s == 4.22
-    assert network.fields["gw"] == "10.0.2.2"
+    assert network.fields["gw"] == "169.254.169.2"
     repo = record.phase("repo")
     assert repo is not None and (repo.guest_s, repo.fields["tag"]) == (5.30, "1.2")
 
@@ -541,7 +560,7 @@ def test_kernel_noise_after_a_marker_keeps_name_time_and_status() -> None:
 
 def test_kernel_noise_does_not_leak_into_the_last_field() -> None:
     noisy = SCRATCH + "[    5.020000] EXT4-fs (vda2): mounted filesystem with ordered data mode."
-    record = record_from_console(console(START, MODULES, NETWORK, noisy))
+    record = record_from_console(console(START, MODULES, NETWORK, CONTEXT, noisy))
     scratch = record.phase("scratch")
     assert scratch is not None
     assert scratch.fields["boots"] == "1"
@@ -550,7 +569,7 @@ def test_kernel_noise_does_not_leak_into_the_last_field() -> None:
 def test_kernel_noise_does_not_leak_into_the_os_ready_marker() -> None:
     noisy = OS_READY + "[   31.250000] audit: type=1334 audit(1732494762.123:42): prog-id=12"
     record = record_from_console(
-        console(START, MODULES, NETWORK, SCRATCH, REPO, MOUNT, SWITCH_ROOT, noisy)
+        console(START, MODULES, NETWORK, CONTEXT, SCRATCH, REPO, MOUNT, SWITCH_ROOT, noisy)
     )
     assert record.ready_field("units_failed") == "0"
     assert record.os_version == "1.2"
@@ -561,12 +580,121 @@ def test_a_line_that_only_mentions_ucvm_is_no_marker() -> None:
     assert [p.name for p in record_from_console(text).phases] == ["start"]
 
 
+# --- the boot loader's contextualization: a line per step ---------------------------------------
+
+UCERNVM_REJECTED = (
+    "ucvm: context step=ucernvm status=rejected line={line} key=resize_rootfs value=sometimes "
+    'reason="expected on or off"'
+)
+
+
+def test_ready_boot_context_steps(ready_record: BootRecord) -> None:
+    assert ready_record.context_steps == [
+        ContextStep("channel", "found", {"channel": "nocloud", "source": "/dev/sr0"}),
+        ContextStep("hostname", "applied", {"value": "ucvm-t1-kvm"}),
+        ContextStep("network", "applied", {"mode": "dhcp", "iface": "eth0"}),
+        ContextStep("user-data", "handed-on", {"bytes": "212"}),
+    ]
+    context = ready_record.phase("context")
+    assert context is not None and context.status == "ok"
+    assert context.fields == {"channel": "nocloud", "applied": "2", "rejected": "0"}
+    hostname = ready_record.context_step("hostname")
+    assert hostname is not None and hostname.fields["value"] == "ucvm-t1-kvm"
+    assert ready_record.context_step("cvmfs_tag") is None  # the user-data set no version
+
+
+def test_context_step_is_the_last_line_of_that_step() -> None:
+    text = console(
+        START,
+        MODULES,
+        NETWORK,
+        "ucvm: context step=channel status=found channel=config-drive source=/dev/sr0",
+        UCERNVM_REJECTED.format(line=3),
+        "ucvm: context step=cvmfs_tag status=applied value=1.1 line=4",
+        UCERNVM_REJECTED.format(line=5),
+        "ucvm: phase=context t=4.93 status=ok channel=config-drive applied=1 rejected=2",
+    )
+    record = record_from_console(text)
+    assert [(s.step, s.status) for s in record.context_steps] == [
+        ("channel", "found"),
+        ("ucernvm", "rejected"),
+        ("cvmfs_tag", "applied"),
+        ("ucernvm", "rejected"),
+    ]
+    rejected = record.context_step("ucernvm")
+    assert rejected is not None
+    assert rejected.fields == {
+        "line": "5",
+        "key": "resize_rootfs",
+        "value": "sometimes",
+        "reason": "expected on or off",
+    }
+    tag = record.context_step("cvmfs_tag")
+    assert tag is not None and tag.fields == {"value": "1.1", "line": "4"}
+    assert [p.name for p in record.phases] == ["start", "modules", "network", "context"]
+
+
+def test_a_context_step_is_no_phase() -> None:
+    """Steps printed, the phase's marker not yet: the boot is still in phase context."""
+    text = console(START, MODULES, NETWORK, *CONTEXT_STEPS)
+    record = record_from_console(text, waited="timeout")
+    assert [p.name for p in record.phases] == ["start", "modules", "network"]
+    assert (record.outcome, record.failed_phase) == ("hang", "context")
+    assert len(record.context_steps) == len(CONTEXT_STEPS)
+
+
+def test_kernel_noise_does_not_leak_into_a_context_step() -> None:
+    noisy = UCERNVM_REJECTED.format(line=3) + "[    4.571000] sr 0:0:0:0: Attached scsi CD-ROM sr0"
+    record = record_from_console(console(START, MODULES, NETWORK, noisy))
+    (step,) = record.context_steps
+    assert (step.step, step.status) == ("ucernvm", "rejected")
+    assert step.fields["reason"] == "expected on or off"
+    assert list(step.fields) == ["line", "key", "value", "reason"]
+
+
+def test_a_boot_without_a_channel() -> None:
+    text = console(
+        START,
+        MODULES,
+        NETWORK,
+        'ucvm: context step=channel status=none detail="no medium and no metadata service"',
+        "ucvm: phase=context t=4.31 status=ok channel=none",
+        SCRATCH,
+        LOADER_READY,
+    )
+    record = record_from_console(text)
+    assert record.outcome == "ready"
+    assert record.context_steps == [
+        ContextStep("channel", "none", {"detail": "no medium and no metadata service"})
+    ]
+    assert record.phase_table().splitlines()[-1] == (
+        "context channel: none detail=no medium and no metadata service"
+    )
+
+
+def test_a_context_step_without_fields_has_no_trailing_space_in_the_table() -> None:
+    text = console(START, MODULES, NETWORK, "ucvm: context step=network status=applied")
+    record = record_from_console(text)
+    assert record.context_steps == [ContextStep("network", "applied", {})]
+    assert record.phase_table().splitlines()[-1] == "context network: applied"
+
+
+def test_to_json_carries_the_context_steps(ready_record: BootRecord) -> None:
+    data = json.loads(ready_record.to_json())
+    assert data["context_steps"] == [
+        {"step": "channel", "status": "found", "fields": {"channel": "nocloud", "source": "/dev/sr0"}},
+        {"step": "hostname", "status": "applied", "fields": {"value": "ucvm-t1-kvm"}},
+        {"step": "network", "status": "applied", "fields": {"mode": "dhcp", "iface": "eth0"}},
+        {"step": "user-data", "status": "handed-on", "fields": {"bytes": "212"}},
+    ]
+
+
 # --- the markers as the guest's shell functions print them -------------------------------------
 
-# The fixed paths the functions use, rewritten to files under the test's directory (the
-# console becomes stdout). A path the functions no longer use fails the test loudly.
+# The fixed paths the functions use, rewritten to files under the test's directory. A path the
+# functions no longer use fails the test loudly. The console (UCVM_CONSOLE) becomes stdout and
+# the context directory (UCVM_CONTEXT_DIR) `context` under the test's directory.
 GUEST_PATHS = {
-    "/dev/console": "/dev/stdout",
     "/proc/cmdline": "cmdline",
     "/run/ucvm": "run/ucvm",
     "/sys/firmware/dmi/entries": "dmi",
@@ -641,7 +769,8 @@ def smbios_oem_strings(*strings: str) -> bytes:
 
 
 class Guest:
-    """The initramfs functions in busybox sh on the host, their fixed paths under ``root``."""
+    """The initramfs functions (and the context phase's) in busybox sh on the host, their
+    fixed paths under ``root``."""
 
     def __init__(self, root: Path) -> None:
         busybox = shutil.which("busybox")
@@ -658,13 +787,20 @@ class Guest:
         blockd = root / "bin" / "ucvm-blockd"
         blockd.write_text(FAKE_BLOCKD)
         blockd.chmod(0o755)
-        self.source = FUNCTIONS.read_text()
+        self.source = FUNCTIONS.read_text() + "\n" + CONTEXT_FUNCTIONS.read_text()
         for path, replacement in GUEST_PATHS.items():
             new = replacement if replacement.startswith("/") else str(root / replacement)
             pattern = rf"(?<![\w./]){re.escape(path)}"
             self.source, count = re.subn(pattern, lambda _, new=new: new, self.source)
             if not count:
                 pytest.fail(f"{FUNCTIONS} no longer uses {path}: update GUEST_PATHS")
+
+    def context(self, **settings: str) -> None:
+        """What the context phase keeps of the user-data's [ucernvm-begin] block: a file a
+        key in the context directory, as apply_ucernvm_line writes it."""
+        self.file("context").mkdir(exist_ok=True)
+        for key, value in settings.items():
+            self.file(f"context/{key}").write_text(f"{value}\n")
 
     def smbios(self, entry: str, raw: bytes) -> None:
         (self.root / "dmi" / entry).mkdir()
@@ -687,6 +823,8 @@ class Guest:
             "FAKE_MANIFEST": str(self.root / "manifest"),
             "FAKE_CALLS": str(self.root / "blockd.calls"),
             "FAKE_UNREACHABLE": "1" if self.unreachable else "",
+            "UCVM_CONSOLE": "/dev/stdout",
+            "UCVM_CONTEXT_DIR": str(self.root / "context"),
         }
         result = subprocess.run(
             [self.busybox, "sh", "-c", f"{self.source}\n{GUEST_PRELUDE}\n{script}"],
@@ -706,7 +844,7 @@ def guest(tmp_path: Path) -> Guest:
 
 def test_guest_marker_parses(guest: Guest) -> None:
     line = guest.prints(
-        'marker network status=ok iface=eth0 driver="virtio_net" ip="10.0.2.15" gw="10.0.2.2"'
+        'marker network status=ok iface=eth0 driver="virtio_net" ip="169.254.169.15" gw="169.254.169.2"'
     )
     record = record_from_console(line)
     assert [p.name for p in record.phases] == ["network"]
@@ -714,8 +852,8 @@ def test_guest_marker_parses(guest: Guest) -> None:
     assert record.phases[0].fields == {
         "iface": "eth0",
         "driver": "virtio_net",
-        "ip": "10.0.2.15",
-        "gw": "10.0.2.2",
+        "ip": "169.254.169.15",
+        "gw": "169.254.169.2",
     }
 
 
@@ -803,13 +941,13 @@ def test_guest_published(guest: Guest) -> None:
 def test_guest_boot_args_from_smbios_oem_strings(guest: Guest) -> None:
     guest.smbios(
         "11-0",
-        smbios_oem_strings("ucvm.version=1.1", "vendor=acme", "ucvm.repo=http://10.0.2.100/"),
+        smbios_oem_strings("ucvm.version=1.1", "vendor=acme", "ucvm.repo=http://169.254.169.100/"),
     )
     guest.smbios("1-0", smbios_oem_strings("QEMU", "Standard PC", "ucvm.version=9.9"))
     out = guest.prints('boot_args; cmdline_arg ucvm.version; echo "status=$?"')
     assert out == "1.1\nstatus=0\n"
     boot_args = guest.file("run/ucvm/boot-args").read_text()
-    assert boot_args == "ucvm.version=1.1\nucvm.repo=http://10.0.2.100/\n"
+    assert boot_args == "ucvm.version=1.1\nucvm.repo=http://169.254.169.100/\n"
 
 
 def test_guest_boot_args_of_several_type_11_entries(guest: Guest) -> None:
@@ -875,7 +1013,7 @@ def test_guest_phase_repo(
     image_bytes = next(size for t, _, _, size in SNAPSHOTS if t == tag)
     assert repo.status == "ok"
     assert repo.fields == {
-        "server": "http://10.0.2.100/",
+        "server": "http://169.254.169.100/",
         "tag": tag,
         "branch": branch,
         "source": source,
@@ -887,7 +1025,7 @@ def test_guest_phase_repo(
     assert (pin.read_text() if pin.exists() else None) == (f"{pinned}\n" if pinned else None)
     assert guest.file("scratch/ucvm/serial").read_text() == "9\n"  # the manifest's serial
     get, verify = guest.calls()
-    assert get.startswith("get http://10.0.2.100/manifest ")
+    assert get.startswith("get http://169.254.169.100/manifest ")
     assert f"--header X-Ucvm-Instance: {INSTANCE_UUID}" in get
     assert verify.startswith("verify /etc/ucvm/repo.pub ")
 
@@ -897,6 +1035,150 @@ def test_guest_phase_repo_at_another_server(guest: Guest) -> None:
     record = repo_phase(guest)
     assert record.phases[0].fields["server"] == "http://10.0.2.101:8080/"
     assert guest.calls()[0].startswith("get http://10.0.2.101:8080/manifest ")
+
+
+# The user-data's [ucernvm-begin] block (kept by the context phase in the context directory)
+# chooses the version and the repository where no boot option does.
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "oem", "pinned", "settings", "tag", "source"),
+    [
+        pytest.param(
+            "", None, None, {"cvmfs_tag": "1.1"}, "1.1", "user-data", id="cvmfs_tag",
+        ),
+        pytest.param(
+            "", None, None, {"cvmfs_branch": "testing"}, "1.3-rc1", "user-data",
+            id="cvmfs_branch-is-its-head",
+        ),
+        pytest.param(
+            "", None, None, {"cvmfs_tag": "1.0", "cvmfs_branch": "testing"}, "1.0", "user-data",
+            id="cvmfs_tag-wins-over-cvmfs_branch",
+        ),
+        pytest.param(
+            "", None, "1.2", {"cvmfs_tag": "previous"}, "1.1", "user-data",
+            id="user-data-wins-over-pinned",
+        ),
+        pytest.param(
+            "ucvm.version=1.0", None, None, {"cvmfs_tag": "1.1"}, "1.0", "requested",
+            id="kernel-command-line-wins-over-user-data",
+        ),
+        pytest.param(
+            "", "ucvm.version=testing", "1.2", {"cvmfs_tag": "1.1"}, "1.3-rc1", "requested",
+            id="smbios-boot-option-wins-over-user-data",
+        ),
+    ],
+)  # fmt: skip
+def test_guest_phase_repo_version_from_the_user_data(
+    guest: Guest,
+    cmdline: str,
+    oem: str | None,
+    pinned: str | None,
+    settings: dict[str, str],
+    tag: str,
+    source: str,
+) -> None:
+    guest.cmdline = f"console=ttyS0 {cmdline}"
+    if oem:
+        guest.smbios("11-0", smbios_oem_strings(oem))
+    if pinned:
+        guest.file("scratch/ucvm/pinned").write_text(f"{pinned}\n")
+    guest.context(**settings)
+    repo = repo_phase(guest).phases[0]
+    assert repo.status == "ok"
+    assert (repo.fields["tag"], repo.fields["source"]) == (tag, source)
+    assert repo.fields["snapshot"] == sha(tag + ".img")[:12]
+    assert repo.fields["server"] == "http://169.254.169.100/"  # no cvmfs_server: the default
+
+
+@pytest.mark.parametrize(
+    ("server", "url"),
+    [
+        pytest.param("169.254.169.101", "http://169.254.169.101/", id="host"),
+        pytest.param("169.254.169.101:8080", "http://169.254.169.101:8080/", id="host-port"),
+        pytest.param("http://169.254.169.101:8080", "http://169.254.169.101:8080/", id="url"),
+        pytest.param(
+            "http://repo.example.org/ucvm/", "http://repo.example.org/ucvm/", id="url-with-path"
+        ),
+    ],
+)
+def test_guest_phase_repo_at_the_user_data_s_server(guest: Guest, server: str, url: str) -> None:
+    guest.context(cvmfs_server=server)
+    repo = repo_phase(guest).phases[0]
+    assert repo.status == "ok"
+    assert repo.fields["server"] == url
+    assert (repo.fields["tag"], repo.fields["source"]) == ("1.2", "newest")
+    get, _ = guest.calls()
+    assert get.startswith(f"get {url}manifest ")
+
+
+def test_guest_boot_option_repo_wins_over_the_user_data_s_server(guest: Guest) -> None:
+    guest.cmdline = "console=ttyS0 ucvm.repo=http://169.254.169.102:8080"
+    guest.context(cvmfs_server="169.254.169.101")
+    record = repo_phase(guest)
+    assert record.phases[0].fields["server"] == "http://169.254.169.102:8080/"
+    assert guest.calls()[0].startswith("get http://169.254.169.102:8080/manifest ")
+
+
+def test_guest_unreachable_user_data_server_is_named(guest: Guest) -> None:
+    guest.unreachable = True
+    guest.context(cvmfs_server="169.254.169.101:8080")
+    record = repo_phase(guest)
+    assert (record.outcome, record.failed_phase) == ("failed", "repo")
+    assert record.reason is not None
+    assert record.reason.startswith("repository unreachable (server=http://169.254.169.101:8080/, ")
+
+
+def test_guest_user_data_block_chooses_repository_and_version(guest: Guest) -> None:
+    """From the user-data the channel gave to the repo marker: the context phase's
+    apply_ucernvm keeps the block's keys, phase_repo uses them."""
+    guest.file("context").mkdir()
+    guest.file("context/user-data").write_text(
+        "#cloud-config\n"
+        "hostname: ignored-here\n"
+        "[ucernvm-begin]\n"
+        "cvmfs_server=169.254.169.101:8080\n"
+        "cvmfs_tag=1.1\n"
+        "[ucernvm-end]\n"
+    )
+    text = guest.prints(': >"$CONTEXT/steps"; apply_ucernvm; boot_args; phase_repo')
+    record = record_from_console(text)
+    assert record.context_steps == [
+        ContextStep("cvmfs_server", "applied", {"value": "169.254.169.101:8080", "line": "4"}),
+        ContextStep("cvmfs_tag", "applied", {"value": "1.1", "line": "5"}),
+    ]
+    (repo,) = record.phases
+    assert (repo.name, repo.status) == ("repo", "ok")
+    assert repo.fields["server"] == "http://169.254.169.101:8080/"
+    assert (repo.fields["tag"], repo.fields["branch"], repo.fields["source"]) == (
+        "1.1",
+        "prod",
+        "user-data",
+    )
+    steps = guest.file("context/steps").read_text()
+    assert steps == "cvmfs_server applied\ncvmfs_tag applied\n"
+
+
+def test_guest_context_step_and_marker_parse(guest: Guest) -> None:
+    text = guest.prints(
+        'mkdir -p "$CONTEXT"; '
+        'context_step ucernvm rejected line=4 key=resize_rootfs reason="expected on or off"; '
+        "context_step cvmfs_tag applied value=1.1 line=3; "
+        "marker context status=ok channel=nocloud applied=1 rejected=1"
+    )
+    record = record_from_console(text, waited="timeout")
+    assert record.context_steps == [
+        ContextStep(
+            "ucernvm",
+            "rejected",
+            {"line": "4", "key": "resize_rootfs", "reason": "expected on or off"},
+        ),
+        ContextStep("cvmfs_tag", "applied", {"value": "1.1", "line": "3"}),
+    ]
+    (context,) = record.phases
+    assert (context.name, context.status) == ("context", "ok")
+    assert context.fields == {"channel": "nocloud", "applied": "1", "rejected": "1"}
+    assert guest.file("context/steps").read_text() == "ucernvm rejected\ncvmfs_tag applied\n"
 
 
 def test_guest_phase_repo_unknown_version(guest: Guest) -> None:
@@ -915,8 +1197,8 @@ def test_guest_phase_repo_repository_unreachable(guest: Guest) -> None:
     record = repo_phase(guest)
     assert (record.outcome, record.failed_phase) == ("failed", "repo")
     assert record.reason == (
-        "repository unreachable (server=http://10.0.2.100/, "
-        "detail=ucvm-blockd: server unreachable: http://10.0.2.100/manifest (5 attempts))"
+        "repository unreachable (server=http://169.254.169.100/, "
+        "detail=ucvm-blockd: server unreachable: http://169.254.169.100/manifest (5 attempts))"
     )
 
 
@@ -933,19 +1215,30 @@ def test_guest_phase_repo_fetch_failure_fails_phase_repo(guest: Guest) -> None:
 def test_phase_table_of_a_ready_boot(ready_record: BootRecord) -> None:
     table = ready_record.phase_table()
     rows = table.splitlines()
-    assert len(rows) == 1 + len(PHASES) + 1  # header, one row a phase, outcome
-    for row, name in zip(rows[1:-1], PHASES, strict=True):
+    # header, one row a phase, outcome, then one row a context step
+    assert len(rows) == 1 + len(PHASES) + 1 + len(CONTEXT_STEPS)
+    for row, name in zip(rows[1 : 1 + len(PHASES)], PHASES, strict=True):
         assert row.split()[0] == name
-    assert "10.0.2.15" in rows[3]
-    assert "tag=1.2 branch=prod" in rows[5]
-    assert rows[8].split()[:4] == ["ready", "31.20", "33.60", "ok"]
-    assert rows[-1] == f"outcome: {ready_record.summary()}; OS: 1.2"
+    assert "169.254.169.15" in rows[3]
+    assert rows[4].split()[:4] == ["context", "4.60", "5.70", "ok"]
+    assert "channel=nocloud applied=2 rejected=0" in rows[4]
+    assert "tag=1.2 branch=prod" in rows[6]
+    assert rows[9].split()[:4] == ["ready", "31.20", "33.60", "ok"]
+    assert rows[10] == f"outcome: {ready_record.summary()}; OS: 1.2"
+    assert rows[11:] == [
+        "context channel: found channel=nocloud source=/dev/sr0",
+        "context hostname: applied value=ucvm-t1-kvm",
+        "context network: applied mode=dhcp iface=eth0",
+        "context user-data: handed-on bytes=212",
+    ]
 
 
 def test_phase_table_of_a_loader_only_boot(loader_only_record: BootRecord) -> None:
     rows = loader_only_record.phase_table().splitlines()
-    assert [row.split()[0] for row in rows[1:-1]] == [*LOADER_PHASES, "ready"]
-    assert rows[-1] == f"outcome: {loader_only_record.summary()}; OS: none"
+    phase_rows = rows[1 : 2 + len(LOADER_PHASES)]
+    assert [row.split()[0] for row in phase_rows] == [*LOADER_PHASES, "ready"]
+    assert rows[2 + len(LOADER_PHASES)] == f"outcome: {loader_only_record.summary()}; OS: none"
+    assert len(rows) == 3 + len(LOADER_PHASES) + len(CONTEXT_STEPS)
 
 
 def test_phase_table_of_a_failed_boot() -> None:
@@ -956,7 +1249,7 @@ def test_phase_table_of_a_failed_boot() -> None:
 
 
 def test_phase_table_of_a_boot_that_failed_in_the_repository() -> None:
-    text = console(START, MODULES, NETWORK, SCRATCH, REPO_UNREACHABLE)
+    text = console(START, MODULES, NETWORK, CONTEXT, SCRATCH, REPO_UNREACHABLE)
     rows = record_from_console(text).phase_table().splitlines()
     assert rows[-2].split()[:4] == ["repo", "20.10", "-", "failed"]
     assert rows[-1].startswith("outcome: failed in phase repo: repository unreachable (")
@@ -1015,7 +1308,7 @@ def test_to_json_of_a_ready_boot_carries_host_times(ready_record: BootRecord) ->
     ],
 )
 def test_os_version(lines: list[str], os_version: str, cache_bytes: int) -> None:
-    text = console(START, MODULES, NETWORK, SCRATCH, *lines)
+    text = console(START, MODULES, NETWORK, CONTEXT, SCRATCH, *lines)
     record = record_from_console(text, timeline_of(text))
     assert record.outcome == "ready"
     assert record.os_version == os_version
@@ -1024,7 +1317,7 @@ def test_os_version(lines: list[str], os_version: str, cache_bytes: int) -> None
 
 
 def test_no_os_version_before_ready() -> None:
-    record = record_from_console(console(START, MODULES, NETWORK, SCRATCH, REPO, MOUNT))
+    record = record_from_console(console(START, MODULES, NETWORK, CONTEXT, SCRATCH, REPO, MOUNT))
     assert record.os_version is None
     assert record.ready_field("cache_bytes") is None
     assert record.ready_bytes("cache_bytes") is None
@@ -1102,7 +1395,7 @@ def test_timeline_feeds_record_from_console(clock: FakeClock) -> None:
         timeline.feed(text)
     record = record_from_console(text, timeline.lines)
     assert [p.host_s for p in record.phases] == pytest.approx(
-        [2.9, 4.0, 5.6, 6.2, 6.9, 7.8, 7.9, 33.6]
+        [2.9, 4.0, 5.6, 5.7, 6.2, 6.9, 7.8, 7.9, 33.6]
     )
     assert record.os_version == "1.2"
 

@@ -178,6 +178,12 @@ class Target(ABC):
         here by nature (no emulation, no credentials). A broken host that should be there
         (local libvirtd down) raises TargetError: its cells fail rather than skip."""
 
+    def sweep(self, run_root: Path) -> list[str]:
+        """Remove what dead runs under ``run_root`` left on this target; one line per item.
+        Local targets are swept by their host (lab.targets.libvirt.sweep); a remote driver
+        sweeps its account here."""
+        return []
+
     def offers_channel(self, channel: str) -> tuple[bool, str]:
         """(True, "") if this driver can deliver a context on ``channel`` of its profile, else
         (False, why): a channel the platform has but this driver cannot imitate."""

@@ -69,7 +69,9 @@ NOT_FOUND = {
 }
 NO_CREDENTIALS = (
     "no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile), "
-    "so nothing can run on EC2"
+    "so nothing can run on EC2; the driver's API cycle (upload, register, run with "
+    "user-data, console, terminate, sweep) is checked against moto's EC2 server in "
+    "tests/test_ec2.py, which boots nothing"
 )
 CONSOLE_ANCHOR_CHARS = 200
 # Instance.wait_for polls ten times a second; EC2 throttles an account that asks that often,
@@ -274,6 +276,9 @@ class Ec2Target(Target):
         if credentials is None:
             return False, NO_CREDENTIALS
         return True, f"EC2 {self.region} ({self.endpoint})"
+
+    def sweep(self, run_root: Path) -> list[str]:
+        return sweep_ec2(self.ec2, run_root)
 
     # --- launching ----------------------------------------------------------------------
     def launch(

@@ -230,6 +230,9 @@ def domain_xml(
     if context_medium:
         bus = cdrom_bus(profile)
         disk_element(devices, context_medium, "raw", bus, DEVICE_NAMES[bus] + "c", cdrom=True)
+        if bus == "scsi":  # a SCSI target of its own: PVSCSI has one LUN per target
+            medium = devices.findall("disk")[-1]
+            sub(medium, "address", type="drive", controller="0", bus="0", target="2", unit="0")
     qemu_args += user_network(profile, host_services or {}, network or GuestNetwork())
     console = sub(devices, "serial", type="file")
     sub(console, "source", path=str(console_log))

@@ -389,10 +389,15 @@ class VmwareTarget(Target):
         if missing:
             return False, (
                 f"no vSphere to run on: set {', '.join(missing)} (the vCenter or ESXi SDK URL "
-                f"in {self.url_env}, the login in {USER_ENV} and {PASSWORD_ENV})"
+                f"in {self.url_env}, the login in {USER_ENV} and {PASSWORD_ENV}); the driver's "
+                "API cycle (OVA import, guestinfo, power on, destroy, sweep) is checked against "
+                "govmomi's vCenter simulator in tests/test_vmware.py, which boots nothing"
             )
         about = self.service_instance.RetrieveContent().about  # a failed login is a fault
         return True, f"{about.fullName} at {self.url} as {self.user}"
+
+    def sweep(self, run_root: Path) -> list[str]:
+        return sweep_vmware(self.service_instance, run_root)
 
     # --- placement ----------------------------------------------------------------------
     def placement(self) -> Placement:
