@@ -1,14 +1,20 @@
 """Tests of lab.matrix: the real matrix.yaml loads, and every bad input is reported precisely."""
 
+import os
 import pickle
 from pathlib import Path
 
 import pytest
 
+from lab.build import bootloader
 from lab.matrix import Cell, Matrix, MatrixError, load
+from lab.targets import registry
+from lab.targets.profiles import PROFILES as REAL_PROFILES
 
 REAL_MATRIX = Path(__file__).resolve().parents[1] / "matrix.yaml"
 
+# The names the small matrices below are checked against (their messages list them); the real
+# matrix is loaded with the lab's own: the registry's drivers, profiles and image formats.
 PROFILES = {
     "kvm", "openstack", "opennebula", "vmware", "virtualbox",
     "hyperv", "ec2", "gce", "xen", "parallels",
@@ -72,8 +78,19 @@ def matrix_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # --------------------------------------------------------------------------- the real matrix
 
 
+def load_real_matrix(env: dict[str, str] | None = None) -> Matrix:
+    """matrix.yaml as the lab loads it (registry.load_matrix), with a given environment."""
+    return load(
+        REAL_MATRIX,
+        profiles=REAL_PROFILES,
+        drivers=registry.DRIVERS,
+        image_formats=bootloader.IMAGE_FORMATS,
+        env={} if env is None else env,
+    )
+
+
 def test_the_real_matrix_loads() -> None:
-    matrix = load_matrix(REAL_MATRIX)
+    matrix = load_real_matrix()
 
     assert [target.name for target in matrix.targets][:3] == ["kvm", "openstack", "opennebula"]
     assert matrix.versions == ("newest", "previous", "1.0", "devel")
@@ -87,19 +104,83 @@ def test_the_real_matrix_loads() -> None:
     assert matrix.checks["boot"].budget_mb is None
 
 
+def test_the_real_matrix_loads_as_the_lab_loads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in os.environ if name.startswith("UCVM_")]:
+        monkeypatch.delenv(name)
+
+    assert registry.load_matrix(REAL_MATRIX) == load_real_matrix()
+
+
+def test_the_real_matrix_uses_every_driver_the_registry_has() -> None:
+    """No driver is registered that no target runs, and no target names one not registered."""
+    matrix = load_real_matrix()
+
+    assert {target.driver for target in matrix.targets} == set(registry.DRIVERS)
+
+
+def test_the_real_matrix_refuses_a_driver_the_lab_does_not_have() -> None:
+    """The drivers are checked against the registry's: without ec2 and vmware, their
+    targets are errors at their lines."""
+    with pytest.raises(MatrixError) as caught:
+        load(
+            REAL_MATRIX,
+            profiles=REAL_PROFILES,
+            drivers={"libvirt": registry.DRIVERS["libvirt"]},
+            image_formats=bootloader.IMAGE_FORMATS,
+            env={},
+        )
+    lines = REAL_MATRIX.read_text().splitlines()
+    problems = caught.value.problems
+    assert len(problems) == 2, problems
+    for problem, name, driver in zip(
+        problems, ["ec2-real", "vsphere-real"], ["ec2", "vmware"], strict=True
+    ):
+        line = int(problem.split(":")[1])
+        assert f"name: {name}," in lines[line - 1]
+        assert f"(name '{name}').driver: unknown driver '{driver}'; expected one of: libvirt" in (
+            problem
+        )
+
+
 def test_the_real_matrix_targets_keep_their_options() -> None:
-    matrix = load_matrix(REAL_MATRIX)
+    matrix = load_real_matrix()
 
     assert matrix.target("kvm").evidence == "profile"
     assert matrix.target("kvm").image_format is None
+    assert matrix.target("kvm").driver == "libvirt"
     assert matrix.target("virtualbox-vdi").image_format == "vdi"
     assert matrix.target("xen").tier == 3
     assert matrix.target("xen").settings == {"uri": "xen:///system"}
     assert matrix.target("kvm-remote").evidence == "real"
 
 
+def test_the_real_matrix_has_the_real_clouds() -> None:
+    matrix = load_real_matrix()
+
+    ec2 = matrix.target("ec2-real")
+    assert (ec2.driver, ec2.profile, ec2.tier, ec2.evidence) == ("ec2", "ec2", 3, "real")
+    assert ec2.settings == {"region": "eu-central-1"}
+    vsphere = matrix.target("vsphere-real")
+    assert (vsphere.driver, vsphere.profile, vsphere.tier, vsphere.evidence) == (
+        "vmware",
+        "vmware",
+        3,
+        "real",
+    )
+    # tier 3: reported where they can run, never gating a release
+    assert 3 not in matrix.gate.required_tiers
+
+
+def test_the_real_matrix_checks_contextualization_on_the_previous_version() -> None:
+    context = load_real_matrix().checks["context"]
+
+    assert context.versions == ("previous",)
+    assert (context.covers("previous"), context.covers("newest")) == (True, False)
+    assert context.budget_mb is None
+
+
 def test_the_real_matrix_takes_a_uri_from_the_environment() -> None:
-    matrix = load_matrix(REAL_MATRIX, env={"UCVM_KVM_REMOTE_URI": "qemu+ssh://lab1/system"})
+    matrix = load_real_matrix(env={"UCVM_KVM_REMOTE_URI": "qemu+ssh://lab1/system"})
 
     assert matrix.target("kvm-remote").settings["uri"] == "qemu+ssh://lab1/system"
 

@@ -53,7 +53,8 @@ MODULES = (
     "drivers=failover,net_failover,virtio,virtio_blk,virtio_net,virtio_pci,virtio_ring"
 )
 NETWORK = (
-    "ucvm: phase=network t=4.22 status=ok iface=eth0 driver=virtio_net ip=169.254.169.15 gw=169.254.169.2"
+    "ucvm: phase=network t=4.22 status=ok iface=eth0 driver=virtio_net "
+    "ip=169.254.169.15 gw=169.254.169.2"
 )
 # The boot loader's contextualization: a line per step, then the phase's marker
 # (lab/build/initramfs/context); the boot option ucvm.version chose the OS, not the user-data.
@@ -286,7 +287,8 @@ def test_loader_only_boot_ready_marker(loader_only_record: BootRecord) -> None:
         ),
         (
             " server=http://169.254.169.100/ "
-            'detail="ucvm-blockd: server unreachable: http://169.254.169.100/manifest (5 attempts)"',
+            'detail="ucvm-blockd: server unreachable: '
+            'http://169.254.169.100/manifest (5 attempts)"',
             {
                 "server": "http://169.254.169.100/",
                 "detail": "ucvm-blockd: server unreachable: "
@@ -520,7 +522,9 @@ def test_break_before_each_phase(phase: str) -> None:
 
 
 def test_break_before_the_loader_s_ready() -> None:
-    text = console(START, MODULES, NETWORK, CONTEXT, SCRATCH, "ucvm: break before phase=ready (ucvm.break)")
+    text = console(
+        START, MODULES, NETWORK, CONTEXT, SCRATCH, "ucvm: break before phase=ready (ucvm.break)"
+    )
     record = record_from_console(text, waited="timeout")
     assert (record.outcome, record.failed_phase) == ("hang", "ready")
 
@@ -682,7 +686,11 @@ def test_a_context_step_without_fields_has_no_trailing_space_in_the_table() -> N
 def test_to_json_carries_the_context_steps(ready_record: BootRecord) -> None:
     data = json.loads(ready_record.to_json())
     assert data["context_steps"] == [
-        {"step": "channel", "status": "found", "fields": {"channel": "nocloud", "source": "/dev/sr0"}},
+        {
+            "step": "channel",
+            "status": "found",
+            "fields": {"channel": "nocloud", "source": "/dev/sr0"},
+        },
         {"step": "hostname", "status": "applied", "fields": {"value": "ucvm-t1-kvm"}},
         {"step": "network", "status": "applied", "fields": {"mode": "dhcp", "iface": "eth0"}},
         {"step": "user-data", "status": "handed-on", "fields": {"bytes": "212"}},
@@ -844,7 +852,8 @@ def guest(tmp_path: Path) -> Guest:
 
 def test_guest_marker_parses(guest: Guest) -> None:
     line = guest.prints(
-        'marker network status=ok iface=eth0 driver="virtio_net" ip="169.254.169.15" gw="169.254.169.2"'
+        'marker network status=ok iface=eth0 driver="virtio_net" '
+        'ip="169.254.169.15" gw="169.254.169.2"'
     )
     record = record_from_console(line)
     assert [p.name for p in record.phases] == ["network"]

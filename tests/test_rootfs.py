@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from lab.build import closed_list, rootfs
-from lab.observe import ContextStep, record_from_console
 from lab.build.rootfs import ReleaseError
+from lab.observe import ContextStep, record_from_console
 
 REPO = Path(__file__).resolve().parents[1]
 OS_FILES = REPO / "lab/build/os-files"
@@ -392,14 +392,16 @@ def test_cloud_init_s_complaints_of_this_boot_come_before_the_ready_line(tmp_pat
     root = with_cloud_init(fake_root(tmp_path, BOOT_ENV, STATS), result=RESULT_ERROR, log=log)
     journal = run_ready(root)
     assert journal[:-1] == [
-        'ucvm: context step=cloud-init status=warning '
+        "ucvm: context step=cloud-init status=warning "
         'detail="Invalid format for chpasswd: expected a list"',
         'ucvm: context step=cloud-init status=error detail="Failed running C:scriptsa.sh [1]"',
         'ucvm: context step=cloud-init status=critical detail="the module runner gave up"',
     ]
     assert journal[-1].endswith(" cloud_init=error cloud_init_ds=Ec2Local")
     assert complaints(journal) == [
-        ContextStep("cloud-init", "warning", {"detail": "Invalid format for chpasswd: expected a list"}),
+        ContextStep(
+            "cloud-init", "warning", {"detail": "Invalid format for chpasswd: expected a list"}
+        ),
         ContextStep("cloud-init", "error", {"detail": "Failed running C:scriptsa.sh [1]"}),
         ContextStep("cloud-init", "critical", {"detail": "the module runner gave up"}),
     ]
@@ -442,11 +444,6 @@ def test_no_complaint_lines_without_complaints_of_this_boot(
     assert line.endswith(" cloud_init=unknown" if enabled else " cloud_init=disabled")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ucvm-ready writes the complaints and then the ready line each with > \"$console\": "
-    "a console that is a file (UCVM_CONSOLE, as here) keeps only the ready line",
-)
 def test_cloud_init_s_complaints_reach_the_console_too(tmp_path: Path) -> None:
     log = [init_local(25), cloud_init_log_line("WARNING", "a warning")]
     root = with_cloud_init(fake_root(tmp_path, BOOT_ENV, STATS), result=RESULT_DONE, log=log)
