@@ -101,7 +101,7 @@ write_files:
 runcmd:
   - [touch, /root/contextualized]
 """
-UCERNVM = {"cvmfs_server": "hepvm.cern.ch", "cvmfs_tag": "previous", "resize_rootfs": "off"}
+UCERNVM = {"cvmfs_server": "169.254.169.101", "cvmfs_tag": "previous", "resize_rootfs": "off"}
 
 
 def mime_context() -> Context:
@@ -714,7 +714,7 @@ def test_the_block_is_found_in_the_text_ucernvm_part_of_composed_user_data() -> 
     user_data = ctx.compose_user_data(CLOUD_CONFIG, UCERNVM)
 
     assert ctx.parse_ucernvm_block(user_data, "user-data").values == UCERNVM
-    assert b"\n[ucernvm-begin]\ncvmfs_server=hepvm.cern.ch\n" in user_data  # 7bit: raw
+    assert b"\n[ucernvm-begin]\ncvmfs_server=169.254.169.101\n" in user_data  # 7bit: raw
     assert user_data == ctx.compose_user_data(CLOUD_CONFIG, UCERNVM)
     parts = [p.get_content_type() for p in email.message_from_bytes(user_data).walk()]
     assert parts == ["multipart/mixed", "text/cloud-config", "text/ucernvm"]
@@ -727,11 +727,11 @@ def test_each_problem_names_source_line_and_fix() -> None:
         b"resize_rootfs=yes\n"
         b"just words\n"
         b"cvmfs_tag = 1.2\n"
-        b"cvmfs_server=http://repo.example.org:8080/ucvm\n"
+        b"cvmfs_server=http://169.254.169.101:8080/ucvm\n"
     )
     block = ctx.parse_ucernvm_block(text, "seed/user-data")
 
-    assert block.values == {"cvmfs_server": "http://repo.example.org:8080/ucvm"}
+    assert block.values == {"cvmfs_server": "http://169.254.169.101:8080/ucvm"}
     assert [(p.line, p.source) for p in block.problems] == [
         (1, "seed/user-data"),
         (2, "seed/user-data"),

@@ -5,6 +5,7 @@ serves it (lab.build.context). In seconds, what the context suite checks in real
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -163,6 +164,11 @@ def test_user_data_that_is_not_base64_is_rejected(guest_bin: Path, tmp_path: Pat
         ("colour=blue", 'key=colour reason="unknown key; known: cvmfs_server,cvmfs_tag,'),
         ("cvmfs_tag=", 'reason="empty value"'),
         ("cvmfs_tag 1.1", 'reason="not key=value: cvmfs_tag 1.1"'),
+        ("cvmfs_server=hepvm.cern.ch", "this client resolves no names"),
+        ("cvmfs_server=https://169.254.169.101/", "this client resolves no names"),
+        ("cvmfs_server=169.254.169.101:8080", "step=cvmfs_server status=applied"),
+        ("cvmfs_server=http://169.254.169.101/os", "value=http://169.254.169.101/os"),
+        ("cvmfs_tag=-n", "step=cvmfs_tag status=applied value=-n"),
     ],
 )
 def test_block_lines(block: str, expected: str, guest_bin: Path, tmp_path: Path) -> None:
@@ -174,6 +180,48 @@ def test_block_lines(block: str, expected: str, guest_bin: Path, tmp_path: Path)
     console, _ = run_loader(guest_bin, tmp_path, script)
     assert expected in console, console
     assert context_dir.exists()
+
+
+def test_only_the_first_block_counts(guest_bin: Path, tmp_path: Path) -> None:
+    user_data = "[ucernvm-begin]\ncvmfs_tag=1.1\n[ucernvm-end]\n[ucernvm-begin]\ncvmfs_tag=2.0\n"
+    (tmp_path / "user-data").write_text(user_data)
+    console, context_dir = run_loader(
+        guest_bin, tmp_path, f'cp "{tmp_path / "user-data"}" "$CONTEXT/user-data"\napply_ucernvm'
+    )
+    assert (context_dir / "cvmfs_tag").read_text() == "1.1\n"
+    assert "value=2.0" not in console
+
+
+def test_gzip_user_data_that_does_not_decompress_is_rejected(
+    guest_bin: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "broken.gz").write_bytes(gzip.compress(USER_DATA)[:40])
+    console, context_dir = run_loader(
+        guest_bin, tmp_path,
+        f'cp "{tmp_path / "broken.gz"}" "$CONTEXT/user-data"\ndecompress_user_data',
+    )  # fmt: skip
+    assert "step=user-data status=rejected" in console
+    assert not (context_dir / "user-data").exists()
+    assert not (context_dir / "user-data.plain").exists()
+
+
+def test_gzip_user_data_is_decompressed(guest_bin: Path, tmp_path: Path) -> None:
+    (tmp_path / "ud.gz").write_bytes(gzip.compress(USER_DATA))
+    _, context_dir = run_loader(
+        guest_bin, tmp_path, f'cp "{tmp_path / "ud.gz"}" "$CONTEXT/user-data"\ndecompress_user_data'
+    )
+    assert (context_dir / "user-data").read_bytes() == USER_DATA
+
+
+def test_a_user_data_request_that_times_out_is_reported(guest_bin: Path, tmp_path: Path) -> None:
+    with ctx.MetadataService("openstack-metadata", CONTEXT, mac=MAC, delay_s=0) as service:
+        console, _ = run_loader(
+            guest_bin, tmp_path,
+            "CONTEXT_TIMEOUT_S=1\nmetadata_user_data /openstack/latest/user_data",
+            UCVM_METADATA="http://127.0.0.1:9",  # nothing listens on the discard port
+        )  # fmt: skip
+    assert "step=user-data status=unreachable" in console
+    assert service.requests == []
 
 
 def test_hostname_that_is_not_one_is_rejected(guest_bin: Path, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import difflib
 import email
 import email.message
@@ -846,10 +847,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         service = self.server.service
+        service._record_arrival(self.command, self.path)
         if not service._wait_delay():
             self.close_connection = True  # stopped while "slow": the answer never comes
             return
-        length = int(self.headers.get("Content-Length") or 0)
+        length_text = self.headers.get("Content-Length") or "0"
+        length = int(length_text) if length_text.isascii() and length_text.isdigit() else 0
         if length:
             self.rfile.read(length)
         url = urlsplit(self.path)
@@ -862,7 +865,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(reply.body)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it gave up
+                self.wfile.write(reply.body)
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # the evidence is MetadataService.requests
@@ -892,6 +896,7 @@ class MetadataService:
         self.delay_s = delay_s
         self._responder = _RESPONDERS[channel](context, _normalize_mac(mac, info) or "")
         self._requests: list[tuple[str, str, int]] = []
+        self._arrivals: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -935,6 +940,17 @@ class MetadataService:
         with self._lock:
             return list(self._requests)
 
+    @property
+    def arrivals(self) -> list[tuple[str, str]]:
+        """(method, path with query) of every request received, answered or not (a slow
+        service's client may give up before its answer)."""
+        with self._lock:
+            return list(self._arrivals)
+
+    def _record_arrival(self, method: str, path: str) -> None:
+        with self._lock:
+            self._arrivals.append((method, path))
+
     def _record(self, method: str, path: str, status: int) -> None:
         with self._lock:
             self._requests.append((method, path, status))
@@ -962,13 +978,12 @@ class MetadataService:
 UCERNVM_BEGIN = "[ucernvm-begin]"
 UCERNVM_END = "[ucernvm-end]"
 UCERNVM_CONTENT_TYPE = "text/ucernvm"
-_HOST_PORT = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?")
+# The boot loader's HTTP client takes a numeric IPv4 address (the initramfs resolves no names)
+_HOST_PORT = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}(:[0-9]{1,5})?", re.A)
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 # A URL path takes only what the boot loader accepts in a value: A-Za-z0-9._:/-
-_URL = re.compile(
-    r"https?://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?(/[\w.:/-]*)?", re.A
-)
+_URL = re.compile(r"http://[0-9]{1,3}(\.[0-9]{1,3}){3}(:[0-9]{1,5})?(/[\w.:/-]*)?", re.A)
 
 
 def _valid_server(value: str) -> bool:
@@ -977,7 +992,11 @@ def _valid_server(value: str) -> bool:
 
 # key -> (is the value valid, what a valid value looks like)
 UCERNVM_KEYS: dict[str, tuple[Callable[[str], object], str]] = {
-    "cvmfs_server": (_valid_server, "host[:port] or an http(s):// URL of the OS repository"),
+    "cvmfs_server": (
+        _valid_server,
+        "IPv4[:port] or an http://IPv4[:port]/path URL of the OS repository (the boot "
+        "loader resolves no host names)",
+    ),
     "cvmfs_tag": (_TAG.fullmatch, "an OS version: a tag (e.g. 1.2), newest or previous"),
     "cvmfs_branch": (_BRANCH.fullmatch, "a branch name of the OS repository (e.g. devel)"),
     "resize_rootfs": (lambda value: value in ("on", "off"), "on or off"),

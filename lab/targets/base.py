@@ -28,6 +28,14 @@ if TYPE_CHECKING:
 POLL_S = 0.1
 
 
+# Why the context suite cannot run on a cloud yet: its checks need the lab's repository and an
+# SSH forward on this host's 127.0.0.1, which a cloud instance cannot reach.
+REAL_CONTEXT_RUN = (
+    "a context cell on a real cloud needs an OS repository and an SSH path the cloud can reach "
+    "(a public repository named by cvmfs_server); the lab's are on 127.0.0.1 only (not built yet)"
+)
+
+
 class TargetError(RuntimeError):
     """A target could not do what was asked (launch, reboot, ...); the message says why."""
 

@@ -41,7 +41,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from lab.build.bootloader import BootLoader
 from lab.build.context import Context, check_user_data_size
-from lab.targets.base import Instance, Target, TargetError
+from lab.targets.base import REAL_CONTEXT_RUN, Instance, Target, TargetError
 from lab.targets.credentials import Secret, redact
 from lab.targets.profiles import Profile
 from lab.targets.run import Run, run_is_alive
@@ -279,6 +279,11 @@ class Ec2Target(Target):
 
     def sweep(self, run_root: Path) -> list[str]:
         return sweep_ec2(self.ec2, run_root)
+
+    def offers_channel(self, channel: str) -> tuple[bool, str]:
+        if channel != "ec2-imds":
+            return False, "EC2 contextualizes through its instance metadata service only"
+        return False, REAL_CONTEXT_RUN
 
     # --- launching ----------------------------------------------------------------------
     def launch(

@@ -864,15 +864,17 @@ class LibvirtInstance(Instance):
         self._destroyed = True
         if self._channel:
             self._channel.close()
-        if self.metadata:
-            self.metadata.__exit__(None, None, None)
         try:
             if self.domain is not None:
-                undefine(self.domain)
+                undefine(self.domain)  # first: its end closes the service's connections
                 self.domain = None
         finally:
-            self._kill_orphan_qemu()
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            try:
+                if self.metadata:
+                    self.metadata.__exit__(None, None, None)
+            finally:
+                self._kill_orphan_qemu()
+                shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _kill_orphan_qemu(self) -> None:
         """If libvirtd died, its QEMU lives on: kill it so nothing outlives the run."""

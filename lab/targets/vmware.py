@@ -5,8 +5,10 @@ The import is the one vSphere clients make: OvfManager.CreateImportSpec from the
 descriptor, ResourcePool.ImportVApp, then the disk uploaded over HTTP to the device URL of
 the HttpNfcLease, with lease progress and HttpNfcLeaseComplete. The user-data reaches the
 guest the way cloud-init's VMware datasource reads it: ``guestinfo.metadata`` and
-``guestinfo.userdata`` (base64, with their ``.encoding`` keys) in the VM's extraConfig; the
-per-instance boot options (``ucvm.version=1.1``) become ``guestinfo.ucvm.*`` keys.
+``guestinfo.userdata`` (base64, with their ``.encoding`` keys) in the VM's extraConfig. Boot
+options (``ucvm.version=1.1``) are refused: the boot loader reads them from SMBIOS OEM
+strings, which vSphere does not set per VM, and it does not read guestinfo (no VMware Tools
+in the initramfs); the user-data's ``[ucernvm-begin]`` block selects the version instead.
 
 Every VM is named ``ucvm-<run id>-...`` and its annotation names the run and its run root
 (and a custom field the run, where the server has custom fields), so ``sweep_vmware`` can
@@ -48,7 +50,7 @@ from pyVmomi.VmomiSupport import ManagedObject
 
 from lab.build.bootloader import BootLoader
 from lab.build.context import Context
-from lab.targets.base import Instance, Target, TargetError
+from lab.targets.base import REAL_CONTEXT_RUN, Instance, Target, TargetError
 from lab.targets.credentials import Secret, redact
 from lab.targets.profiles import Profile
 from lab.targets.run import PREFIX, Run, run_is_alive
@@ -245,8 +247,8 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def guestinfo(context: Context | None, boot_args: Sequence[str]) -> dict[str, str]:
-    """extraConfig keys as cloud-init's VMware datasource and the boot loader read them."""
+def guestinfo(context: Context | None) -> dict[str, str]:
+    """extraConfig keys as cloud-init's VMware datasource reads them."""
     keys: dict[str, str] = {}
     if context is not None:
         metadata = {
@@ -258,14 +260,6 @@ def guestinfo(context: Context | None, boot_args: Sequence[str]) -> dict[str, st
         keys["guestinfo.metadata.encoding"] = "base64"
         keys["guestinfo.userdata"] = b64(context.user_data)
         keys["guestinfo.userdata.encoding"] = "base64"
-    for arg in boot_args:
-        name, equals, value = arg.partition("=")
-        if not (name.startswith("ucvm.") and equals and value):
-            raise TargetError(
-                f"boot argument {arg!r}: VMware gets boot options as guestinfo.ucvm.* keys; "
-                "give them as ucvm.NAME=VALUE"
-            )
-        keys[f"guestinfo.{name}"] = value
     return keys
 
 
@@ -399,6 +393,11 @@ class VmwareTarget(Target):
     def sweep(self, run_root: Path) -> list[str]:
         return sweep_vmware(self.service_instance, run_root)
 
+    def offers_channel(self, channel: str) -> tuple[bool, str]:
+        if channel != GUESTINFO:
+            return False, f"the VMware driver contextualizes through {GUESTINFO} only"
+        return False, REAL_CONTEXT_RUN
+
     # --- placement ----------------------------------------------------------------------
     def placement(self) -> Placement:
         si = self.service_instance
@@ -429,7 +428,13 @@ class VmwareTarget(Target):
         ``channel`` here), power it on. The VM's hardware is the OVF's: ``profile`` only labels
         the instance."""
         self._check(channel, image_format, kernel_args, host_services)
-        keys = guestinfo(context, boot_args)
+        if boot_args:
+            raise TargetError(
+                f"{self.name}: the boot loader reads boot options ({' '.join(boot_args)}) from "
+                "SMBIOS OEM strings, which vSphere does not set per VM; ask for the OS version "
+                "in the user-data's [ucernvm-begin] block (cvmfs_tag) instead"
+            )
+        keys = guestinfo(context)
         name = self.run.resource_name(self.name, secrets.token_hex(3))
         instance = VmwareInstance(name, self, profile or self.profile, self.run.dir / name)
         instance.accel, instance.accel_reason = "vsphere", "the vSphere host runs it"

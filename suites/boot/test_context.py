@@ -70,7 +70,7 @@ def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return key, key.with_suffix(".pub").read_text().strip()
 
 
-def user_data(tag: str, nonce: str, public_key: str) -> bytes:
+def user_data(tag: str, nonces: dict[str, str], public_key: str) -> bytes:
     cloud_config = f"""#cloud-config
 users:
   - name: {USER}
@@ -80,9 +80,9 @@ users:
       - {public_key}
 write_files:
   - path: {CHECK_FILE}
-    content: "{nonce}\\n"
+    content: "{nonces["write_files"]}\\n"
 runcmd:
-  - [sh, -c, "echo {nonce} > {COMMAND_FILE}"]
+  - [sh, -c, "echo {nonces["runcmd"]} > {COMMAND_FILE}"]
 """
     ucernvm = {
         "cvmfs_tag": tag,
@@ -139,17 +139,33 @@ def loader_effects(record: BootRecord, effects: Effects, channel: str, hostname:
 
 
 def os_effects(
-    instance: Instance, record: BootRecord, effects: Effects, key: Path, hostname: str, nonce: str
+    instance: Instance,
+    record: BootRecord,
+    effects: Effects,
+    key: Path,
+    hostname: str,
+    nonces: dict[str, str],
 ) -> None:
+    """cloud-init's part, each effect by its own command as the user it created."""
     state = record.ready_field("cloud_init")
     detail = instance.run("cat /run/cloud-init/result.json 2>&1", timeout=30).output.strip()
     effects.record("cloud_init", state == "done", f"cloud_init={state}; result.json: {detail}")
-    login = instance.ssh(USER, key, "id -un; hostname; cat " + CHECK_FILE + " " + COMMAND_FILE)
-    lines = login.output.split()
-    effects.record("user_and_ssh_key", login.ok and lines[:1] == [USER], login.output.strip())
-    effects.record("os_hostname", lines[1:2] == [hostname], f"hostname: {lines[1:2]}")
-    effects.record("write_files", lines[2:3] == [nonce], f"{CHECK_FILE}: {lines[2:3]}")
-    effects.record("runcmd", lines[3:4] == [nonce], f"{COMMAND_FILE}: {lines[3:4]}")
+
+    def as_user(command: str) -> tuple[bool, str]:
+        result = instance.ssh(USER, key, command)
+        return result.ok, result.output.strip()
+
+    ok, out = as_user("id -un")
+    effects.record("user_and_ssh_key", ok and out == USER, f"ssh {USER}@ with the key: {out}")
+    ok, out = as_user("sudo -n cat /var/lib/cloud/data/set-hostname")  # cloud-init's own record
+    effects.record("sudo", ok, f"sudo -n as {USER}: {'allowed' if ok else out}")
+    set_by_cloud_init = ok and json.loads(out or "{}").get("hostname") == hostname
+    ok, out = as_user("hostname")
+    evidence = f"hostname {out}; cloud-init's set-hostname record names it: {set_by_cloud_init}"
+    effects.record("os_hostname", set_by_cloud_init and out == hostname, evidence)
+    for step, path in (("write_files", CHECK_FILE), ("runcmd", COMMAND_FILE)):
+        ok, out = as_user(f"cat {path}")
+        effects.record(step, ok and out == nonces[step], f"{path}: {out}")
 
 
 def test_contextualizes_on_channel(
@@ -167,12 +183,12 @@ def test_contextualizes_on_channel(
     if not offered:
         pytest.skip(f"{cell.target.name} · {channel}: {why}")
     key, public_key = ssh_key
-    nonce = secrets.token_hex(8)
+    nonces = {step: secrets.token_hex(8) for step in ("write_files", "runcmd")}
     hostname = f"ucvm-{channel}"
     context = ctx.Context(
         instance_id=f"i-{secrets.token_hex(8)}",
         hostname=hostname,
-        user_data=user_data(expected_snapshot.tag, nonce, public_key),
+        user_data=user_data(expected_snapshot.tag, nonces, public_key),
         ssh_public_keys=(public_key,),
     )
     allure.attach(context.user_data, "user-data", allure.attachment_type.TEXT)
@@ -190,7 +206,7 @@ def test_contextualizes_on_channel(
             record = observe_boot(instance, lab_matrix.settings.boot_budget_s)
             loader_effects(record, effects, channel, hostname, expected_snapshot)
             if record.ready:
-                os_effects(instance, record, effects, key, hostname, nonce)
+                os_effects(instance, record, effects, key, hostname, nonces)
         finally:
             attach_boot(record, instance.console(), image_format)
             allure.attach(effects.as_json(), "context-effects.json", allure.attachment_type.JSON)
