@@ -87,6 +87,7 @@ class Check:
     description: str
     budget_mb: float | None = None
     versions: tuple[str, ...] | None = None  # None: every version of the matrix
+    boot_budget_s: float | None = None  # None: settings.boot_budget_s
 
     def covers(self, version: str) -> bool:
         return self.versions is None or version in self.versions
@@ -203,6 +204,7 @@ class _CheckSchema(_Schema):
     description: str
     budget_mb: PositiveNumber | None = None
     versions: Annotated[list[Name], Field(min_length=1)] | None = None
+    boot_budget_s: PositiveNumber | None = None
 
 
 class _GateSchema(_Schema):
@@ -530,6 +532,7 @@ def _build_matrix(
                 check.description,
                 check.budget_mb,
                 tuple(check.versions) if check.versions else None,
+                check.boot_budget_s,
             )
             for name, check in schema.checks.items()
         },

@@ -177,6 +177,8 @@ def test_the_real_matrix_checks_contextualization_on_the_previous_version() -> N
     assert context.versions == ("previous",)
     assert (context.covers("previous"), context.covers("newest")) == (True, False)
     assert context.budget_mb is None
+    assert context.boot_budget_s == 480  # cloud-init's stages, beyond settings.boot_budget_s
+    assert load_real_matrix().checks["boot"].boot_budget_s is None  # the settings' budget
 
 
 def test_the_real_matrix_takes_a_uri_from_the_environment() -> None:

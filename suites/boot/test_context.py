@@ -203,7 +203,8 @@ def test_contextualizes_on_channel(
                        CONTEXT_REPO_ADDRESS: repo_server.port},
     ) as instance:  # fmt: skip
         try:
-            record = observe_boot(instance, lab_matrix.settings.boot_budget_s)
+            budget = lab_matrix.checks["context"].boot_budget_s or lab_matrix.settings.boot_budget_s
+            record = observe_boot(instance, budget)
             loader_effects(record, effects, channel, hostname, expected_snapshot)
             if record.ready:
                 os_effects(instance, record, effects, key, hostname, nonces)
