@@ -237,7 +237,7 @@ def test_b_user_data_over_16_kib_is_refused_before_any_api_call(
     ("option", "why"),
     [
         ({"kernel_args": "ucvm.break=network"}, "direct kernel boot"),
-        ({"host_services": {"10.0.2.100:80": 8080}}, "cannot reach this host's 127.0.0.1"),
+        ({"host_services": {"169.254.169.100:80": 8080}}, "cannot reach this host's 127.0.0.1"),
         ({"boot_args": ("ucvm.version=1.1",)}, "no per-instance SMBIOS OEM strings"),
         ({"image_format": "qcow2"}, "raw image"),
         ({"channel": "nocloud"}, "through ec2-imds only"),

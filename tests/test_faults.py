@@ -76,7 +76,7 @@ def test_a_failed_phase_is_reported_by_name(
     assert record.outcome == "failed"
     assert record.failed_phase == "scratch"
     assert record.reason.startswith("no disk (need_mb=999999, ")
-    assert [p.name for p in record.phases] == ["start", "modules", "network", "scratch"]
+    assert [p.name for p in record.phases] == ["start", "modules", "network", "context", "scratch"]
 
 
 KILLED_RUN = """
