@@ -41,6 +41,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.mime.multipart import MIMEMultipart
@@ -700,11 +701,11 @@ class _Reply:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-class _Responder:
+class _Responder(ABC):
+    @abstractmethod
     def answer(
         self, method: str, path: str, query: dict[str, list[str]], headers: email.message.Message
-    ) -> _Reply:
-        raise NotImplementedError
+    ) -> _Reply: ...
 
 
 def _tree_reply(root: _Dir, path: str) -> _Reply:

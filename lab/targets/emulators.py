@@ -14,11 +14,12 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import IO, ClassVar
 
 
-class ChildServer:
+class ChildServer(ABC):
     """A child process that serves on 127.0.0.1 and announces itself with its first line on
     standard output; its standard error (its log) is kept in a temporary file.
 
@@ -50,13 +51,13 @@ class ChildServer:
             raise
         return self.url
 
+    @abstractmethod
     def _spawn(self, stderr: IO[bytes]) -> subprocess.Popen[bytes]:
         """Start the child, its standard output a pipe and its standard error ``stderr``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _url_from(self, line: str) -> str | None:
         """The URL that the child's first line announces, or None if it announces none."""
-        raise NotImplementedError
 
     def _url_from_first_line(self) -> str:
         assert self._process is not None and self._process.stdout is not None
@@ -94,7 +95,7 @@ class ChildServer:
     def _ask_to_stop(self, process: subprocess.Popen[bytes]) -> None:
         process.terminate()  # SIGTERM
 
-    def _clean_up(self) -> None:
+    def _clean_up(self) -> None:  # noqa: B027  # a hook: most children leave nothing else
         """What else to remove once the child has stopped (or failed to start)."""
 
     def __exit__(
