@@ -726,7 +726,7 @@ class ContextDelivery:
         service = ctx.MetadataService(
             self.channel, self.context, mac=instance.network.mac, delay_s=delay_s
         )
-        instance.metadata = service.__enter__()
+        instance.metadata = service.start()
         services[METADATA_ADDRESS] = service.port
         return services
 
@@ -871,7 +871,7 @@ class LibvirtInstance(Instance):
         finally:
             try:
                 if self.metadata:
-                    self.metadata.__exit__(None, None, None)
+                    self.metadata.stop()
             finally:
                 self._kill_orphan_qemu()
                 shutil.rmtree(self.workdir, ignore_errors=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,8 +61,6 @@ class Effects:
 @pytest.fixture(scope="session")
 def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A fresh key pair for the user cloud-init creates: (private key file, public key line)."""
-    import subprocess
-
     key = tmp_path_factory.mktemp("ssh") / "id_ed25519"
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ucvm-lab", "-f", str(key)],
