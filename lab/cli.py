@@ -7,7 +7,8 @@ ucvm-lab run [--targets a,b] [--shard K/N] [-n WORKERS]
                                run the suites over the matrix, then write the report
 ucvm-lab report [DIR ...]      support table + Allure HTML from allure-results dirs (CI shards)
 ucvm-lab gate [DIR ...]        the release verdict from the gate policy; exit 1 when it fails
-ucvm-lab sweep                 remove what dead runs left (domains, files)
+ucvm-lab sweep                 remove what dead runs left (domains, files); what is not
+                               a run of this lab is left alone and listed
 ucvm-lab solve LIST --index F [--index F ...] -o DIR [--engine highs|glpk]
                                shopping list -> closed package list + cernvm-system .deb
 ucvm-lab diff OLD.json NEW.json  what changed between two closed lists
@@ -35,6 +36,7 @@ from lab.build import bootloader, closed_list, explain, index, osrepo, rootfs, s
 from lab.build.artifacts import file_digest
 from lab.build.packages import Repository, dpkg_compare
 from lab.report import allure_html, gate, known_issues, table
+from lab.runroot import RunRootError
 from lab.targets.base import TargetError
 from lab.targets.libvirt import sweep
 from lab.targets.profiles import PROFILES
@@ -116,19 +118,41 @@ def cmd_targets(args: argparse.Namespace, lab: matrix.Matrix) -> int:
     return 0
 
 
-def shard_targets(lab: matrix.Matrix, shard: str) -> list[str]:
-    index, _, count = shard.partition("/")
-    k, n = int(index), int(count)
-    if not 1 <= k <= n:
-        raise SystemExit(f"--shard {shard}: expected K/N with 1 <= K <= N")
-    return [t.name for i, t in enumerate(lab.targets) if i % n == k - 1]
+def shard_spec(text: str) -> tuple[int, int]:
+    """argparse's type for --shard: `K/N`, whole numbers with 1 <= K <= N."""
+    k, slash, n = text.strip().partition("/")
+    if not (slash and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected K/N, two whole numbers with 1 <= K <= N (e.g. 2/4)"
+        )
+    return int(k), int(n)
+
+
+def shard_targets(names: list[str], shard: tuple[int, int]) -> list[str]:
+    """The K-th of N slices of ``names`` (every N-th, from the K-th); may be empty."""
+    k, n = shard
+    return [name for i, name in enumerate(names) if i % n == k - 1]
+
+
+def chosen_targets(args: argparse.Namespace, lab: matrix.Matrix) -> list[str] | None:
+    """--targets (checked against the matrix), then sliced by --shard; None: every target."""
+    names = [name.strip() for name in args.targets.split(",") if name.strip()]
+    lab.cells(names)  # MatrixError naming the unknown ones and the known
+    if args.shard is None:
+        return names or None
+    return shard_targets([t.name for t in lab.targets if not names or t.name in names], args.shard)
 
 
 def cmd_run(args: argparse.Namespace, lab: matrix.Matrix) -> int:
     results = lab.settings.reports / "allure-results"
-    chosen = args.targets.split(",") if args.targets else []
-    if args.shard:
-        chosen = shard_targets(lab, args.shard)
+    try:
+        chosen = chosen_targets(args, lab)
+    except matrix.MatrixError as error:
+        return error_exit("run", f"--targets / UCVM_TARGETS: {error}", 2)
+    if chosen == []:
+        k, n = args.shard
+        out.print(f"shard {k}/{n} of these {len(lab.targets)} targets is empty: nothing to run")
+        return 0
     command = [
         sys.executable, "-m", "pytest", str(REPO / "suites"), "-p", "no:cacheprovider",
         f"--matrix={lab.path}", f"--alluredir={results}", "--clean-alluredir",
@@ -192,10 +216,13 @@ def cmd_gate(args: argparse.Namespace, lab: matrix.Matrix) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace, lab: matrix.Matrix) -> int:
-    removed = osrepo.sweep_servers(lab.settings.run_root)  # before their run dirs go
-    removed += sweep(lab.settings.libvirt_uri, lab.settings.run_root)
+    try:
+        removed = osrepo.sweep_servers(lab.settings.run_root)  # before their run dirs go
+        removed += sweep(lab.settings.libvirt_uri, lab.settings.run_root)
+    except RunRootError as error:  # matrix.load refused it already; this is the second check
+        return error_exit("sweep", f"{error}; nothing was swept", 2)
     removed += sweep_remote(lab)
-    out.print("\n".join(removed) or "nothing to sweep")
+    out.print("\n".join(removed) or "nothing to sweep", highlight=False)
     return 0
 
 
@@ -215,19 +242,62 @@ def sweep_remote(lab: matrix.Matrix) -> list[str]:
     return removed
 
 
+def os_problem(error: OSError) -> str:
+    """``FILE: what is wrong`` for an OSError (its file when it names one)."""
+    if error.filename is None:
+        return str(error)
+    target = f" -> {error.filename2}" if error.filename2 else ""
+    return f"{error.filename}{target}: {error.strerror}"
+
+
+def error_exit(command: str, message: str, status: int) -> int:
+    print(f"ucvm-lab {command}: {message}", file=sys.stderr)
+    return status
+
+
+def output_dir_problem(out_dir: Path, create: bool = True) -> str | None:
+    """Why ``-o`` cannot be the results directory, or None (once made, with ``create``)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        return f"{out_dir}: exists and is not a directory; give -o a directory (made if missing)"
+    if not create:
+        return None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"{os_problem(error)}; give -o a directory you can write (made if missing)"
+    return None
+
+
 def cmd_solve(args: argparse.Namespace, lab: matrix.Matrix | None) -> int:
     started = time.perf_counter()
+    out_dir = Path(args.output)
+    if problem := output_dir_problem(out_dir, create=False):  # before the slow index read
+        return error_exit("solve", problem, 2)
     try:
         repository = index.load_cached([Path(p) for p in args.index])
         load_s = time.perf_counter() - started
         wanted = solver.read_shopping_list(Path(args.shopping_list), repository)
-    except (index.IndexFormatError, solver.ShoppingListError, OSError) as error:
-        print(f"ucvm-lab solve: {error}", file=sys.stderr)
-        return 2
+    except (index.IndexFormatError, solver.ShoppingListError) as error:
+        return error_exit("solve", str(error), 2)
+    except OSError as error:  # the artifact store that caches the parsed index
+        return error_exit("solve", f"{os_problem(error)}; check UCVM_CACHE is writable", 1)
+    if problem := output_dir_problem(out_dir):  # made only for a list that was accepted
+        return error_exit("solve", problem, 2)
+    try:
+        return solve_into(args, repository, wanted, out_dir, load_s)
+    except OSError as error:
+        return error_exit("solve", f"{os_problem(error)}; the results are incomplete", 1)
+
+
+def solve_into(
+    args: argparse.Namespace,
+    repository: Repository,
+    wanted: list[solver.Wanted],
+    out_dir: Path,
+    load_s: float,
+) -> int:
     model = solver.build_model(repository, wanted)
     solution = solver.solve(model, args.engine, time_limit=args.time_limit)
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
     out.print(
         f"{len(repository):,} candidates, {len(wanted)} wanted; model: "
         + ", ".join(f"{k} {v:,}" for k, v in model.counts().items())
@@ -277,11 +347,11 @@ def write_solution(
 
 
 def cmd_diff(args: argparse.Namespace, lab: matrix.Matrix | None) -> int:
-    change = closed_list.diff(
-        closed_list.read_json(Path(args.old)),
-        closed_list.read_json(Path(args.new)),
-        dpkg_compare,
-    )
+    try:
+        old, new = closed_list.read_json(Path(args.old)), closed_list.read_json(Path(args.new))
+    except closed_list.ClosedListError as error:
+        return error_exit("diff", str(error), 2)
+    change = closed_list.diff(old, new, dpkg_compare)
     out.print("\n".join(change.lines()) or "no change", highlight=False)
     return 0
 
@@ -293,22 +363,32 @@ def os_repository(args: argparse.Namespace) -> osrepo.Repository:
 def cmd_repo(args: argparse.Namespace, lab: matrix.Matrix | None) -> int:
     try:
         if args.repo_command == "serve":
+            assert lab is not None, "serve sets needs_matrix: main() loaded the matrix"
             return cmd_repo_serve(args, os_repository(args), lab)
         return args.repo_func(args, os_repository(args))
     except osrepo.RepoError as error:
-        print(f"ucvm-lab repo {args.repo_command}: {error}", file=sys.stderr)
-        return 2
+        return error_exit(f"repo {args.repo_command}", str(error), 2)
+    except OSError as error:  # a read-only or full file system, a path that is not a directory
+        return error_exit(
+            f"repo {args.repo_command}",
+            f"{os_problem(error)}; the repository (--repo, UCVM_REPO) and the key's directory "
+            "(UCVM_REPO_KEY) must be directories you can write",
+            1,
+        )
 
 
 def cmd_repo_init(args: argparse.Namespace, repo: osrepo.Repository) -> int:
     manifest = repo.init(args.name, args.default_branch)
-    out.print(f"repository {manifest.repository} in {repo.root}, key {repo.key_path}")
+    key = repo.public_key()
+    out.print(
+        f"repository {manifest.repository} in {repo.root}, key {repo.key_path} ({key.keyid})",
+        highlight=False,
+    )
     return 0
 
 
 def cmd_repo_publish(args: argparse.Namespace, repo: osrepo.Repository) -> int:
-    if not repo.exists():
-        repo.init(args.name, args.default_branch or args.branch)
+    repo.check_key()  # a repository that `repo init` made, and its own key
     before = repo.manifest().serial
     snapshot = repo.publish(Path(args.image), args.tag, args.branch, args.block_bytes)
     if repo.manifest().serial == before:
@@ -416,8 +496,15 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("build").set_defaults(func=cmd_build)
     commands.add_parser("targets").set_defaults(func=cmd_targets)
     run = commands.add_parser("run")
-    run.add_argument("--targets", default=os.environ.get("UCVM_TARGETS", ""))
-    run.add_argument("--shard", help="K/N: run the K-th of N slices of the targets (CI fan-out)")
+    run.add_argument(
+        "--targets", default=os.environ.get("UCVM_TARGETS", ""), help="a,b: only these targets"
+    )
+    run.add_argument(
+        "--shard",
+        type=shard_spec,
+        help="K/N: run the K-th of N slices of the targets (of --targets, if given; CI fan-out); "
+        "an empty slice runs nothing",
+    )
     run.add_argument("-n", "--workers", default="2", help="pytest-xdist workers (default 2)")
     run.set_defaults(func=cmd_run)
     for name, func in (("report", cmd_report), ("gate", cmd_gate)):
@@ -438,7 +525,12 @@ def parser() -> argparse.ArgumentParser:
     solve.add_argument("-o", "--output", required=True, help="directory for the results")
     solve.add_argument("--engine", choices=solver.ENGINES, default="highs")
     solve.add_argument("--time-limit", type=float, default=120.0)
-    solve.add_argument("--version", default="1.0", help="version of the cernvm-system package")
+    solve.add_argument(
+        "--version",
+        default="1.0",
+        type=meta_version,
+        help="version of the cernvm-system package (a Debian version)",
+    )
     solve.set_defaults(func=cmd_solve, needs_matrix=False)
     change = commands.add_parser("diff", help="compare two closed lists (closed-list.json)")
     change.add_argument("old")
@@ -446,6 +538,13 @@ def parser() -> argparse.ArgumentParser:
     change.set_defaults(func=cmd_diff, needs_matrix=False)
     add_repo_commands(commands)
     return main
+
+
+def meta_version(text: str) -> str:
+    """argparse's check of solve --version (build_meta_package checks it again)."""
+    if problem := closed_list.meta_version_problem(text):
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def add_repo_commands(commands: argparse._SubParsersAction) -> None:
@@ -465,8 +564,6 @@ def add_repo_commands(commands: argparse._SubParsersAction) -> None:
     publish.add_argument("--tag", required=True)
     publish.add_argument("--branch", required=True)
     publish.add_argument("--block-bytes", type=int, default=osrepo.BLOCK_BYTES)
-    publish.add_argument("--name", default="ucvm", help="a new repository's name")
-    publish.add_argument("--default-branch", help="a new repository's (default: --branch)")
     publish.set_defaults(repo_func=cmd_repo_publish)
     tag = group.add_parser("tag", parents=[common], help="give a snapshot one more tag")
     tag.add_argument("existing")

@@ -4,11 +4,15 @@ The file is read once, here, at the edge; nothing else in the lab parses it.
 Loading happens in four steps:
 
 1. ruamel.yaml parses the text into a tree that remembers the line and column
-   of every key and item (`node.lc`).
+   of every key and item (`node.lc`). The file may hold at most MAX_BYTES (1 MiB;
+   UCVM_MAX_MATRIX_BYTES raises it), checked before parsing, and MAX_TARGETS targets.
 2. pydantic checks the shape and types of the tree (strictly: `"1"` is not a
-   number), and a few plain checks look for duplicates across items.
+   number), and a few plain checks look for duplicates across items and for
+   names the lab does not know: check names (the suites'), each driver's settings
+   keys, the run root (lab.runroot) and the known-issues file.
 3. Every `settings:` key may be overridden by an environment variable
-   `UCVM_<KEY>`; those strings are converted to the key's type.
+   `UCVM_<KEY>`; those strings are converted to the key's type. An empty variable
+   is an error, not "unset".
 4. Every problem found is reported at once, one line each, as
    `FILE:LINE:COLUMN: KEY.PATH: what is wrong; what was expected`.
    Only when there is none are the result dataclasses built.
@@ -34,11 +38,21 @@ from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML, CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from lab import runroot
+from lab.matrix_rules import Loc, unknown_names
+from lab.matrix_rules import Problem as _Problem  # lab.build.rootfs uses matrix._Problem
+from lab.matrix_rules import list_at as _list_at
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 """What a target name or a version may look like (both end up in pytest ids)."""
 
 ENV_PREFIX = "UCVM_"
 """`UCVM_ACCEL=tcg` overrides `settings: accel:`."""
+
+MAX_BYTES = 1 << 20
+MAX_BYTES_ENV = "UCVM_MAX_MATRIX_BYTES"
+MAX_TARGETS = 1000
+"""Limits checked before the tree is validated: parsing and validation grow with the size."""
 
 
 # --------------------------------------------------------------------------- the result
@@ -160,6 +174,16 @@ Tier = Annotated[int, AfterValidator(_check_tier)]
 PositiveNumber = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
+def _check_run_root(root: str) -> str:
+    found = runroot.problem(root)
+    if found:
+        raise ValueError(found)
+    return root
+
+
+RunRoot = Annotated[str, AfterValidator(_check_run_root)]
+
+
 class _Schema(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -167,7 +191,7 @@ class _Schema(BaseModel):
 class _SettingsSchema(_Schema):
     accel: Literal["auto", "kvm", "tcg"]
     libvirt_uri: str
-    run_root: str
+    run_root: RunRoot
     reports: str
     boot_budget_s: PositiveNumber
     scratch_gb: PositiveNumber
@@ -186,6 +210,7 @@ class _TargetSchema(_Schema):
     @classmethod
     def _known_to_the_lab(cls, value: str | None, info: ValidationInfo) -> str | None:
         """The allowed drivers, profiles and formats come from the caller (the context)."""
+        assert info.context is not None, "load() always validates with the lab's choices"
         allowed = info.context[info.field_name]
         if value is None or value in allowed:
             return value
@@ -237,16 +262,24 @@ def load(
     path: Path,
     *,
     profiles: Collection[str],
-    drivers: Collection[str],
+    drivers: Mapping[str, Collection[str]],
     image_formats: Collection[str],
+    checks: Collection[str],
+    required_checks: Collection[str] = (),
     env: Mapping[str, str] | None = None,
 ) -> Matrix:
-    """Read, validate and resolve a matrix file; raise MatrixError listing every problem."""
+    """Read, validate and resolve a matrix file; raise MatrixError listing every problem.
+
+    ``drivers`` maps each driver's name to the settings keys it takes; ``checks`` are the
+    suites' check names, ``required_checks`` those the lab reads whatever the matrix says."""
     environment = os.environ if env is None else env
-    tree = _read_yaml(path)
+    tree = _read_yaml(path, _byte_limit(environment))
+    _refuse_too_many_targets(path, tree)
     choices = {"profile": profiles, "driver": drivers, "image_format": image_formats}
     schema, problems = _validate_schema(tree, choices)
     problems += _duplicate_problems(tree)
+    problems += unknown_names(tree, drivers, checks, required_checks)
+    problems += _missing_files(path, tree)
     settings, override_messages = _settings_with_overrides(tree, environment)
     messages = [*_file_messages(path, tree, problems), *override_messages]
     if schema is None or settings is None or messages:
@@ -254,11 +287,27 @@ def load(
     return _build_matrix(path, schema, settings, environment)
 
 
-def _read_yaml(path: Path) -> Any:
+def _byte_limit(env: Mapping[str, str]) -> int:
+    value = env.get(MAX_BYTES_ENV)
+    if value is None:
+        return MAX_BYTES
+    if not value.strip().isdigit() or int(value) < 1:
+        raise MatrixError(f"{MAX_BYTES_ENV}={value!r}: expected a whole number of bytes (> 0)")
+    return int(value)
+
+
+def _read_yaml(path: Path, limit: int = MAX_BYTES) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            data = stream.read(limit + 1)  # never more: the file may be huge, or endless
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise MatrixError(f"{path}: cannot read the file: {error}") from error
+    if len(data) > limit:
+        raise MatrixError(
+            f"{path}: larger than {limit:,} bytes, the limit for the lab's YAML files (nothing "
+            f"was parsed); shorten it, or raise the limit with {MAX_BYTES_ENV}=BYTES"
+        )
     try:
         return YAML(typ="rt").load(text)
     except MarkedYAMLError as error:
@@ -278,16 +327,6 @@ def _yaml_error_message(path: Path, error: MarkedYAMLError) -> str:
 
 
 # --------------------------------------------------------------------------- problems
-
-Loc = tuple[str | int, ...]
-"""Where in the tree: keys and list indices from the top, as pydantic reports them."""
-
-
-@dataclass(frozen=True)
-class _Problem:
-    loc: Loc
-    message: str
-    at_key: bool = False  # point at the key itself rather than at its value
 
 
 def _validate_schema(
@@ -367,6 +406,16 @@ def _describe_value(value: Any) -> str:
     return type(value).__name__
 
 
+def _refuse_too_many_targets(path: Path, tree: Any) -> None:
+    count = len(_list_at(tree, "targets"))
+    if count > MAX_TARGETS:
+        line, column = _position(tree, ("targets",), at_key=True)
+        raise MatrixError(
+            f"{path}:{line}:{column}: targets: {count:,} targets; a matrix takes at most "
+            f"{MAX_TARGETS:,}: split it into several matrix files (--matrix)"
+        )
+
+
 def _duplicate_problems(tree: Any) -> list[_Problem]:
     return [
         *_duplicate_target_names(tree),
@@ -406,9 +455,15 @@ def _unknown_check_versions(tree: Any) -> Iterator[_Problem]:
                 yield _Problem(("checks", name, "versions", index), message)
 
 
-def _list_at(tree: Any, key: str) -> list[Any]:
-    value = tree.get(key) if isinstance(tree, dict) else None
-    return value if isinstance(value, list) else []
+def _missing_files(path: Path, tree: Any) -> Iterator[_Problem]:
+    gate = tree.get("gate") if isinstance(tree, dict) else None
+    named = gate.get("known_issues") if isinstance(gate, dict) else None
+    if isinstance(named, str) and not _beside(path, named).is_file():
+        message = (
+            f"{_beside(path, named)} is not a file; create it (empty: no known issues) "
+            "or name the right one (relative to this file)"
+        )
+        yield _Problem(("gate", "known_issues"), message)
 
 
 def _repeats(values: list[Any]) -> Iterator[tuple[int, int]]:
@@ -500,13 +555,24 @@ def _settings_with_overrides(
         for key in _SettingsSchema.model_fields
         if _env_variable(key) in env
     }
+    empty = [_empty_override_message(key) for key, value in overrides.items() if not value.strip()]
+    overrides = {key: value for key, value in overrides.items() if value.strip()}
     in_file = tree.get("settings") if isinstance(tree, dict) else None
     merged = {**in_file, **overrides} if isinstance(in_file, dict) else overrides
     try:
-        return _SettingsSchema.model_validate(merged, strict=False), []
+        return _SettingsSchema.model_validate(merged, strict=False), empty
     except ValidationError as error:
         details = [detail for detail in error.errors() if detail["loc"][0] in overrides]
-        return None, [_override_message(detail, overrides) for detail in details]
+        return None, empty + [_override_message(detail, overrides) for detail in details]
+
+
+def _empty_override_message(key: str) -> str:
+    variable = _env_variable(key)
+    return (
+        f"{variable} is set but empty (overrides settings.{key}): an empty variable is an "
+        f"error, not unset; give it a value, or unset it (`unset {variable}`, or "
+        f"`env -u {variable} ucvm-lab ...`) to use the file's settings.{key}"
+    )
 
 
 def _override_message(error: ErrorDetails, overrides: Mapping[str, str]) -> str:

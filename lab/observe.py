@@ -15,19 +15,35 @@ from dataclasses import asdict, dataclass, field
 
 from lab.targets.base import Instance, InstanceGone, TargetError, WaitAborted, WaitTimeout
 
-# A marker's fields end at the line's end, or where kernel output (`[  5.02] ...`) cuts in.
-FIELDS_END = r"(?P<rest>.*?)(?=\[\s*\d+\.\d+\]|$)"
-MARKER = re.compile(r"ucvm: phase=(?P<name>[\w-]+) t=(?P<t>[\d.]+)" + FIELDS_END)
-FIELD = re.compile(r'(?P<key>\w+)=(?:"(?P<quoted>[^"]*)"|(?P<plain>\S*))')
-PANIC = re.compile(r"Kernel panic - not syncing: ?(?P<why>.*)")
-BREAK = re.compile(r"ucvm: break before phase=(?P<name>[\w-]+)")
+# Markers count only at the start of a console line (the guest's own writer prints them so;
+# a value from user-data or metadata is quoted and escaped by the guest, so it can never start
+# a line). A kernel message (`[  5.02] ...`) that cuts into a marker ends its fields there,
+# unless it is inside a quoted value.
+LINE_START = r"^\r?"
+MARKER = re.compile(
+    LINE_START + r"ucvm: phase=(?P<name>[\w-]+) t=(?P<t>[\d.]+)(?=\s|$)(?P<rest>.*)"
+)
+QUOTED = r'"(?P<quoted>(?:[^"\\]|\\.)*)"'
+FIELD = re.compile(r"(?P<key>\w+)=(?:" + QUOTED + r"|(?P<plain>[^\s\"]*))")
+KERNEL_CUT = re.compile(r'"(?:[^"\\]|\\.)*"|(?P<stamp>\[\s*\d+\.\d+\])')
+ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|.)", re.DOTALL)
+NAMED_ESCAPES = {"n": b"\n", "r": b"\r", "t": b"\t"}
+PANIC = re.compile(
+    LINE_START + r"(?:\[\s*\d+\.\d+\] )?Kernel panic - not syncing: ?(?P<why>.*)", re.MULTILINE
+)
+BREAK = re.compile(LINE_START + r"ucvm: break before phase=(?P<name>[\w-]+)", re.MULTILINE)
 # The boot loader's contextualization, a line per step (lab/build/initramfs/context)
 CONTEXT_STEP = re.compile(
-    r"ucvm: context step=(?P<step>[\w-]+) status=(?P<status>[\w-]+)" + FIELDS_END
+    LINE_START
+    + r"ucvm: context step=(?P<step>[\w-]+) status=(?P<status>[\w-]+)(?=\s|$)(?P<rest>.*)"
 )
-# What ends a wait early: the boot can no longer reach `ready`.
-FAILURE = r"ucvm: phase=\S+ t=\S+ status=failed|Kernel panic - not syncing"
-READY = r"ucvm: phase=ready "
+# What ends a wait early: the boot can no longer reach `ready` (Instance.wait_for patterns,
+# matched line by line; `^` is the start of a line).
+FAILURE = (
+    LINE_START + r"ucvm: phase=[\w-]+ t=[\d.]+ status=failed(?:\s|$)"
+    r"|" + LINE_START + r"(?:\[\s*\d+\.\d+\] )?Kernel panic - not syncing"
+)
+READY = LINE_START + r"ucvm: phase=ready t=[\d.]+(?:\s|$)"
 # The phases, in order: the boot loader's, then the OS's own `ready` (printed by the booted OS;
 # with ucvm.os=none the boot loader prints it right after scratch).
 LOADER_PHASES = ("start", "modules", "network", "context", "scratch")
@@ -128,10 +144,34 @@ class BootRecord:
         return json.dumps(asdict(self) | {"summary": self.summary()}, indent=2)
 
 
+def unescape(text: str) -> str:
+    r"""A quoted value's text as the guest had it: \\ \" \n \r \t and \xHH (bytes, which
+    may spell UTF-8) undone."""
+    data, at = bytearray(), 0
+    for escape in ESCAPE.finditer(text):
+        code = escape[1]
+        data += text[at : escape.start()].encode()
+        if len(code) == 3:  # xHH
+            data.append(int(code[1:], 16))
+        else:
+            data += NAMED_ESCAPES.get(code, code.encode())
+        at = escape.end()
+    data += text[at:].encode()
+    return data.decode("utf-8", "replace")
+
+
+def cut_kernel_output(text: str) -> str:
+    """``text`` up to the first kernel message outside a quoted value."""
+    for match in KERNEL_CUT.finditer(text):
+        if match["stamp"]:
+            return text[: match.start()]
+    return text
+
+
 def parse_fields(text: str) -> dict[str, str]:
     return {
-        m["key"]: m["quoted"] if m["quoted"] is not None else m["plain"]
-        for m in FIELD.finditer(text)
+        m["key"]: unescape(m["quoted"]) if m["quoted"] is not None else m["plain"]
+        for m in FIELD.finditer(cut_kernel_output(text))
     }
 
 
@@ -139,7 +179,7 @@ def parse_phases(lines: list[tuple[float | None, str]]) -> list[Phase]:
     """Markers from (host seconds, line) pairs; host time is None where it is unknown."""
     phases = []
     for host_s, line in lines:
-        match = MARKER.search(line)
+        match = MARKER.match(line)
         if match:
             fields = parse_fields(match["rest"])
             status = fields.pop("status", "ok")
@@ -150,7 +190,7 @@ def parse_phases(lines: list[tuple[float | None, str]]) -> list[Phase]:
 def parse_context_steps(lines: list[tuple[float | None, str]]) -> list[ContextStep]:
     steps = []
     for _, line in lines:
-        match = CONTEXT_STEP.search(line)
+        match = CONTEXT_STEP.match(line)
         if match:
             steps.append(ContextStep(match["step"], match["status"], parse_fields(match["rest"])))
     return steps
@@ -200,7 +240,7 @@ def record_from_console(
 ) -> BootRecord:
     """A boot record from a console text; ``timeline`` gives the host time of each line."""
     lines: list[tuple[float | None, str]] = (
-        list(timeline) if timeline else [(None, line) for line in console.splitlines()]
+        list(timeline) if timeline else [(None, line.rstrip("\r")) for line in console.split("\n")]
     )
     phases = parse_phases(lines)
     outcome, failed_phase, reason = judge(phases, console, waited=waited)

@@ -60,13 +60,16 @@ fi
 for _ in $(seq 100); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.1; done
 [ -S /run/libvirt/libvirt-sock ] || { log "libvirtd did not come up: see /var/log/libvirt/libvirtd.log"; exit 1; }
 
-# The Python side, reinstalled only when pyproject.toml changes.
-stamp="$venv/.installed-$(sha256sum "$here/pyproject.toml" | cut -c1-16)"
+# The Python side: exactly the pinned, hashed set of requirements.lock (refresh it with
+# scripts/lock.sh), then the lab itself without dependencies. A new virtual environment is
+# made whenever the lock or pyproject.toml changes, so nothing unlocked lingers in it.
+stamp="$venv/.installed-$(cat "$here/pyproject.toml" "$here/requirements.lock" | sha256sum | cut -c1-16)"
 if [ ! -e "$stamp" ]; then
-  log "creating the virtual environment in $venv"
+  log "creating the virtual environment in $venv from requirements.lock"
+  rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip
-  "$venv/bin/pip" install -q -e "$here[dev]"
+  "$venv/bin/pip" install -q --require-hashes -r "$here/requirements.lock"
+  "$venv/bin/pip" install -q --no-deps -e "$here"
   touch "$stamp"
 fi
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shutil
@@ -10,6 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from lab import matrix
+from lab.cli import chosen_targets
+from lab.targets.registry import load_matrix
+from lab.targets.run import Run
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_RESULTS = REPO / "tests" / "data" / "allure-results-sample"
@@ -137,14 +143,61 @@ def test_sweep_runs_and_reports(tmp_path: Path) -> None:
     text = (REPO / "matrix.yaml").read_text()
     matrix.write_text(re.sub(r"(?m)^(\s+run_root:).*$", rf"\1 {tmp_path / 'runs'}", text))
     shutil.copy(REPO / "known-issues.yaml", tmp_path)
-    dead_run = tmp_path / "runs" / "0101000000dead"
-    dead_run.mkdir(parents=True)
-    (dead_run / ".alive").touch()  # nobody holds its lock: the run is dead
+    run = Run("0101000000dead", tmp_path / "runs").hold()
+    assert run._lock is not None
+    run._lock.close()  # nobody holds its lock: the run is dead
+    (tmp_path / "runs" / "0101000000beef").mkdir()  # a run's name, but not the lab's marker
 
     result = ucvm_lab("--matrix", str(matrix), "sweep")
     assert result.returncode == 0, result.stderr
-    assert f"files {dead_run}" in result.stdout
-    assert not dead_run.exists()
+    assert f"files {run.dir}" in result.stdout
+    assert not run.dir.exists()
+    assert f"left alone: {tmp_path / 'runs' / '0101000000beef'}: not a ucvm-lab run" in (
+        result.stdout
+    )
+    assert (tmp_path / "runs" / "0101000000beef").is_dir()
+
+
+# --------------------------------------------------------------------------- run: shard, targets
+
+
+@pytest.fixture(scope="module")
+def real_matrix() -> matrix.Matrix:
+    return load_matrix(REPO / "matrix.yaml")
+
+
+@pytest.mark.parametrize("shard", ["abc", "1", "0/3", "4/3", "1/0", "-1/3", "1/3/2", "a/b", ""])
+def test_a_bad_shard_is_refused_by_the_parser(shard: str) -> None:
+    result = ucvm_lab("run", f"--shard={shard}")
+    assert result.returncode == 2, result.stdout
+    assert "argument --shard: " in result.stderr and "expected K/N" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_empty_shard_runs_nothing(real_matrix: matrix.Matrix) -> None:
+    count = len(real_matrix.targets)
+    result = ucvm_lab("run", "--shard", f"{count + 1}/{count + 1}")
+    assert result.returncode == 0, result.stderr
+    assert "is empty: nothing to run" in result.stdout
+    assert "pytest" not in result.stdout  # no suite was started, let alone the whole matrix
+
+
+def test_shards_split_the_targets_without_overlap(real_matrix: matrix.Matrix) -> None:
+    names = [t.name for t in real_matrix.targets]
+    for n in (1, 2, 3, len(names), len(names) + 1):
+        shards = [
+            chosen_targets(argparse.Namespace(targets="", shard=(k, n)), real_matrix)
+            for k in range(1, n + 1)
+        ]
+        assert sorted(name for shard in shards for name in shard) == sorted(names), n
+    first = chosen_targets(argparse.Namespace(targets="kvm,xen,gce", shard=(1, 2)), real_matrix)
+    assert first == ["kvm", "xen"]  # a shard of the selection, in the selection's order
+
+
+def test_unknown_targets_are_refused_with_the_known_ones() -> None:
+    result = ucvm_lab("run", "--targets", "kvm,kvmm")
+    assert result.returncode == 2
+    assert "unknown target 'kvmm'; known targets: kvm, openstack" in result.stderr
 
 
 PACKAGES = """\

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import pytest
 from filelock import FileLock
 
 from lab.build import context as ctx
+from lab.build import userdata
 from lab.build.context import Context, ContextError, MetadataService
 
 CLOUD_INIT_CACHE = Path("/var/tmp/ucvm-lab-cache/cloud-init-debian12")
@@ -556,6 +558,18 @@ def test_ec2_refuses_user_data_over_16_kib() -> None:
         MetadataService("ec2-imds", Context("i-1", "h", b"x" * 16385), mac=MAC)
 
 
+def test_openstack_counts_its_limit_on_the_base64_text() -> None:
+    ctx.check_user_data_size("OpenStack", b"x" * 49149)  # 65,532 characters of base64
+    with pytest.raises(ContextError, match=r"49,150 bytes \(65,536 as its base64\)"):
+        ctx.check_user_data_size("OpenStack", b"x" * 49150)
+
+
+def test_gce_counts_binary_user_data_as_the_base64_it_is_stored_as() -> None:
+    ctx.check_user_data_size("Google Compute Engine", b"x" * 262144)
+    with pytest.raises(ContextError, match="as its metadata value"):
+        ctx.check_user_data_size("Google Compute Engine", b"\xff" * 200000)
+
+
 # --- services ------------------------------------------------------------------------------
 
 
@@ -728,23 +742,59 @@ def test_each_problem_names_source_line_and_fix() -> None:
         b"just words\n"
         b"cvmfs_tag = 1.2\n"
         b"cvmfs_server=http://169.254.169.101:8080/ucvm\n"
+        b"[ucernvm-end]\n"
     )
     block = ctx.parse_ucernvm_block(text, "seed/user-data")
 
     assert block.values == {"cvmfs_server": "http://169.254.169.101:8080/ucvm"}
     assert [(p.line, p.source) for p in block.problems] == [
-        (1, "seed/user-data"),
         (2, "seed/user-data"),
         (3, "seed/user-data"),
         (4, "seed/user-data"),
         (5, "seed/user-data"),
     ]
-    no_end, unknown, bad_value, no_equals, blanks = (str(p) for p in block.problems)
-    assert "without [ucernvm-end]" in no_end and "add a line [ucernvm-end]" in no_end
+    unknown, bad_value, no_equals, blanks = (str(p) for p in block.problems)
     assert "unknown key 'cvmfs_srever'" in unknown and "did you mean cvmfs_server?" in unknown
     assert "resize_rootfs='yes' is not valid" in bad_value and "on or off" in bad_value
     assert "is not key=value" in no_equals
     assert "unknown key 'cvmfs_tag '" in blanks  # the boot loader does not trim either
+
+
+def test_a_block_without_its_end_is_ignored_whole() -> None:
+    block = ctx.parse_ucernvm_block(b"[ucernvm-begin]\ncvmfs_tag=1.2\n", "seed/user-data")
+
+    assert block.values == {} and block.found
+    [problem] = block.problems
+    assert str(problem).startswith("seed/user-data, line 1: [ucernvm-begin] without [ucernvm-end]")
+    assert "add a line [ucernvm-end]" in str(problem)
+
+
+def test_gzip_is_decompressed_to_1_mib_at_most() -> None:
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024))  # 64 MiB of zeros in ~64 KiB
+    [problem] = ctx.parse_ucernvm_block(bomb, "user-data").problems
+
+    assert (problem.step, problem.line) == ("user-data", 0)
+    assert "more than 1,048,576 bytes" in str(problem)
+    with pytest.raises(zlib.error, match="more than 1,024 bytes"):
+        userdata.gunzip_bounded(bomb, 1024)
+    two_members = gzip.compress(b"a" * 10) + gzip.compress(b"b" * 10)
+    assert userdata.gunzip_bounded(two_members, 20) == b"a" * 10 + b"b" * 10
+    with pytest.raises(zlib.error, match="cut short"):
+        userdata.gunzip_bounded(gzip.compress(b"a" * 1000)[:-9], 2000)
+
+
+def test_deep_mime_nesting_is_one_pass_not_a_recursion() -> None:
+    message = b"Content-Type: text/ucernvm\n\n[ucernvm-begin]\ncvmfs_tag=1.1\n[ucernvm-end]\n"
+    for level in range(10000):  # old: RecursionError in email.message.walk()
+        message = (
+            f"Content-Type: multipart/mixed; boundary=n{level}\n\n--n{level}\n".encode()
+            + message
+            + f"\n--n{level}--\n".encode()
+        )
+    block = ctx.parse_ucernvm_block(b"MIME-Version: 1.0\n" + message, "user-data")
+
+    [problem] = block.problems
+    assert block.values == {} and "first text/ucernvm part only" in problem.what
 
 
 def test_a_base64_part_that_is_not_base64_is_a_problem() -> None:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import itertools
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
-from lab.targets.libvirt import QEMU_NS, GuestNetwork, domain_xml, needs_passthrough
+from lab.targets.libvirt import (
+    QEMU_NS,
+    GuestNetwork,
+    LibvirtInstance,
+    channel_boot_args,
+    domain_xml,
+    needs_passthrough,
+)
 from lab.targets.profiles import PROFILES
 from lab.targets.run import Run
 
@@ -206,6 +214,22 @@ def test_boot_args_are_smbios_oem_strings() -> None:
     sysinfo = domain.findall("sysinfo")
     assert [s.get("type") for s in sysinfo] == ["smbios"]
     assert [e.text for e in sysinfo[0].findall("oemStrings/entry")] == args
+
+
+def test_the_channel_key_is_an_oem_string_of_each_instance_s_own(tmp_path: Path) -> None:
+    first, second = (
+        LibvirtInstance(f"i{n}", None, PROFILES["kvm"], tmp_path)  # type: ignore[arg-type]
+        for n in (1, 2)
+    )
+    assert re.fullmatch(r"[0-9a-f]{64}", first.channel_key)
+    assert first.channel_key != second.channel_key
+    args = channel_boot_args(["ucvm.version=1.1"], first.channel_key)
+    domain = render("kvm", boot_args=args)
+    assert [e.text for e in domain.findall("sysinfo/oemStrings/entry")] == [
+        "ucvm.version=1.1",
+        f"ucvm.channel_key={first.channel_key}",
+    ]
+    assert first.channel_key not in " ".join(e.text or "" for e in domain.iter("cmdline"))
 
 
 def test_without_boot_args_there_is_no_sysinfo() -> None:

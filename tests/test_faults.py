@@ -4,6 +4,7 @@ under test) and then checks that no domain, QEMU process or file of it is left."
 
 from __future__ import annotations
 
+import stat
 import subprocess
 import sys
 import time
@@ -58,11 +59,17 @@ def test_a_hung_guest_is_destroyed_at_its_budget(
         record = observe_boot(instance, HANG_BUDGET_S)
         name, workdir = instance.name, instance.workdir
         console = instance.console()
+        modes = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in [workdir, *workdir.iterdir()]}
 
     assert record.outcome == "hang"
     assert record.failed_phase == "network"
     assert "ucvm.break=network" in record.reason
     assert "phase=modules" in console  # the console so far is kept for the report
+    # QEMU (libvirt-qemu) only traverses the directories; libvirt hands it the files it needs
+    assert modes.pop(workdir.name) == 0o711
+    assert modes.pop("channel.sock") & 0o002 == 0  # QEMU's socket: nobody else may connect
+    assert modes == dict.fromkeys(modes, 0o600), modes
+    assert {"disk.qcow2", "console.log", "vmlinuz"} <= set(modes)
     assert leftovers(kvm_target.conn, name) == []
     assert not workdir.exists()
 

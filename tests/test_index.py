@@ -314,6 +314,45 @@ def test_not_utf8(tmp_path: Path) -> None:
         read_debian([path])
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        ("Packages.gz", GOOD.encode(), "not a valid gzip file (Not a gzipped file"),
+        ("Packages.gz", gzip.compress(GOOD.encode())[:20], "not a valid gzip file (Compressed"),
+        ("Packages.xz", lzma.compress(GOOD.encode())[:30], "not a valid xz file (Compressed"),
+        ("Packages.xz", b"not xz at all", "not a valid xz file (Input format not supported"),
+        ("Packages.zst", b"not zstd", "zstd cannot decompress it ("),
+        ("Packages", None, "cannot read it (No such file or directory)"),
+        ("Packages.d", "directory", "cannot read it (Is a directory)"),
+    ],
+)
+def test_an_index_that_cannot_be_read_names_the_file(
+    tmp_path: Path, name: str, content: bytes | str | None, problem: str
+) -> None:
+    path = tmp_path / name
+    if content == "directory":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    for read in (read_debian, lambda paths: load_cached(paths, ArtifactStore(tmp_path / "s"))):
+        with pytest.raises(index.IndexFileError) as raised:
+            read([path])
+        assert str(raised.value).startswith(f"{path}: {problem}")
+        assert str(raised.value).endswith("; give a Packages index (plain, or .gz, .xz, .zst "
+                                          "compressed as its name says)")  # fmt: skip
+
+
+def test_long_input_is_echoed_cut_short(tmp_path: Path) -> None:
+    path = tmp_path / "Packages"
+    path.write_text(GOOD + f"Package: foo\nVersion: 1\nArchitecture: all\nSize: {'9x' * 3000}\n")
+    with pytest.raises(IndexFormatError) as raised:
+        read_debian([path])
+    assert str(raised.value) == (
+        f"{path}:8: package foo: Size is '{'9x' * 40}'… (6,000 characters); expected a size "
+        "in bytes"
+    )
+
+
 def test_obsolete_operators_mean_what_dpkg_says(tmp_path: Path) -> None:
     """dpkg and apt still read `<` as `<=` and `>` as `>=`; so does the reader."""
     path = tmp_path / "Packages"

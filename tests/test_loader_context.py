@@ -168,7 +168,9 @@ def test_user_data_that_is_not_base64_is_rejected(guest_bin: Path, tmp_path: Pat
         ("cvmfs_server=https://169.254.169.101/", "this client resolves no names"),
         ("cvmfs_server=169.254.169.101:8080", "step=cvmfs_server status=applied"),
         ("cvmfs_server=http://169.254.169.101/os", "value=http://169.254.169.101/os"),
-        ("cvmfs_tag=-n", "step=cvmfs_tag status=applied value=-n"),
+        ("cvmfs_tag=-n", 'reason="expected a letter or digit first"'),
+        ("cvmfs_server=http://169.254.169.101/$(reboot)", "characters outside"),
+        ("cvmfs_tag cvmfs_branch=1.0", 'key="cvmfs_tag cvmfs_branch" reason="unknown key'),
     ],
 )
 def test_block_lines(block: str, expected: str, guest_bin: Path, tmp_path: Path) -> None:
@@ -180,6 +182,47 @@ def test_block_lines(block: str, expected: str, guest_bin: Path, tmp_path: Path)
     console, _ = run_loader(guest_bin, tmp_path, script)
     assert expected in console, console
     assert context_dir.exists()
+
+
+def test_a_multi_line_user_data_of_context_sh_is_read_whole(
+    guest_bin: Path, tmp_path: Path
+) -> None:
+    """OpenNebula writes a value that is not base64 as it is, newlines and all."""
+    medium = tmp_path / "medium"
+    medium.mkdir()
+    user_data = "#!/bin/sh\necho it's\n[ucernvm-begin]\ncvmfs_tag=1.1\n[ucernvm-end]\n"
+    quoted = ctx._sh_single_quoted(user_data)  # as OpenNebula quotes it: 'it'\''s'
+    (medium / "context.sh").write_text(f"SET_HOSTNAME='ucvm-host'\nUSER_DATA={quoted}\nVMID='7'\n")
+    console, context_dir = run_loader(
+        guest_bin, tmp_path, f'read_opennebula "{medium}"\napply_hostname\napply_ucernvm'
+    )
+    assert (context_dir / "user-data").read_text() == user_data
+    assert "step=cvmfs_tag status=applied value=1.1 line=4" in console
+    assert "step=hostname status=applied value=ucvm-host" in console
+
+
+@pytest.mark.parametrize(
+    "value", ["plain", "two\nlines\n", "it's", "''", "a;b c", '$(reboot) `id` \\ "q"', "=x=\n\n"]
+)
+def test_context_sh_values_read_back_as_the_lab_writes_them(
+    value: str, guest_bin: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "context.sh").write_text(
+        f"OTHER='x'\nVALUE={ctx._sh_single_quoted(value)}\nVALUE='second'\n"
+    )
+    run_loader(
+        guest_bin, tmp_path, f'context_var VALUE <"{tmp_path / "context.sh"}" >"$CONTEXT/value"'
+    )
+    assert (tmp_path / "context" / "value").read_text() == value
+
+
+def test_a_context_sh_quote_that_never_closes_is_rejected(guest_bin: Path, tmp_path: Path) -> None:
+    medium = tmp_path / "medium"
+    medium.mkdir()
+    (medium / "context.sh").write_text("SET_HOSTNAME='ucvm-host'\nUSER_DATA='#!/bin/sh\necho\n")
+    console, context_dir = run_loader(guest_bin, tmp_path, f'read_opennebula "{medium}"')
+    assert 'reason="USER_DATA of context.sh: a quote that is never closed"' in console
+    assert not (context_dir / "user-data").exists()
 
 
 def test_only_the_first_block_counts(guest_bin: Path, tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 import os
 import pickle
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,9 @@ PROFILES = {
     "kvm", "openstack", "opennebula", "vmware", "virtualbox",
     "hyperv", "ec2", "gce", "xen", "parallels",
 }  # fmt: skip
-DRIVERS = {"libvirt"}
+DRIVERS = {"libvirt": {"uri", "uri_env", "unavailable"}}  # driver -> its settings keys
+CHECKS = {"boot", "reboot", "image_size", "context"}
+REQUIRED_CHECKS = {"image_size"}
 IMAGE_FORMATS = {"raw", "qcow2", "iso", "ova", "vdi", "vhd", "vhdx", "gce-tar"}
 
 # A small valid matrix; each bad case below changes one piece of it (line numbers after it).
@@ -57,6 +61,8 @@ def load_matrix(path: Path, env: dict[str, str] | None = None) -> Matrix:
         profiles=PROFILES,
         drivers=DRIVERS,
         image_formats=IMAGE_FORMATS,
+        checks=CHECKS,
+        required_checks=REQUIRED_CHECKS,
         env={} if env is None else env,
     )
 
@@ -70,8 +76,10 @@ def problems_of(path: Path, env: dict[str, str] | None = None) -> tuple[str, ...
 
 @pytest.fixture
 def matrix_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """`matrix.yaml`, relative, in an empty working directory; the test writes its text."""
+    """`matrix.yaml`, relative, in a working directory holding only an empty
+    known-issues.yaml (the file GOOD_MATRIX names); the test writes its text."""
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "known-issues.yaml").write_text("")
     return Path("matrix.yaml")
 
 
@@ -83,8 +91,10 @@ def load_real_matrix(env: dict[str, str] | None = None) -> Matrix:
     return load(
         REAL_MATRIX,
         profiles=REAL_PROFILES,
-        drivers=registry.DRIVERS,
+        drivers=registry.SETTINGS,
         image_formats=bootloader.IMAGE_FORMATS,
+        checks=registry.CHECKS,
+        required_checks=registry.REQUIRED_CHECKS,
         env={} if env is None else env,
     )
 
@@ -125,8 +135,9 @@ def test_the_real_matrix_refuses_a_driver_the_lab_does_not_have() -> None:
         load(
             REAL_MATRIX,
             profiles=REAL_PROFILES,
-            drivers={"libvirt": registry.DRIVERS["libvirt"]},
+            drivers={"libvirt": registry.SETTINGS["libvirt"]},
             image_formats=bootloader.IMAGE_FORMATS,
+            checks=registry.CHECKS,
             env={},
         )
     lines = REAL_MATRIX.read_text().splitlines()
@@ -251,8 +262,8 @@ BAD_CASES = [
         id="wrong-type-tier",
     ),
     pytest.param(
-        "tier: 2}", "tier: 2, settings: {port: 22}}",
-        14, f"{VMWARE}.settings.port", "expected a string; found integer 22",
+        "tier: 2}", "tier: 2, settings: {uri: 22}}",
+        14, f"{VMWARE}.settings.uri", "expected a string; found integer 22",
         id="wrong-type-driver-setting",
     ),
     pytest.param(
@@ -361,6 +372,54 @@ BAD_CASES = [
         "  boot: {description: boots}", "  7: {description: boots}",
         10, "checks.7", "invalid key: expected a string; found integer 7",
         id="check-name-not-a-string",
+    ),
+    # names the lab knows: the suites' checks, each driver's settings
+    pytest.param(
+        "  boot: {description: boots}", "  bot: {description: boots}",
+        10, "checks.bot", "unknown check 'bot' (did you mean boot?); the suites' checks are: boot,",
+        id="check-name-typo",
+    ),
+    pytest.param(
+        "  image_size: {description: size, budget_mb: 12}\n", "",
+        9, "checks", "check 'image_size' is missing; the lab always reads it",
+        id="required-check-missing",
+    ),
+    pytest.param(
+        "tier: 2}", "tier: 2, settings: {uri_evn: UCVM_X}}",
+        14, f"{VMWARE}.settings.uri_evn",
+        "unknown setting 'uri_evn' of driver 'libvirt' (did you mean uri_env?); it takes: unav",
+        id="driver-setting-typo",
+    ),
+    # the run root (the sweeper deletes there) and the known-issues file
+    pytest.param(
+        "run_root: /tmp/ucvm", "run_root: /",
+        4, "settings.run_root", "/ is the filesystem root: the sweeper would consider everything",
+        id="run-root-slash",
+    ),
+    pytest.param(
+        "run_root: /tmp/ucvm", "run_root: /home",
+        4, "settings.run_root", "/home is a home directory; use a directory the lab owns alone",
+        id="run-root-home",
+    ),
+    pytest.param(
+        "run_root: /tmp/ucvm", f"run_root: {REAL_MATRIX.parent}",
+        4, "settings.run_root", f"{REAL_MATRIX.parent} is the lab's checkout",
+        id="run-root-checkout",
+    ),
+    pytest.param(
+        "run_root: /tmp/ucvm", "run_root: ''",
+        4, "settings.run_root", "expected an absolute path; found an empty string",
+        id="run-root-empty",
+    ),
+    pytest.param(
+        "run_root: /tmp/ucvm", "run_root: runs",
+        4, "settings.run_root", "expected an absolute path; found 'runs'",
+        id="run-root-relative",
+    ),
+    pytest.param(
+        "known_issues: known-issues.yaml", "known_issues: known-isues.yaml",
+        18, "gate.known_issues", "known-isues.yaml is not a file; create it",
+        id="known-issues-missing",
     ),
 ]  # fmt: skip
 
@@ -481,7 +540,7 @@ def test_settings_are_overridden_by_the_environment(matrix_file: Path) -> None:
     env = {
         "UCVM_ACCEL": "tcg",
         "UCVM_LIBVIRT_URI": "qemu:///session",
-        "UCVM_RUN_ROOT": "/srv/runs",
+        "UCVM_RUN_ROOT": "/var/tmp/runs",
         "UCVM_REPORTS": "out/reports",
         "UCVM_BOOT_BUDGET_S": "60",
         "UCVM_SCRATCH_GB": "2.5",
@@ -491,7 +550,7 @@ def test_settings_are_overridden_by_the_environment(matrix_file: Path) -> None:
 
     assert settings.accel == "tcg"
     assert settings.libvirt_uri == "qemu:///session"
-    assert settings.run_root == Path("/srv/runs")
+    assert settings.run_root == Path("/var/tmp/runs")
     assert settings.reports == matrix_file.resolve().parent / "out" / "reports"
     assert settings.boot_budget_s == 60.0
     assert settings.scratch_gb == 2.5
@@ -503,7 +562,9 @@ def test_without_env_the_process_environment_is_used(
     matrix_file.write_text(GOOD_MATRIX)
     monkeypatch.setenv("UCVM_ACCEL", "kvm")
 
-    matrix = load(matrix_file, profiles=PROFILES, drivers=DRIVERS, image_formats=IMAGE_FORMATS)
+    matrix = load(
+        matrix_file, profiles=PROFILES, drivers=DRIVERS, image_formats=IMAGE_FORMATS, checks=CHECKS
+    )
 
     assert matrix.settings.accel == "kvm"
 
@@ -610,6 +671,107 @@ def test_a_matrix_error_survives_pickling() -> None:
 def test_a_check_may_cover_some_versions(tmp_path: Path) -> None:
     path = tmp_path / "matrix.yaml"
     path.write_text(GOOD_MATRIX.replace("boots}", "boots, versions: [previous]}"))
+    (tmp_path / "known-issues.yaml").write_text("")
     check = load_matrix(path).checks["boot"]
     assert check.versions == ("previous",)
     assert (check.covers("previous"), check.covers("newest")) == (True, False)
+
+
+# --------------------------------------------------------------------------- this round's limits
+
+
+@pytest.mark.parametrize("setting", ["run_root", "libvirt_uri", "reports", "accel"])
+def test_an_empty_override_is_an_error_not_unset(matrix_file: Path, setting: str) -> None:
+    matrix_file.write_text(GOOD_MATRIX)
+    variable = f"UCVM_{setting.upper()}"
+
+    (problem,) = problems_of(matrix_file, {variable: ""})
+
+    assert problem.startswith(f"{variable} is set but empty (overrides settings.{setting})")
+    assert f"unset it (`unset {variable}`" in problem
+
+
+def test_a_matrix_larger_than_the_limit_is_refused_before_parsing(matrix_file: Path) -> None:
+    matrix_file.write_text(GOOD_MATRIX + "# padding\n" * 110_000)  # 1.1 MB of comments
+
+    (problem,) = problems_of(matrix_file)
+
+    assert problem.startswith("matrix.yaml: larger than 1,048,576 bytes")
+    assert "UCVM_MAX_MATRIX_BYTES" in problem
+    raised = load_matrix(matrix_file, {"UCVM_MAX_MATRIX_BYTES": "2000000"})
+    assert raised.versions == ("newest", "previous")
+
+
+@pytest.mark.parametrize("value", ["", "lots", "-1", "0"])
+def test_a_bad_size_limit_is_refused(matrix_file: Path, value: str) -> None:
+    matrix_file.write_text(GOOD_MATRIX)
+
+    (problem,) = problems_of(matrix_file, {"UCVM_MAX_MATRIX_BYTES": value})
+
+    assert problem == f"UCVM_MAX_MATRIX_BYTES={value!r}: expected a whole number of bytes (> 0)"
+
+
+def with_targets(count: int) -> str:
+    rows = "".join(
+        f"  - {{name: t{i}, driver: libvirt, profile: kvm, tier: 2}}\n" for i in range(count)
+    )
+    return re.sub(r"(?ms)^targets:\n.*?^gate:", f"targets:\n{rows}gate:", GOOD_MATRIX)
+
+
+def test_more_targets_than_the_limit_are_refused_at_the_targets_key(matrix_file: Path) -> None:
+    matrix_file.write_text(with_targets(1001))
+
+    (problem,) = problems_of(matrix_file)
+
+    assert problem.startswith("matrix.yaml:12:1: targets: 1,001 targets; a matrix takes at most")
+
+
+def test_the_limit_of_targets_itself_loads(matrix_file: Path) -> None:
+    matrix_file.write_text(with_targets(1000))
+
+    assert len(load_matrix(matrix_file).targets) == 1000
+
+
+def test_every_driver_declares_its_settings() -> None:
+    assert set(registry.SETTINGS) == set(registry.DRIVERS)
+    assert registry.SETTINGS["libvirt"] >= {"uri", "uri_env"}
+
+
+def test_the_known_checks_are_the_suites() -> None:
+    """Every @pytest.mark.check(NAME) of suites/ is known, every known check is used there,
+    and a required check is one that code reads unconditionally."""
+    root = REAL_MATRIX.parent
+    sources = {path: path.read_text() for path in (root / "suites").rglob("*.py")}
+    marked = {m for text in sources.values() for m in re.findall(r"mark\.check\(\"(\w+)\"\)", text)}
+    read = {
+        m
+        for text in [*sources.values(), (root / "lab" / "cli.py").read_text()]
+        for m in re.findall(r"checks\[\"(\w+)\"\]", text)
+    }
+    assert marked | read == set(registry.CHECKS)
+    assert set(registry.REQUIRED_CHECKS) == read - marked  # read, never skipped by a marker
+
+
+def test_the_real_matrix_with_a_typo_in_a_setting_is_refused(tmp_path: Path) -> None:
+    """`uri_evn` made kvm-remote boot locally and report it as real-platform evidence."""
+    text = REAL_MATRIX.read_text().replace("uri_env: UCVM_KVM_REMOTE_URI", "uri_evn: X")
+    (tmp_path / "matrix.yaml").write_text(text)
+    shutil.copy(REAL_MATRIX.parent / "known-issues.yaml", tmp_path)
+
+    with pytest.raises(MatrixError) as caught:
+        registry.load_matrix(tmp_path / "matrix.yaml", env={})
+
+    (problem,) = caught.value.problems
+    assert "targets[12] (name 'kvm-remote').settings.uri_evn: unknown setting" in problem
+    assert "(did you mean uri_env?)" in problem
+
+
+def test_a_malformed_known_issues_file_is_refused_at_load(tmp_path: Path) -> None:
+    shutil.copy(REAL_MATRIX, tmp_path)
+    (tmp_path / "known-issues.yaml").write_text("- platform: KVM\n  colour: red\n")
+
+    with pytest.raises(MatrixError) as caught:
+        registry.load_matrix(tmp_path / "matrix.yaml", env={})
+
+    assert str(caught.value).startswith(f"{tmp_path / 'known-issues.yaml'}:2:")
+    assert "(gate.known_issues of " in str(caught.value)

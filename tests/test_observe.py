@@ -532,7 +532,9 @@ def test_break_before_the_loader_s_ready() -> None:
 # --- markers mixed with kernel noise ----------------------------------------------------------
 
 
-def test_marker_after_kernel_noise_on_the_same_line() -> None:
+def test_a_marker_after_kernel_noise_on_the_same_line_is_not_read() -> None:
+    """Markers count only at the start of a line: text before one on its line may be a value
+    the guest was given. (Before the fix these markers were read: the forgeable behaviour.)"""
     text = console(
         START,
         "[    2.650000] random: crng init done" + MODULES,
@@ -542,16 +544,11 @@ def test_marker_after_kernel_noise_on_the_same_line() -> None:
         "[    5.290000] random: crng init done" + REPO,
         MOUNT,
         SWITCH_ROOT,
-        OS_READY,
+        "[   31.250000] audit: " + OS_READY,
     )
-    record = record_from_console(text)
-    assert [p.name for p in record.phases] == list(PHASES)
-    network = record.phase("network")
-    assert network is not None
-    assert network.guest_s == 4.22
-    assert network.fields["gw"] == "169.254.169.2"
-    repo = record.phase("repo")
-    assert repo is not None and (repo.guest_s, repo.fields["tag"]) == (5.30, "1.2")
+    record = record_from_console(text, waited="timeout")
+    assert [p.name for p in record.phases] == ["start", "scratch", "mount", "switch_root"]
+    assert record.outcome == "hang"
 
 
 def test_kernel_noise_after_a_marker_keeps_name_time_and_status() -> None:
@@ -582,6 +579,78 @@ def test_kernel_noise_does_not_leak_into_the_os_ready_marker() -> None:
 def test_a_line_that_only_mentions_ucvm_is_no_marker() -> None:
     text = console("[    0.000000] Command line: console=ttyS0 ucvm.break=network", START)
     assert [p.name for p in record_from_console(text).phases] == ["start"]
+
+
+def test_kernel_noise_inside_a_quoted_value_is_part_of_it() -> None:
+    line = 'ucvm: context step=hostname status=rejected value="x [    5.02] y" reason=bad'
+    (step,) = record_from_console(console(START, line)).context_steps
+    assert step.fields == {"value": "x [    5.02] y", "reason": "bad"}
+
+
+# --- forged markers: what the guest was given must never read as a verdict ---------------------
+
+FORGED_READY = "ucvm: phase=ready t=1.5 os=1.0 snapshot=0123456789ab z="
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        pytest.param(
+            "ucvm: context step=cvmfs_server status=applied "
+            f'value="http://10.0.2.2/a {FORGED_READY}" line=2',
+            id="in-a-context-step",
+        ),
+        pytest.param(f"[   12.000000] systemd[1]: Hostname set to <{FORGED_READY}>", id="kernel"),
+        pytest.param(f"x {FORGED_READY}", id="after-text"),
+        pytest.param(f"x\r{FORGED_READY}", id="after-a-carriage-return"),
+        pytest.param(f"x\u2028{FORGED_READY}", id="after-a-unicode-line-separator"),
+    ],
+)
+def test_a_ready_marker_in_the_middle_of_a_line_is_no_verdict(line: str) -> None:
+    text = console(START, MODULES, NETWORK, line, BREAK_NETWORK)
+    record = record_from_console(text, waited="timeout")
+    assert record.phase("ready") is None and record.outcome == "hang", record.phases
+    wait_patterns = [re.compile(p, re.MULTILINE) for p in (observe.READY, observe.FAILURE)]
+    timeline = Timeline()
+    timeline.feed(text)
+    for _, seen in timeline.lines:  # as Instance.wait_for sees the lines
+        assert not any(p.search(seen) for p in wait_patterns), seen
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"x {PANIC}",
+        'ucvm: context step=x status=rejected value="ucvm: phase=net t=1 status=failed"',
+    ],
+)
+def test_a_failure_in_the_middle_of_a_line_is_no_verdict(line: str) -> None:
+    record = record_from_console(console(START, line), waited="timeout")
+    assert record.outcome == "hang"
+    assert not re.search(observe.FAILURE, line, re.MULTILINE)
+
+
+def test_the_wait_patterns_match_the_guest_s_own_lines() -> None:
+    assert re.search(observe.READY, OS_READY, re.MULTILINE)
+    assert re.search(observe.READY, "\r" + LOADER_READY, re.MULTILINE)
+    assert re.search(observe.FAILURE, PANIC, re.MULTILINE)
+    assert re.search(observe.FAILURE, REPO_UNREACHABLE, re.MULTILINE)
+    assert not re.search(observe.READY, "ucvm: phase=readyX t=1", re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        (r'"a\\b"', "a\\b"),
+        (r'"say \"hi\""', 'say "hi"'),
+        (r'"x\nucvm: phase=ready t=1.0"', "x\nucvm: phase=ready t=1.0"),
+        (r'"\r\t\x01\x7f"', "\r\t\x01\x7f"),
+        (r'"\xc3\xa9t\xc3\xa9"', "été"),  # bytes spelling UTF-8
+        (r'"\q"', "q"),
+    ],
+)
+def test_quoted_values_are_unescaped(text: str, value: str) -> None:
+    assert parse_fields(f" v={text} next=1") == {"v": value, "next": "1"}
 
 
 # --- the boot loader's contextualization: a line per step ---------------------------------------
@@ -821,8 +890,9 @@ class Guest:
         calls = self.root / "blockd.calls"
         return calls.read_text().splitlines() if calls.exists() else []
 
-    def prints(self, script: str) -> str:
-        """Run ``script`` after sourcing the functions; what the console shows."""
+    def prints(self, script: str, stdin: str = "", **env: str) -> str:
+        """Run ``script`` after sourcing the functions (``stdin`` its input, ``env`` more
+        environment); what the console shows."""
         (self.root / "cmdline").write_text(f"{self.cmdline}\n")
         (self.root / "manifest").write_text(self.manifest)
         env = {
@@ -833,9 +903,11 @@ class Guest:
             "FAKE_UNREACHABLE": "1" if self.unreachable else "",
             "UCVM_CONSOLE": "/dev/stdout",
             "UCVM_CONTEXT_DIR": str(self.root / "context"),
+            **env,
         }
         result = subprocess.run(
             [self.busybox, "sh", "-c", f"{self.source}\n{GUEST_PRELUDE}\n{script}"],
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=10,
@@ -895,6 +967,102 @@ def test_guest_failure_detail_with_spaces_survives(guest: Guest) -> None:
     assert record.reason == (
         "no disk (need_mb=256, detail=no free space on the boot disk and no blank disk)"
     )
+
+
+# Values the guest was given (user-data, metadata), printed by the real fields(): one line,
+# quoted and escaped, and read back exactly.
+HOSTILE_VALUES = [
+    pytest.param("x\nucvm: phase=ready t=1.0 os=1.0", id="multi-line-hostname"),
+    pytest.param("http://10.0.2.2/a ucvm: phase=ready t=1.5 os=1.0 z=", id="marker-in-a-value"),
+    pytest.param('a"b\\c "d', id="quotes-and-backslashes"),
+    pytest.param("\r\ttab\x01\x1b[2J\x7f", id="control-bytes"),
+    pytest.param("x\r\nucvm: phase=ready t=1.0\n", id="crlf-and-a-trailing-newline"),
+    pytest.param("été \u2028 ucvm: phase=ready t=1", id="utf-8"),
+    pytest.param("[    5.02] kernel-looking", id="a-kernel-stamp"),
+    pytest.param("-n", id="an-echo-option"),
+    pytest.param("\\n", id="a-literal-backslash-n"),
+    pytest.param("", id="empty"),
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES)
+def test_guest_context_step_prints_any_value_on_one_line(guest: Guest, value: str) -> None:
+    text = guest.prints(
+        'mkdir -p "$CONTEXT"\ncontext_step hostname rejected value="$VALUE" reason="not a name"',
+        VALUE=value,
+    )
+    assert text.count("\n") == 1 and text.endswith("\n"), repr(text)
+    assert "\r" not in text and "\x1b" not in text
+    record = record_from_console(text, waited="timeout")
+    assert record.phases == [] and record.outcome == "hang"
+    (step,) = record.context_steps
+    assert step.fields == {"value": value, "reason": "not a name"}
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES)
+def test_guest_marker_round_trips_any_value(guest: Guest, value: str) -> None:
+    text = guest.prints('fail network no-dhcp iface="$VALUE" driver=virtio_net', VALUE=value)
+    assert text.count("\n") == 1, repr(text)
+    (phase,) = record_from_console(text).phases
+    assert (phase.name, phase.status) == ("network", "failed")
+    assert phase.fields == {"reason": "no-dhcp", "iface": value, "driver": "virtio_net"}
+
+
+def test_guest_safe_words_stay_unquoted(guest: Guest) -> None:
+    text = guest.prints("marker network drivers=a,b iface=eth0 ip=10.0.2.15 u=root@h/x:1+2")
+    assert text.split(" ", 3)[3] == "drivers=a,b iface=eth0 ip=10.0.2.15 u=root@h/x:1+2\n"
+
+
+def test_guest_a_long_value_is_cut_inside_its_quotes(guest: Guest) -> None:
+    text = guest.prints('marker network detail="$VALUE" next=1', VALUE="a" * 5000)
+    (phase,) = record_from_console(text).phases
+    assert phase.fields == {"detail": "a" * 1024 + "...", "next": "1"}
+
+
+KEY = "0f" * 32
+
+
+def test_guest_channel_evaluates_nothing_before_the_key(guest: Guest) -> None:
+    probe = "echo pwned\nwrong-key\n" + "e" * 64 + "\necho pwned again\n"
+    assert guest.prints(f"channel_serve key {KEY}", stdin=probe) == ""
+
+
+def test_guest_channel_evaluates_after_the_key_and_skips_it_later(guest: Guest) -> None:
+    lines = f"echo before\n{KEY}\necho after\n{KEY}\nx=$((40 + 2)); echo $x\n"
+    assert guest.prints(f"channel_serve key {KEY}", stdin=lines) == "after\n42\n"
+
+
+def test_guest_channel_without_a_key_is_closed(guest: Guest) -> None:
+    out = guest.prints('channel_serve key ""; echo "status=$?"', stdin="echo pwned\n\n")
+    assert out == "status=1\n"
+
+
+def test_guest_open_channel_evaluates_every_line(guest: Guest) -> None:
+    assert guest.prints("channel_serve open", stdin="echo one\necho two\n") == "one\ntwo\n"
+
+
+def test_guest_channel_key_comes_from_the_oem_strings_only(guest: Guest) -> None:
+    guest.cmdline = f"console=ttyS0 ucvm.channel_key={'aa' * 32} ucvm.debug=no"
+    out = guest.prints('boot_args; channel_key; echo "status=$?"; debug_boot; echo "debug=$?"')
+    assert out == "status=1\ndebug=1\n"  # the kernel command line is every process's to read
+    guest.smbios("11-0", smbios_oem_strings(f"ucvm.channel_key={KEY}", "ucvm.debug"))
+    out = guest.prints('boot_args; channel_key; debug_boot; echo "debug=$?"')
+    assert out == f"{KEY}\ndebug=1\n"  # ucvm.debug counts on the kernel command line only
+    assert guest.file("run/ucvm/boot-args").stat().st_mode & 0o077 == 0
+
+
+def test_guest_debug_boot_is_the_kernel_command_line_s_ucvm_debug(guest: Guest) -> None:
+    guest.cmdline = "console=ttyS0 ucvm.debug"
+    assert guest.prints('debug_boot; echo "debug=$?"') == "debug=0\n"
+
+
+def test_guest_channel_key_never_reaches_the_console(guest: Guest) -> None:
+    guest.smbios("11-0", smbios_oem_strings(f"ucvm.channel_key={KEY}", "ucvm.os=none"))
+    out = guest.prints(
+        'boot_args; marker start kernel=6.1 loader_version="$(cat /dev/null)"; '
+        "fail scratch no-disk need_mb=256"
+    )
+    assert KEY not in out and "ucvm: phase=scratch" in out
 
 
 # resolve_version and published read the manifest body (docs/os-on-demand.md).

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -149,7 +150,7 @@ def test_publish_tag_branch_list_round_trip(published: Repository) -> None:
     assert manifest.tags() == ["v1", "v2", "v2-lts"]
     assert manifest.branches == {"prod": "v2", "testing": "v1"}
     assert manifest.heads() == {"v2": ["prod"], "v1": ["testing"]}
-    assert published.list() == manifest.snapshots
+    assert published.snapshots() == manifest.snapshots
     v1, v2, lts = manifest.snapshots
     assert v1.timestamp == STAMP
     assert (lts.image_sha256, lts.branch) == (v2.image_sha256, "prod")
@@ -182,22 +183,21 @@ def test_the_manifest_text_is_the_contracts(published: Repository) -> None:
     assert len(lines) == 11
 
 
-def test_the_image_is_hardlinked_on_one_file_system_and_copied_otherwise(
-    repo: Repository, make_image: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+def test_the_image_is_copied_so_editing_its_source_changes_nothing_published(
+    repo: Repository, make_image: Callable[..., Path]
 ) -> None:
-    linked = make_image("linked")
-    snapshot = repo.publish(linked, "v1", "prod")
-    assert repo.image_path(snapshot).stat().st_ino == linked.stat().st_ino
+    source = make_image("source")
+    original = source.read_bytes()
+    snapshot = repo.publish(source, "v1", "prod")
+    published = repo.image_path(snapshot)
+    assert published.stat().st_ino != source.stat().st_ino and published.stat().st_nlink == 1
 
-    def no_link(source: object, target: object) -> None:
-        raise OSError(18, "Invalid cross-device link")
+    with source.open("r+b") as stream:  # in place, as a rebuild writing over it would
+        stream.seek(5000)
+        stream.write(b"edited")
 
-    monkeypatch.setattr(osrepo.os, "link", no_link)
-    copied = make_image("copied")
-    snapshot = repo.publish(copied, "v2", "prod")
-    assert repo.image_path(snapshot).stat().st_ino != copied.stat().st_ino
-    assert repo.image_path(snapshot).read_bytes() == copied.read_bytes()
-    assert repo.verify() == {"v1": [], "v2": []}
+    assert published.read_bytes() == original
+    assert repo.verify() == {"v1": []}
 
 
 def test_what_is_not_a_squashfs_image_is_refused(repo: Repository, tmp_path: Path) -> None:
@@ -205,6 +205,55 @@ def test_what_is_not_a_squashfs_image_is_refused(repo: Repository, tmp_path: Pat
     text.write_text("hello")
     with pytest.raises(RepoError, match=rf"{text}: not a squashfs image"):
         repo.publish(text, "v1", "prod")
+
+
+def patched(image: Path, offset: int, fmt: str, value: int) -> Path:
+    """A copy of ``image`` with one superblock field (at ``offset``) set to ``value``."""
+    data = bytearray(image.read_bytes())
+    struct.pack_into(fmt, data, offset, value)
+    bad = image.with_name(f"bad-{offset}-{value}.squashfs")
+    bad.write_bytes(bytes(data))
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("offset", "fmt", "value", "problem"),
+    [
+        (28, "<H", 3, "squashfs version 3.0; expected 4.0"),
+        (30, "<H", 1, "squashfs version 4.1; expected 4.0"),
+        (12, "<I", 3000, "block size 3000; expected a power of two from 4096 to 1048576"),
+        (12, "<I", 2 << 20, "block size 2097152; expected a power of two"),
+        (12, "<I", 65536, "block_log 17 does not match block size 65536"),
+        (22, "<H", 40, "block_log 40 does not match block size 131072"),
+        (40, "<Q", 10**12, "the superblock says 1,000,000,000,000 bytes, the file has"),
+        (4, "<I", 0, "no inodes"),
+    ],
+)
+def test_a_squashfs_superblock_that_does_not_hold_is_refused(
+    repo: Repository,
+    make_image: Callable[..., Path],
+    offset: int,
+    fmt: str,
+    value: int,
+    problem: str,
+) -> None:
+    bad = patched(make_image("one"), offset, fmt, value)
+    with pytest.raises(RepoError) as error:
+        repo.publish(bad, "v1", "prod")
+    assert str(error.value).startswith(f"{bad}: not a squashfs image ({problem}")
+    assert str(error.value).endswith(": make it with mksquashfs")
+    assert repo.manifest().snapshots == []
+
+
+def test_a_truncated_squashfs_is_refused(repo: Repository, make_image: Callable[..., Path]) -> None:
+    image = make_image("one")
+    short = image.with_name("short.squashfs")
+    short.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    with pytest.raises(RepoError, match=rf"{short}: .*the superblock says .* bytes, the file has"):
+        repo.publish(short, "v1", "prod")
+    short.write_bytes(image.read_bytes()[:50])
+    with pytest.raises(RepoError, match=r"50 bytes, shorter than the 96-byte superblock"):
+        repo.publish(short, "v1", "prod")
 
 
 def test_publishing_into_a_directory_that_is_no_repository_says_how_to_make_one(
@@ -303,6 +352,8 @@ def test_a_tag_republished_on_another_branch_points_to_repo_branch(
         (lambda r, i: r.publish(i, "v 3", "prod"), r"tag 'v 3': a name is \[A-Za-z0-9\]"),
         (lambda r, i: r.branch("dev", "v9"), "no tag 'v9'; tags: v1, v2, v2-lts"),
         (lambda r, i: r.publish(i, "v3", "prod", block_bytes=1000), "multiple of 4096"),
+        (lambda r, i: r.publish(i, "t" * 65, "prod"), "at most 64 characters"),
+        (lambda r, i: r.branch("b" * 65, "v1"), "at most 64 characters"),
     ],
 )
 def test_ambiguous_or_bad_names_are_refused(
@@ -354,8 +405,52 @@ def test_a_manifest_without_its_signature_line_is_refused(published: Repository)
     lines = published.manifest_path.read_bytes().splitlines(keepends=True)
     published.manifest_path.write_bytes(b"".join(lines[:-1]))
 
-    with pytest.raises(RepoError, match=r"manifest: unsigned .* refused"):
+    with pytest.raises(RepoError, match=r"manifest: unsigned .* refused, and no write re-signs"):
         published.manifest()
+    with pytest.raises(RepoError, match="unsigned"):  # so the advice is not to publish again
+        published.tag("v1", "v1-again")
+
+
+def test_init_publishes_the_public_key_and_reading_needs_only_that(
+    tmp_path: Path, make_image: Callable[..., Path]
+) -> None:
+    private = tmp_path / "keys" / "ed25519"
+    repo = Repository(tmp_path / "repo", key_path=private)
+    repo.init("r", "prod")
+    repo.publish(make_image("one"), "v1", "prod")
+    key = SigningKey.load(private)
+    assert (repo.root / "repo.pub").read_text() == key.public_line() + "\n"
+    private.rename(tmp_path / "away")  # keys/ed25519.pub stays
+
+    reader = Repository(repo.root, key_path=private)
+
+    assert reader.manifest().tags() == ["v1"]
+    assert reader.verify() == {"v1": []}
+    with pytest.raises(RepoError, match=f"no repository key at {private}"):
+        reader.tag("v1", "v1-lts")
+
+
+def test_only_the_repositorys_own_key_may_write(published: Repository, tmp_path: Path) -> None:
+    stranger = SigningKey.load_or_create(tmp_path / "stranger" / "ed25519")
+    before = published.manifest_path.read_bytes()
+
+    with pytest.raises(RepoError) as error:
+        Repository(published.root, key=stranger).branch("testing", "v2")
+
+    own = published.signing_key().keyid
+    assert str(error.value) == (
+        f"{stranger.path} (key {stranger.keyid}) is not the key of {published.root} (its "
+        f"repo.pub is key {own}): set UCVM_REPO_KEY to the key that made the repository"
+    )
+    assert published.manifest_path.read_bytes() == before
+
+
+def test_a_repository_older_than_repo_pub_gets_it_at_its_next_write(
+    published: Repository,
+) -> None:
+    published.public_key_path.unlink()
+    published.tag("v1", "v1-lts")
+    assert published.public_key_path.read_text() == published.signing_key().public_line() + "\n"
 
 
 BODY = (
@@ -631,7 +726,7 @@ def test_a_taken_port_is_retried_with_another(
 def test_sweep_kills_the_server_of_a_dead_run_only(published: Repository, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     live = Run(new_run_id(), runs).hold()
-    dead = Run(new_run_id() + "x", runs).hold()
+    dead = Run(new_run_id(), runs).hold()
     with (
         RepoServer(published.root, live.dir / "nginx-1") as spared,
         RepoServer(published.root, dead.dir / "nginx-1") as left,
@@ -689,7 +784,11 @@ def ucvm_lab(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
 
 @pytest.fixture
 def cli_env(tmp_path: Path) -> dict[str, str]:
-    return {"UCVM_REPO": str(tmp_path / "cli-repo"), "UCVM_REPO_KEY": str(tmp_path / "k" / "key")}
+    """An initialised repository (publish no longer makes one) and its key."""
+    env = {"UCVM_REPO": str(tmp_path / "cli-repo"), "UCVM_REPO_KEY": str(tmp_path / "k" / "key")}
+    made = ucvm_lab(env, "init")
+    assert made.returncode == 0, made.stderr
+    return env
 
 
 def test_the_repo_commands_publish_tag_branch_and_list(

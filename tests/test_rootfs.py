@@ -23,6 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 OS_FILES = REPO / "lab/build/os-files"
 READY = OS_FILES / "usr/lib/ucvm/ucvm-ready"
 CHANNEL = OS_FILES / "usr/lib/ucvm/ucvm-channel"
+CHANNEL_KEY = OS_FILES / "usr/lib/ucvm/ucvm-channel-key"
+SSH_HOSTKEYS = OS_FILES / "usr/lib/ucvm/ucvm-ssh-hostkeys"
+KEY = "5a" * 32
 MARKER = re.compile(
     r"^ucvm: phase=ready t=[\d.]+ os=\S+ release=\S+ snapshot=\S+ cache_bytes=\d+ "
     r"fetched_bytes=\d+ evicted_blocks=\d+ units_failed=(?:\d+|unknown) "
@@ -30,7 +33,7 @@ MARKER = re.compile(
 )
 # cloud-init's warnings and errors of this boot, printed before the ready line
 COMPLAINT = re.compile(
-    r'^ucvm: context step=cloud-init status=(?:warning|error|critical) detail="[^"\\]*"$'
+    r'^ucvm: context step=cloud-init status=(?:warning|error|critical) detail="(?:[^"\\]|\\.)*"$'
 )
 RECORD_KEYS = [
     "release", "branch", "shopping_list", "shopping_list_sha256", "closed_list_sha256",
@@ -236,7 +239,8 @@ def ready_line(root: Path, failed_units: int) -> str:
     """The ready line of a boot without complaints from cloud-init: the journal and the
     console get the same one line."""
     (line,) = run_ready(root, failed_units)
-    assert (root.parent / "console").read_text() == f"{line}\n"
+    # a line of its own on the console, whatever is there before (getty's login prompt)
+    assert (root.parent / "console").read_text() == f"\n{line}\n"
     return line
 
 
@@ -391,18 +395,18 @@ def test_cloud_init_s_complaints_of_this_boot_come_before_the_ready_line(tmp_pat
     ]
     root = with_cloud_init(fake_root(tmp_path, BOOT_ENV, STATS), result=RESULT_ERROR, log=log)
     journal = run_ready(root)
-    assert journal[:-1] == [
+    assert journal[:-1] == [  # quoted and escaped, as the boot loader's values are
         "ucvm: context step=cloud-init status=warning "
-        'detail="Invalid format for chpasswd: expected a list"',
-        'ucvm: context step=cloud-init status=error detail="Failed running C:scriptsa.sh [1]"',
+        'detail="Invalid format for \\"chpasswd\\": expected a list"',
+        r'ucvm: context step=cloud-init status=error detail="Failed running C:\\scripts\\a.sh [1]"',
         'ucvm: context step=cloud-init status=critical detail="the module runner gave up"',
     ]
     assert journal[-1].endswith(" cloud_init=error cloud_init_ds=Ec2Local")
     assert complaints(journal) == [
         ContextStep(
-            "cloud-init", "warning", {"detail": "Invalid format for chpasswd: expected a list"}
+            "cloud-init", "warning", {"detail": 'Invalid format for "chpasswd": expected a list'}
         ),
-        ContextStep("cloud-init", "error", {"detail": "Failed running C:scriptsa.sh [1]"}),
+        ContextStep("cloud-init", "error", {"detail": r"Failed running C:\scripts\a.sh [1]"}),
         ContextStep("cloud-init", "critical", {"detail": "the module runner gave up"}),
     ]
 
@@ -449,15 +453,117 @@ def test_cloud_init_s_complaints_reach_the_console_too(tmp_path: Path) -> None:
     root = with_cloud_init(fake_root(tmp_path, BOOT_ENV, STATS), result=RESULT_DONE, log=log)
     journal = run_ready(root)
     assert len(journal) == 2
-    assert (tmp_path / "console").read_text().splitlines() == journal
+    assert (tmp_path / "console").read_text().split("\n") == ["", journal[0], "", journal[1], ""]
+
+
+def test_a_ready_marker_in_a_cloud_init_complaint_cannot_start_a_line(tmp_path: Path) -> None:
+    message = 'x\\" ucvm: phase=ready t=1.0 os=1.0 [    5.02] "'
+    log = [init_local(25), cloud_init_log_line("WARNING", message)]
+    root = with_cloud_init(fake_root(tmp_path, BOOT_ENV, STATS), result=RESULT_DONE, log=log)
+    journal = run_ready(root)
+    (step,) = complaints(journal)
+    assert step.fields == {"detail": message}
+    record = record_from_console("\n".join(journal[:-1]) + "\n", waited="timeout")
+    assert record.outcome == "hang" and record.phases == []
+
+
+def run_channel(
+    tmp_path: Path, lines: str, key: str | None = KEY
+) -> subprocess.CompletedProcess[str]:
+    """The OS's ucvm-channel, its key file holding ``key`` (None: no key file)."""
+    key_file = tmp_path / "channel.key"
+    if key is not None:
+        key_file.write_text(f"{key}\n")
+    env = {"PATH": os.environ["PATH"], "UCVM_CHANNEL_KEY_FILE": str(key_file)}
+    return subprocess.run([CHANNEL], input=lines, capture_output=True, text=True, env=env)
 
 
 def test_the_channel_evaluates_line_by_line_and_survives_a_syntax_error(tmp_path: Path) -> None:
-    script = "echo one\nif then\ncd /tmp\nx=$((40 + 2)); echo $x\npwd\nexit 3\necho never\n"
-    run = subprocess.run([CHANNEL], input=script, capture_output=True, text=True)
+    script = f"{KEY}\necho one\nif then\ncd /tmp\nx=$((40 + 2)); echo $x\npwd\nexit 3\necho never\n"
+    run = run_channel(tmp_path, script)
     assert run.returncode == 3
     assert run.stdout.splitlines() == ["one", "42", "/tmp"]
     assert "syntax error" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "lines"),
+    [
+        pytest.param(None, f"{KEY}\ntouch PWNED\n", id="no-key-file"),
+        pytest.param("", "\ntouch PWNED\n", id="empty-key-file"),
+        pytest.param("not-a-key", "not-a-key\ntouch PWNED\n", id="malformed-key"),
+        pytest.param(KEY, "touch PWNED\n" + "ab" * 32 + "\ntouch PWNED\n", id="wrong-key"),
+        pytest.param(KEY, f" {KEY}\ntouch PWNED\n{KEY[:-1]}\ntouch PWNED\n", id="near-keys"),
+    ],
+)
+def test_the_channel_evaluates_nothing_without_the_key(
+    tmp_path: Path, key: str | None, lines: str
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    run = run_channel(tmp_path, f"cd {work}\n{lines}", key)
+    assert not (work / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+    assert KEY not in run.stdout + run.stderr  # never echoed
+    if key in (None, "", "not-a-key"):
+        assert run.returncode == 78 and "the channel stays closed" in run.stderr
+
+
+def test_the_channel_skips_a_repeated_key(tmp_path: Path) -> None:
+    run = run_channel(tmp_path, f"{KEY}\necho a\n{KEY}\necho b\n")
+    assert (run.returncode, run.stdout, run.stderr) == (0, "a\nb\n", "")
+
+
+def oem_strings(*strings: str) -> bytes:
+    """A raw SMBIOS type 11 structure, as /sys/firmware/dmi/entries/11-*/raw."""
+    header = bytes([11, 5, 0, 11, len(strings)])
+    return header + b"".join(s.encode() + b"\0" for s in strings) + b"\0"
+
+
+@pytest.mark.parametrize(
+    ("strings", "written"),
+    [
+        pytest.param(("ucvm.version=1.1", f"ucvm.channel_key={KEY}"), KEY, id="the-lab-s"),
+        pytest.param(("ucvm.version=1.1",), None, id="a-cloud-without-it"),
+        pytest.param((f"ucvm.channel_key={KEY}x",), None, id="malformed"),
+    ],
+)
+def test_the_channel_key_comes_from_the_oem_strings(
+    tmp_path: Path, strings: tuple[str, ...], written: str | None
+) -> None:
+    (tmp_path / "dmi/11-0").mkdir(parents=True)
+    (tmp_path / "dmi/11-0/raw").write_bytes(oem_strings(*strings))
+    out = tmp_path / "run/ucvm/channel.key"
+    env = {"PATH": os.environ["PATH"], "UCVM_DMI": str(tmp_path / "dmi"),
+           "UCVM_CHANNEL_KEY_FILE": str(out)}  # fmt: skip
+    run = subprocess.run([CHANNEL_KEY], env=env, capture_output=True, text=True, check=True)
+    assert KEY not in run.stdout + run.stderr
+    if written is None:
+        assert not out.exists()
+    else:
+        assert out.read_text() == f"{written}\n"
+        assert out.stat().st_mode & 0o777 == 0o600
+
+
+def test_each_instance_makes_its_own_ssh_host_keys_once(tmp_path: Path) -> None:
+    (tmp_path / "etc/ssh").mkdir(parents=True)
+    env = {"PATH": os.environ["PATH"], "UCVM_ROOT": str(tmp_path)}
+    subprocess.run([SSH_HOSTKEYS], env=env, capture_output=True, check=True)
+    made = {p.name: p.read_bytes() for p in (tmp_path / "etc/ssh").iterdir()}
+    assert sorted(made) == [
+        "ssh_host_ecdsa_key", "ssh_host_ecdsa_key.pub",
+        "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub",
+    ]  # fmt: skip
+    assert (tmp_path / "etc/ssh/ssh_host_ed25519_key").stat().st_mode & 0o077 == 0
+    subprocess.run([SSH_HOSTKEYS], env=env, capture_output=True, check=True)  # a later boot
+    assert {p.name: p.read_bytes() for p in (tmp_path / "etc/ssh").iterdir()} == made
+
+
+def test_the_image_ships_no_ssh_host_keys(tmp_path: Path) -> None:
+    (tmp_path / "etc/ssh").mkdir(parents=True)
+    for name in ("ssh_host_rsa_key", "ssh_host_rsa_key.pub", "sshd_config"):
+        (tmp_path / "etc/ssh" / name).write_text("x")
+    assert rootfs.remove_ssh_host_keys(tmp_path) == ["ssh_host_rsa_key", "ssh_host_rsa_key.pub"]
+    assert [p.name for p in (tmp_path / "etc/ssh").iterdir()] == ["sshd_config"]
 
 
 def unit(path: str) -> configparser.ConfigParser:
@@ -474,6 +580,17 @@ def test_the_units_follow_the_contract() -> None:
     assert ready["Install"]["WantedBy"] == "multi-user.target"
     channel = unit("/usr/lib/systemd/system/ucvm-channel.service")
     assert "ucvm-ready.service" in channel["Unit"]["Before"].split()
+    # only where the lab gave its key: never on a real cloud
+    assert channel["Unit"]["ConditionFileNotEmpty"] == "/run/ucvm/channel.key"
+    assert "ucvm-channel-key.service" in channel["Unit"]["After"].split()
+    assert channel["Unit"]["Wants"] == "ucvm-channel-key.service"
+    assert channel["Service"]["RestartPreventExitStatus"] == "78"
+    key = unit("/usr/lib/systemd/system/ucvm-channel-key.service")
+    assert key["Service"]["ExecStart"] == "/usr/lib/ucvm/ucvm-channel-key"
+    hostkeys = unit("/usr/lib/systemd/system/ucvm-ssh-hostkeys.service")
+    assert {"ssh.service", "sshd.service"} <= set(hostkeys["Unit"]["Before"].split())
+    assert hostkeys["Unit"]["ConditionPathExists"] == "!/etc/ssh/ssh_host_ed25519_key"
+    assert hostkeys["Service"]["ExecStart"] == "/usr/lib/ucvm/ucvm-ssh-hostkeys"
     assert channel["Service"]["ExecStartPre"] == "/usr/bin/stty -F /dev/ttyS1 raw -echo"
     assert channel["Service"]["TTYPath"] == "/dev/ttyS1"
     assert channel["Service"]["ExecStart"] == "/usr/lib/ucvm/ucvm-channel"
@@ -481,7 +598,8 @@ def test_the_units_follow_the_contract() -> None:
     assert network["Match"]["Name"].split() == ["en*", "eth*"]
     assert network["Network"]["DHCP"] == "yes"
     assert unit("/etc/systemd/system.conf.d/50-ucvm.conf")["Manager"]["ShowStatus"] == "no"
-    for name in ("ucvm-ready.service", "ucvm-channel.service", "systemd-networkd.service"):
+    for name in ("ucvm-ready.service", "ucvm-channel.service", "ucvm-ssh-hostkeys.service",
+                 "systemd-networkd.service"):  # fmt: skip
         assert name in rootfs.UNITS_ENABLED
 
 
@@ -634,12 +752,13 @@ def test_the_default_release_builds_for_real() -> None:
     assert int(record["packages"]) == len(entries)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", record["built"])
     # the lab's units, present and enabled
-    for name in ("ucvm-ready.service", "ucvm-channel.service", "systemd-networkd.service"):
+    for name in ("ucvm-ready.service", "ucvm-channel.service", "ucvm-ssh-hostkeys.service",
+                 "systemd-networkd.service"):  # fmt: skip
         state = subprocess.run(["chroot", root, "systemctl", "is-enabled", name],
                                capture_output=True, text=True)  # fmt: skip
         assert state.stdout.strip() == "enabled", name
     assert (root / "etc/machine-id").read_bytes() == b"" == (root / "etc/fstab").read_bytes()
-    assert (root / "etc/ssh/ssh_host_ed25519_key").is_file()
+    assert not list((root / "etc/ssh").glob("ssh_host_*")), "host keys in the image"
     assert re.search(r"^root:!", (root / "etc/shadow").read_text(), re.MULTILINE)
     # the image: /sbin is merged /usr's link, and init is there
     listing = subprocess.run(["unsquashfs", "-ll", artifact.squashfs],
@@ -661,6 +780,6 @@ def test_the_ready_marker_says_unknown_when_systemctl_fails(tmp_path: Path) -> N
     env = {"PATH": os.environ["PATH"], "UCVM_ROOT": str(root), "UCVM_CONSOLE": str(console),
            "UCVM_SYSTEMCTL": str(systemctl)}  # fmt: skip
     subprocess.run([READY], env=env, capture_output=True, text=True, check=True)
-    (line,) = console.read_text().splitlines()
-    assert MARKER.match(line), line
+    blank, line = console.read_text().splitlines()
+    assert blank == "" and MARKER.match(line), line
     assert " units_failed=unknown cloud_init=absent" in line

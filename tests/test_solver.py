@@ -152,6 +152,30 @@ def test_shopping_list_errors_name_file_line_and_package(repo: Repository, tmp_p
     assert len(lines) == 4  # `mta` is a virtual name: allowed
 
 
+@pytest.mark.parametrize("content", ["", "# only a comment\n\n   \n"])
+def test_a_list_without_package_names_is_refused(
+    repo: Repository, tmp_path: Path, content: str
+) -> None:
+    listing = tmp_path / "empty.list"
+    listing.write_text(content)
+    with pytest.raises(ShoppingListError) as error:
+        read_shopping_list(listing, repo)
+    assert str(error.value) == (
+        f"{listing}: no package names; a shopping list lists one package per line"
+    )
+
+
+def test_a_long_line_is_echoed_cut_to_80_characters(repo: Repository, tmp_path: Path) -> None:
+    listing = tmp_path / "long.list"
+    listing.write_text("app=" + "9" * 1000 + "\n")
+    with pytest.raises(ShoppingListError) as error:
+        read_shopping_list(listing, repo)
+    assert str(error.value) == (
+        f"{listing}:1: package 'app': version {'9' * 80}… (1,000 characters) is not in the "
+        "index(es); available: 2, 1"
+    )
+
+
 def test_closure_check_finds_what_is_missing_or_conflicting(repo: Repository) -> None:
     by = {f"{p.name}={p.version}": p for p in repo.packages}
     good = [by["base=1"], by["app=2"], by["libx=2"], by["exim=4.96"]]
@@ -186,6 +210,29 @@ def test_meta_package_pins_exactly_the_list(repo: Repository, tmp_path: Path) ->
     assert sorted(closed_list.meta_package_depends(deb)) == sorted(
         (p.name, p.version) for p in packages
     )
+
+
+@pytest.mark.parametrize(
+    ("version", "problem"),
+    [
+        ("1.0\nEssential: yes", "version '1.0\\nEssential: yes' has embedded whitespace"),
+        ("../../evil", "the upstream part of version '../../evil' must start with a digit"),
+        ("1.0/x", "the upstream part of version '1.0/x' must start with a digit, then"),
+        ("", "the version is empty"),
+    ],
+)
+def test_meta_package_refuses_a_version_that_is_not_debians(
+    repo: Repository, tmp_path: Path, version: str, problem: str
+) -> None:
+    """The CLI checks --version; build_meta_package checks again for any other caller."""
+    packages = solve(build_model(repo, [Wanted("app")])).packages
+    with pytest.raises(closed_list.ClosedListError) as error:
+        closed_list.build_meta_package(packages, tmp_path, version=version)
+    assert str(error.value).startswith(f"meta-package cernvm-system: {problem}")
+    assert str(error.value).endswith(
+        "; a Debian version is [epoch:]upstream[-revision], e.g. 1.0 or 2:1.4-3"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_diff_between_closed_lists() -> None:

@@ -14,14 +14,28 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from lab.build.index import write_packages
+from lab.build.index import version_problem, write_packages
+from lab.build.messages import clip
 from lab.build.packages import Compare, Package, Relation, Repository
 from lab.build.solver import Wanted, essential_names
 
 META_PACKAGE = "cernvm-system"
+VERSION_RULE = "a Debian version is [epoch:]upstream[-revision], e.g. 1.0 or 2:1.4-3"
+JSON_EXPECTED = 'a closed-list.json written by ucvm-lab solve ({"packages": [...]})'
+
+
+class ClosedListError(ValueError):
+    """A closed list or meta-package input that cannot be used: "FILE: problem; expected ..."."""
+
+
+def meta_version_problem(version: str) -> str | None:
+    """Why ``version`` cannot be the meta-package's version (it goes into the control file and
+    the .deb's file name), or None."""
+    problem = version_problem(version)
+    return f"{problem}; {VERSION_RULE}" if problem else None
 
 
 @dataclass(frozen=True)
@@ -54,13 +68,47 @@ def write_json(packages: Sequence[Package], path: Path, **provenance: object) ->
 
 
 def read_json(path: Path) -> list[Entry]:
-    return [Entry(**entry) for entry in json.loads(path.read_text())["packages"]]
+    """The entries of a closed-list.json; ClosedListError names the file and what is wrong."""
+    try:
+        document = json.loads(path.read_bytes())
+    except OSError as error:
+        raise ClosedListError(
+            f"{path}: cannot read it ({error.strerror}); expected {JSON_EXPECTED}"
+        ) from error
+    except json.JSONDecodeError as error:
+        raise ClosedListError(
+            f"{path}:{error.lineno}: not JSON ({error.msg}); expected {JSON_EXPECTED}"
+        ) from error
+    except UnicodeDecodeError as error:
+        raise ClosedListError(f"{path}: not UTF-8 text; expected {JSON_EXPECTED}") from error
+    packages = document.get("packages") if isinstance(document, dict) else None
+    if not isinstance(packages, list):
+        raise ClosedListError(f'{path}: no "packages" list; expected {JSON_EXPECTED}')
+    return [json_entry(path, number, entry) for number, entry in enumerate(packages)]
+
+
+ENTRY_FIELDS = tuple(f.name for f in fields(Entry))
+
+
+def json_entry(path: Path, number: int, entry: object) -> Entry:
+    if (
+        not isinstance(entry, dict)
+        or set(entry) != set(ENTRY_FIELDS)
+        or not all(isinstance(value, str) for value in entry.values())
+    ):
+        raise ClosedListError(
+            f"{path}: packages[{number}] is {clip(json.dumps(entry))}; expected an object of "
+            f"the strings {', '.join(ENTRY_FIELDS)}"
+        )
+    return Entry(**entry)
 
 
 def build_meta_package(
     packages: Sequence[Package], out_dir: Path, *, version: str, name: str = META_PACKAGE
 ) -> Path:
     """A real .deb whose Depends pin every package of the list with `=`."""
+    if problem := meta_version_problem(version):  # the CLI checks too: this guards other callers
+        raise ClosedListError(f"meta-package {name}: {problem}")
     depends = ", ".join(f"{e.name} (= {e.version})" for e in entries(packages))
     control = (
         f"Package: {name}\nVersion: {version}\nArchitecture: all\n"

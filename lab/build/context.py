@@ -26,12 +26,9 @@ OpenNebula and OVF by those volume ids and Ec2, GCE and OpenStack by those SMBIO
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
-import difflib
 import email
 import email.message
-import gzip
 import hashlib
 import json
 import os
@@ -42,8 +39,8 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,6 +49,11 @@ from types import TracebackType
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape
+
+from lab.build.userdata import UCERNVM_BEGIN, UCERNVM_END, check_key_value, valid_hostname
+from lab.build.userdata import BlockProblem as BlockProblem
+from lab.build.userdata import UcernvmBlock as UcernvmBlock
+from lab.build.userdata import parse_ucernvm_block as parse_ucernvm_block
 
 
 class ContextError(ValueError):
@@ -67,22 +69,61 @@ class Context:
     ssh_public_keys: tuple[str, ...] = ()
 
 
-# The most user-data each platform accepts, in bytes as the user wrote it (before any
-# base64 the API adds). The lab refuses more before launch, as the platform would.
+# The most user-data each platform accepts, and what the limit counts (the lab refuses more
+# before launch, as the platform would):
+# | platform | limit | counted on |
+# | EC2 RunInstances | 16 KiB | the raw bytes, before the base64 of the API (AWS's user guide:
+#   "limited to 16 KB, in raw form, before it is base64-encoded") |
+# | OpenStack Nova | 65,535 | the base64 text the API takes (4 * ceil(n / 3): ~48 KiB raw) |
+# | GCE | 256 KiB | the metadata value: the text, or its base64 when it is not UTF-8 (as the
+#   lab's gce-metadata channel stores binary user-data) |
 USER_DATA_LIMITS: dict[str, int] = {
-    "Amazon EC2": 16 * 1024,  # EC2 RunInstances: 16 KB
-    "OpenStack": 65535,  # Nova: 65,535 bytes
-    "Google Compute Engine": 256 * 1024,  # a metadata value: 256 KB
+    "Amazon EC2": 16 * 1024,
+    "OpenStack": 65535,
+    "Google Compute Engine": 256 * 1024,
 }
+USER_DATA_COUNTED: dict[str, Literal["raw", "base64", "metadata value"]] = {
+    "Amazon EC2": "raw",
+    "OpenStack": "base64",
+    "Google Compute Engine": "metadata value",
+}
+
+COUNTED_WORDS = {
+    "raw": "the raw bytes, before base64",
+    "base64": "the base64 text",
+    "metadata value": "the metadata value",
+}
+
+
+def _base64_length(size: int) -> int:
+    return 4 * -(-size // 3)
+
+
+def _counted_size(platform: str, user_data: bytes) -> int:
+    counted = USER_DATA_COUNTED.get(platform, "raw")
+    if counted == "base64":
+        return _base64_length(len(user_data))
+    if counted == "metadata value":
+        try:
+            user_data.decode("utf-8")
+        except UnicodeDecodeError:
+            return _base64_length(len(user_data))
+    return len(user_data)
 
 
 def check_user_data_size(platform: str, user_data: bytes, source: str = "user-data") -> None:
     limit = USER_DATA_LIMITS.get(platform)
-    if limit is not None and len(user_data) > limit:
+    if limit is None:
+        return
+    size = _counted_size(platform, user_data)
+    if size > limit:
+        counted = USER_DATA_COUNTED[platform]
+        as_sent = "" if size == len(user_data) else f" ({size:,} as its {counted})"
+        kib = f" ({limit // 1024} KiB)" if limit % 1024 == 0 else ""
         raise ContextError(
-            f"{source}: {len(user_data):,} bytes, over {platform}'s user-data limit of "
-            f"{limit:,} bytes ({limit // 1024} KiB); shorten it, or compress it (gzip) as "
-            "cloud-init accepts"
+            f"{source}: {len(user_data):,} bytes{as_sent}, over {platform}'s user-data limit "
+            f"of {limit:,} bytes{kib}, counted on {COUNTED_WORDS[counted]}; shorten it, "
+            "or compress it (gzip) as cloud-init accepts"
         )
 
 
@@ -258,7 +299,6 @@ OVF_NAMESPACE = "http://schemas.dmtf.org/ovf/environment/1"
 ISO_EPOCH = 946684800
 
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
-_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
 
 
 def _check_context(context: Context, channel: Channel) -> None:
@@ -271,10 +311,11 @@ def _check_context(context: Context, channel: Channel) -> None:
             f"{channel.name}: instance id {context.instance_id!r} is empty or has blanks; "
             "give a printable id without spaces"
         )
-    if not _HOSTNAME.fullmatch(context.hostname) or len(context.hostname) > 253:
+    if not valid_hostname(context.hostname):
         raise ContextError(
             f"{channel.name}: hostname {context.hostname!r} is not a host name; use letters, "
-            "digits and -, dot-separated labels of at most 63 characters"
+            "digits and -, dot-separated labels of at most 63 characters (- not at a label's "
+            "ends), 253 characters in all"
         )
     check_user_data_size(channel.platform, context.user_data, f"{channel.name} user-data")
 
@@ -974,172 +1015,7 @@ class MetadataService:
         self.stop()
 
 
-# --- μCernVM's block -------------------------------------------------------------------------
-
-UCERNVM_BEGIN = "[ucernvm-begin]"
-UCERNVM_END = "[ucernvm-end]"
-UCERNVM_CONTENT_TYPE = "text/ucernvm"
-# The boot loader's HTTP client takes a numeric IPv4 address (the initramfs resolves no names)
-_HOST_PORT = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}(:[0-9]{1,5})?", re.A)
-_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
-# A URL path takes only what the boot loader accepts in a value: A-Za-z0-9._:/-
-_URL = re.compile(r"http://[0-9]{1,3}(\.[0-9]{1,3}){3}(:[0-9]{1,5})?(/[\w.:/-]*)?", re.A)
-
-
-def _valid_server(value: str) -> bool:
-    return bool(_HOST_PORT.fullmatch(value) or _URL.fullmatch(value))
-
-
-# key -> (is the value valid, what a valid value looks like)
-UCERNVM_KEYS: dict[str, tuple[Callable[[str], object], str]] = {
-    "cvmfs_server": (
-        _valid_server,
-        "IPv4[:port] or an http://IPv4[:port]/path URL of the OS repository (the boot "
-        "loader resolves no host names)",
-    ),
-    "cvmfs_tag": (_TAG.fullmatch, "an OS version: a tag (e.g. 1.2), newest or previous"),
-    "cvmfs_branch": (_BRANCH.fullmatch, "a branch name of the OS repository (e.g. devel)"),
-    "resize_rootfs": (lambda value: value in ("on", "off"), "on or off"),
-}
-
-
-@dataclass(frozen=True)
-class BlockProblem:
-    source: str  # the user-data's name, and the MIME part when the block is in one
-    line: int  # 1-based, in that source
-    what: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.source}, line {self.line}: {self.what}; {self.fix}"
-
-
-@dataclass(frozen=True)
-class UcernvmBlock:
-    values: dict[str, str] = field(default_factory=dict)
-    problems: tuple[BlockProblem, ...] = ()
-    found: bool = False  # a [ucernvm-begin] line was there
-
-
-def parse_ucernvm_block(user_data: bytes, source: str) -> UcernvmBlock:
-    """μCernVM's block from user-data as a user wrote it: plain text, gzip, or a MIME
-    multi-part message (the block in its text/ucernvm part, else anywhere in the text)."""
-    unpacked = _gunzipped(user_data, source)
-    if isinstance(unpacked, BlockProblem):
-        return UcernvmBlock(problems=(unpacked,))
-    text = unpacked.decode("utf-8", "replace")
-    part = _ucernvm_part(text, source)
-    if isinstance(part, BlockProblem):
-        return UcernvmBlock(problems=(part,), found=True)
-    if part is not None:
-        return _parse_block(*part)
-    return _parse_block(text, source)
-
-
-def _gunzipped(user_data: bytes, source: str) -> bytes | BlockProblem:
-    if user_data[:2] != b"\x1f\x8b":  # gzip, which cloud-init and the boot loader accept
-        return user_data
-    try:
-        return gzip.decompress(user_data)
-    except (OSError, EOFError) as error:
-        what = f"gzip-compressed but does not decompress ({error})"
-        return BlockProblem(source, 1, what, "compress it again with gzip, or send it plain")
-
-
-def _ucernvm_part(text: str, source: str) -> tuple[str, str] | BlockProblem | None:
-    """(text, source) of the first text/ucernvm part of a MIME message, if there is one."""
-    if "mime-version:" not in text[:4096].lower():
-        return None
-    message = email.message_from_string(text)
-    for number, part in enumerate(message.walk()):
-        if part.get_content_type() != UCERNVM_CONTENT_TYPE:
-            continue
-        part_source = f"{source}, MIME part {number} ({UCERNVM_CONTENT_TYPE})"
-        payload = part.get_payload()
-        if not isinstance(payload, str):
-            continue
-        encoding = str(part.get("Content-Transfer-Encoding", "7bit")).lower()
-        if encoding == "base64":
-            try:
-                raw = base64.b64decode("".join(payload.split()), validate=True)
-            except (binascii.Error, ValueError) as error:
-                return BlockProblem(
-                    part_source,
-                    1,
-                    f"Content-Transfer-Encoding base64, but not base64 ({error})",
-                    "encode the part again (base64 -w 76), or send it as 7bit text",
-                )
-            payload = raw.decode("utf-8", "replace")
-        return payload, part_source
-    return None
-
-
-def _parse_block(text: str, source: str) -> UcernvmBlock:
-    # As the boot loader reads it: the markers start a line, blanks around = are not trimmed.
-    lines = text.splitlines()
-    begin = next((i for i, line in enumerate(lines) if line.startswith(UCERNVM_BEGIN)), None)
-    if begin is None:
-        return UcernvmBlock()
-    end = next((i for i in range(begin + 1, len(lines)) if lines[i].startswith(UCERNVM_END)), None)
-    problems: list[BlockProblem] = []
-    if end is None:
-        problems.append(
-            BlockProblem(
-                source,
-                begin + 1,
-                f"{UCERNVM_BEGIN} without {UCERNVM_END}",
-                f"add a line {UCERNVM_END} after the block's last key=value line",
-            )
-        )
-        end = len(lines)
-    values: dict[str, str] = {}
-    for number in range(begin + 1, end):
-        _parse_line(lines[number], number + 1, source, values, problems)
-    return UcernvmBlock(values, tuple(problems), found=True)
-
-
-def _parse_line(
-    line: str, number: int, source: str, values: dict[str, str], problems: list[BlockProblem]
-) -> None:
-    stripped = line.strip()
-    if not stripped or stripped.startswith("#"):
-        return
-    if "=" not in stripped:
-        problems.append(
-            BlockProblem(
-                source,
-                number,
-                f"{stripped!r} is not key=value",
-                "write key=value, or start the line with # to comment it",
-            )
-        )
-        return
-    key, value = stripped.split("=", 1)
-    problem = _check_key_value(key, value)
-    if problem:
-        problems.append(BlockProblem(source, number, *problem))
-    elif key in values:
-        problems.append(
-            BlockProblem(
-                source, number, f"{key} given twice", f"keep one {key}= line (this one wins)"
-            )
-        )
-        values[key] = value
-    else:
-        values[key] = value
-
-
-def _check_key_value(key: str, value: str) -> tuple[str, str] | None:
-    """(what, fix) when key=value is not valid in the block, else None."""
-    if key not in UCERNVM_KEYS:
-        close = difflib.get_close_matches(key, UCERNVM_KEYS, n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        return f"unknown key {key!r}", f"{hint}known keys: {', '.join(UCERNVM_KEYS)}"
-    is_valid, expected = UCERNVM_KEYS[key]
-    if not value.isascii() or not is_valid(value):
-        return f"{key}={value!r} is not valid", f"give {expected}"
-    return None
+# --- μCernVM's block: the grammar is docs/user-data.md, the parser lab/build/userdata.py -----
 
 
 def compose_user_data(cloud_config: str, ucernvm: Mapping[str, str]) -> bytes:
@@ -1149,7 +1025,7 @@ def compose_user_data(cloud_config: str, ucernvm: Mapping[str, str]) -> bytes:
     The boundary comes from the content: equal input gives equal bytes."""
     problems = []
     for key, value in ucernvm.items():
-        problem = _check_key_value(key, value)
+        problem = check_key_value(key, value)
         if problem:
             problems.append(f"{key}: {problem[0]}; {problem[1]}")
     if problems:

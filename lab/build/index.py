@@ -21,6 +21,7 @@ import os
 import pickle
 import re
 import subprocess
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from xml.parsers import expat
 from debian.deb822 import PkgRelation
 
 from lab.build.artifacts import ArtifactStore, file_digest
+from lab.build.messages import clip
 from lab.build.packages import Alternatives, Package, Relation, Repository
 
 READER_VERSION = "1"  # part of the cache key: bump when parsing changes what a Package holds
@@ -40,17 +42,52 @@ class IndexFormatError(ValueError):
     """An index stanza that cannot be read: "FILE:LINE: package NAME: problem; expected ..."."""
 
     def __init__(self, origin: str, line: int, package: str, problem: str, expected: str) -> None:
-        super().__init__(f"{origin}:{line}: package {package}: {problem}; expected {expected}")
+        shown = clip(package, quote=False)
+        super().__init__(f"{origin}:{line}: package {shown}: {problem}; expected {expected}")
         self.origin = origin
         self.line = line
         self.package = package
 
 
+class IndexFileError(IndexFormatError):
+    """An index file that cannot be read at all: "FILE: problem; what to do"."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        ValueError.__init__(self, f"{path}: {problem}")
+        self.origin, self.line, self.package = str(path), 0, "?"
+
+
 # --- reading compressed files ------------------------------------------------------------------
+
+_COMPRESSION = {".gz": "gzip", ".xz": "xz", ".zst": "zstd"}
+_KINDS = "a Packages index (plain, or .gz, .xz, .zst compressed as its name says)"
+
+
+def check_index_file(path: Path) -> None:
+    """IndexFileError unless ``path`` is a file that can be opened."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as error:
+        raise IndexFileError(path, f"cannot read it ({error.strerror}); give {_KINDS}") from error
 
 
 def _read_bytes(path: Path) -> bytes:
     """The content of ``path``, decompressed according to its suffix (.gz, .xz, .zst)."""
+    check_index_file(path)
+    try:
+        return _decompressed(path)
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as error:
+        kind = _COMPRESSION.get(path.suffix, "plain")
+        raise IndexFileError(
+            path, f"not a valid {kind} file ({clip(str(error), quote=False)}); give {_KINDS}"
+        ) from error
+    except subprocess.CalledProcessError as error:
+        said = clip(error.stderr.decode(errors="replace").strip(), quote=False)
+        raise IndexFileError(path, f"zstd cannot decompress it ({said}); give {_KINDS}") from error
+
+
+def _decompressed(path: Path) -> bytes:
     if path.suffix == ".gz":
         with gzip.open(path) as stream:
             return stream.read()
@@ -95,33 +132,31 @@ def version_problem(text: str) -> str | None:
     if not text.strip():
         return "the version is empty"
     if any(character.isspace() for character in text):
-        return f"version {text!r} has embedded spaces"
+        return f"version {clip(text)} has embedded whitespace"
     epoch, colon, rest = text.partition(":")
     if not colon:
         epoch, rest = "0", text
     upstream, hyphen, revision = rest.rpartition("-")
     if not hyphen:
         upstream, revision = rest, ""
-    return _part_problem(text, epoch, upstream, revision, bool(hyphen))
+    return _part_problem(clip(text), epoch, upstream, revision, bool(hyphen))
 
 
 def _part_problem(
-    text: str, epoch: str, upstream: str, revision: str, has_revision: bool
+    shown: str, epoch: str, upstream: str, revision: str, has_revision: bool
 ) -> str | None:
     if not _EPOCH.fullmatch(epoch):
-        return f"the epoch of version {text!r} is not a number"
+        return f"the epoch of version {shown} is not a number"
     if int(epoch) > _INT_MAX:
-        return f"the epoch of version {text!r} is too big"
+        return f"the epoch of version {shown} is too big"
     if not upstream:
-        return f"version {text!r} has nothing after its epoch or before its revision"
+        return f"version {shown} has nothing after its epoch or before its revision"
     if not _UPSTREAM.fullmatch(upstream):
         return (
-            f"the upstream part of version {text!r} must start with a digit, then [A-Za-z0-9.+~:-]"
+            f"the upstream part of version {shown} must start with a digit, then [A-Za-z0-9.+~:-]"
         )
     if has_revision and not _REVISION.fullmatch(revision):
-        return (
-            f"the revision of version {text!r} is empty or has a character outside [A-Za-z0-9.+~]"
-        )
+        return f"the revision of version {shown} is empty or has a character outside [A-Za-z0-9.+~]"
     return None
 
 
@@ -210,10 +245,11 @@ class _Stanza:
         key, colon, value = line.partition(":")
         key = key.rstrip()
         if not colon or not key or " " in key or "\t" in key:
-            raise self.error(f"line {line!r} is not a field", "Field: value", number)
+            raise self.error(f"line {clip(line)} is not a field", "Field: value", number)
         key = _MODELLED_FIELDS.get(key.lower(), key)
         if key in self.fields:
-            raise self.error(f"a second {key} field", "each field once in a stanza", number)
+            problem = f"a second {clip(key, quote=False)} field"
+            raise self.error(problem, "each field once in a stanza", number)
         self.fields[key] = value.strip()
         self.field_lines[key] = number
         self.last_field = key
@@ -305,7 +341,7 @@ class _DebianIndex:
         if not name:
             raise stanza.error("no Package field", "Package and Version in every stanza")
         if not _PACKAGE_NAME.fullmatch(name):
-            stanza.name = repr(name)
+            stanza.name = clip(name)
             raise stanza.error("invalid package name", "[a-z0-9][a-z0-9+.-]+", "Package")
         return name
 
@@ -323,7 +359,7 @@ class _DebianIndex:
     def _essential(stanza: _Stanza) -> bool:
         value = stanza.fields.get("Essential", "no")
         if value not in ("yes", "no"):
-            raise stanza.error(f"Essential is {value!r}", "Essential: yes or no", "Essential")
+            raise stanza.error(f"Essential is {clip(value)}", "Essential: yes or no", "Essential")
         return value == "yes"
 
     @staticmethod
@@ -331,14 +367,14 @@ class _DebianIndex:
         value = stanza.fields.get("Multi-Arch", "")
         if value not in _MULTI_ARCH:
             expected = "Multi-Arch: no, same, foreign or allowed"
-            raise stanza.error(f"Multi-Arch is {value!r}", expected, "Multi-Arch")
+            raise stanza.error(f"Multi-Arch is {clip(value)}", expected, "Multi-Arch")
         return _MULTI_ARCH[value]
 
     @staticmethod
     def _size(stanza: _Stanza) -> int:
         value = stanza.fields.get("Size", "0")
         if not value.isdigit():
-            raise stanza.error(f"Size is {value!r}", "a size in bytes", "Size")
+            raise stanza.error(f"Size is {clip(value)}", "a size in bytes", "Size")
         return int(value)
 
     def _plain_relations(self, stanza: _Stanza, field_name: str) -> tuple[Relation, ...]:
@@ -384,20 +420,22 @@ class _DebianIndex:
         def fail(problem: str) -> IndexFormatError:
             return stanza.error(f"{field_name}: {problem}", _RELATION_EXPECTED, field_name)
 
+        name = clip(raw["name"], quote=False)
+
         # what python-debian cannot parse, it returns whole as the name (and logs a warning)
         if not _RELATION_NAME.fullmatch(raw["name"]):
-            raise fail(f"cannot parse relation {raw['name'].strip()!r}")
+            raise fail(f"cannot parse relation {clip(raw['name'].strip())}")
         if raw["arch"] is not None or raw["restrictions"] is not None:
-            raise fail(f"{raw['name']}: [arch] lists and <profiles> belong in source packages")
+            raise fail(f"{name}: [arch] lists and <profiles> belong in source packages")
         op = version = None
         if raw["version"] is not None:
             written, version = raw["version"]
             op = _OPERATORS.get(written)
             if op is None:
-                raise fail(f"{raw['name']}: unknown operator {written!r}")
+                raise fail(f"{name}: unknown operator {clip(written)}")
             problem = version_problem(version)
             if problem:
-                raise fail(f"{raw['name']}: {problem}")
+                raise fail(f"{name}: {problem}")
         return Relation(raw["name"], op, version, raw["archqual"])
 
 
@@ -484,6 +522,8 @@ def load_cached(
 ) -> Repository:
     """``read_debian(paths, arch=arch)``, parsed once: the package list is pickled in the
     artifact store under the digests (and names: Package.origin holds them) of the files."""
+    for path in paths:
+        check_index_file(path)  # before hashing it: a missing file or a directory, named
     store = store or ArtifactStore()
     inputs = {
         "reader": READER_VERSION,
@@ -715,7 +755,7 @@ class _PrimaryParser:
         if not text.isdigit():
             name = self.current.name if self.current else "?"
             line = self.parser.CurrentLineNumber
-            raise IndexFormatError(self.origin, line, name, f"size {text!r}", "a size in bytes")
+            raise IndexFormatError(self.origin, line, name, f"size {clip(text)}", "a size in bytes")
         return int(text)
 
     def _rpm_start(self, name: str, attributes: dict[str, str]) -> None:
@@ -871,7 +911,8 @@ class _RpmIndex:
                 self.origin,
                 entry.line,
                 stanza.name,
-                f"entry {entry.name!r} has flags {entry.flags!r} and version {entry.evr!r}",
+                f"entry {clip(entry.name)} has flags {clip(entry.flags)} and version "
+                f"{clip(entry.evr or '')}",
                 "flags EQ, LT, LE, GT or GE with a ver attribute",
             )
         return Relation(entry.name, op, entry.evr)
@@ -893,6 +934,7 @@ def _rich_alternatives(text: str) -> Alternatives:
 
 
 __all__ = [
+    "IndexFileError",
     "IndexFormatError",
     "format_relations",
     "format_requirements",

@@ -22,6 +22,7 @@ import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import time
 import urllib.error
@@ -42,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from filelock import FileLock
 
 from lab.build.artifacts import default_root
+from lab.build.messages import clip
 from lab.targets.run import dead_run_dirs
 
 FORMAT = "ucvm-manifest 1"
@@ -51,7 +53,14 @@ BLOCK_BYTES = 65536
 RESERVED = ("newest", "previous")
 TEMP_PREFIX = ".tmp-"
 SQUASHFS_MAGIC = b"hsqs"
+# squashfs 4.0's superblock (96 bytes, little-endian) up to bytes_used: magic, inodes, mkfs
+# time, block size, fragments, compression, block_log, flags, ids, major, minor, root inode
+SUPERBLOCK = struct.Struct("<IIIIIHHHHHHQQ")
+SUPERBLOCK_BYTES = 96
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_MAX_CHARS = 64  # a tag or branch is a manifest field: the guest reads at most 1 MiB of it
+NAME_RULE = f"a name is [A-Za-z0-9][A-Za-z0-9._-]*, at most {NAME_MAX_CHARS} characters"
+PUBLIC_KEY = "repo.pub"  # REPO/repo.pub: the public half of the key that signs the manifest
 TIMESTAMP_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 SHA_RE = re.compile(r"[0-9a-f]{64}")
 KEYID_RE = re.compile(r"[0-9a-f]{16}")
@@ -68,8 +77,8 @@ def utc_timestamp(when: datetime | None = None) -> str:
 
 
 def check_name(kind: str, name: str) -> str:
-    if not NAME_RE.fullmatch(name):
-        raise RepoError(f"{kind} {name!r}: a name is [A-Za-z0-9][A-Za-z0-9._-]*")
+    if len(name) > NAME_MAX_CHARS or not NAME_RE.fullmatch(name):
+        raise RepoError(f"{kind} {clip(name)}: {NAME_RULE}")
     return name
 
 
@@ -80,7 +89,7 @@ def check_timestamp(value: str) -> str:
             return value
     except ValueError:
         pass
-    raise RepoError(f"timestamp {value!r}: expected UTC YYYY-MM-DDTHH:MM:SSZ")
+    raise RepoError(f"timestamp {clip(value)}: expected UTC YYYY-MM-DDTHH:MM:SSZ")
 
 
 def default_key_path() -> Path:
@@ -135,7 +144,10 @@ class PublicKey:
         try:
             return cls.from_line(path.read_text(), str(path))
         except OSError as error:
-            raise RepoError(f"{path}: cannot read the public key ({error.strerror})") from error
+            raise RepoError(
+                f"{path}: cannot read the public key ({error.strerror}): set UCVM_REPO_KEY to "
+                "the key that signs the repository (KEY.pub beside it suffices for reading)"
+            ) from error
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         try:
@@ -179,6 +191,11 @@ class SigningKey:
             raise RepoError(
                 f"no repository key at {path}: set UCVM_REPO_KEY to the key that signs it"
             ) from error
+        except OSError as error:
+            raise RepoError(
+                f"{path}: cannot read the repository key ({error.strerror}): set UCVM_REPO_KEY "
+                "to the private key file (PEM) that signs the repository"
+            ) from error
         if mode & 0o077:
             raise RepoError(f"{path}: private key has mode {mode:04o}: chmod 600 {path}")
         try:
@@ -220,14 +237,6 @@ class SigningKey:
 
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -286,13 +295,35 @@ def hash_image(source: Path, block_bytes: int, copy_to: Path | None = None) -> I
 
 
 def check_squashfs(image: Path) -> None:
+    """RepoError unless ``image`` starts with a plausible squashfs 4.0 superblock."""
     try:
         with image.open("rb") as stream:
-            magic = stream.read(4)
+            header = stream.read(SUPERBLOCK_BYTES)
+            size = os.fstat(stream.fileno()).st_size
     except OSError as error:
         raise RepoError(f"{image}: cannot read the image ({error.strerror})") from error
-    if magic != SQUASHFS_MAGIC:
-        raise RepoError(f"{image}: not a squashfs image (no 'hsqs' magic): make it with mksquashfs")
+    if problem := superblock_problem(header, size):
+        raise RepoError(f"{image}: not a squashfs image ({problem}): make it with mksquashfs")
+
+
+def superblock_problem(header: bytes, size: int) -> str | None:
+    if header[:4] != SQUASHFS_MAGIC:
+        return "no 'hsqs' magic"
+    if len(header) < SUPERBLOCK_BYTES:
+        return f"{size} bytes, shorter than the {SUPERBLOCK_BYTES}-byte superblock"
+    fields = SUPERBLOCK.unpack_from(header)
+    inodes, block_size, block_log, major, minor, used = (fields[i] for i in (1, 3, 6, 9, 10, 12))
+    if (major, minor) != (4, 0):
+        return f"squashfs version {major}.{minor}; expected 4.0"
+    if block_size & (block_size - 1) or not 4096 <= block_size <= 1 << 20:
+        return f"block size {block_size}; expected a power of two from 4096 to 1048576"
+    if block_log > 20 or 1 << block_log != block_size:
+        return f"block_log {block_log} does not match block size {block_size}"
+    if used > size:
+        return f"the superblock says {used:,} bytes, the file has {size:,} (truncated?)"
+    if inodes == 0:
+        return "no inodes"
+    return None
 
 
 # --- the manifest -----------------------------------------------------------------------
@@ -505,8 +536,10 @@ def check_signature(
 ) -> None:
     if signature is None:
         raise RepoError(
-            f"{source}: unsigned (no 'signature ed25519 KEYID BASE64SIG' last line): "
-            "refused; publish or tag again to re-sign it"
+            f"{source}: unsigned (no 'signature ed25519 KEYID BASE64SIG' last line): refused, "
+            "and no write re-signs it; restore the signed manifest (a backup, or the server's "
+            "copy), or make a new repository (ucvm-lab repo init --repo NEW) and publish the "
+            "images again"
         )
     if signature.keyid != key.keyid:
         raise RepoError(
@@ -631,6 +664,20 @@ class Repository:
             self._key = load(self.key_path)
         return self._key
 
+    def public_key(self) -> PublicKey:
+        """The key reads verify with: the signing key's public half, from KEY.pub beside the
+        private key when that exists (reading needs no private key), else from the key."""
+        if self._key is not None:
+            return self._key.public
+        beside = self.key_path.with_name(self.key_path.name + ".pub")
+        if beside.is_file():
+            return PublicKey.load(beside)
+        return self.signing_key().public
+
+    @property
+    def public_key_path(self) -> Path:
+        return self.root / PUBLIC_KEY
+
     @property
     def manifest_path(self) -> Path:
         return self.root / MANIFEST
@@ -651,9 +698,9 @@ class Repository:
     # --- reading
 
     def manifest(self) -> Manifest:
-        return self._read(self.signing_key().public)
+        return self._read(self.public_key())
 
-    def list(self) -> list[Snapshot]:
+    def snapshots(self) -> list[Snapshot]:
         return self.manifest().snapshots
 
     def resolve(self, version: str) -> Snapshot:
@@ -714,6 +761,7 @@ class Repository:
                 return current
             key = self.signing_key(create=True)
             self.snapshots_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.public_key_path, (key.public_line() + "\n").encode())
             manifest = Manifest(name, 1, utc_timestamp(), default_branch)
             write_atomic(self.manifest_path, manifest.sign(key))
             return manifest
@@ -728,8 +776,8 @@ class Repository:
     ) -> Snapshot:
         """Add ``image`` (a squashfs file) as ``tag`` and make it the head of ``branch``.
         Tags are immutable: the same tag with the same image is a no-op, with another image an
-        error. The image is hardlinked into the repository when it can be (same file system),
-        else copied: never modify a published image file in place."""
+        error. The image is copied into the repository (never linked: editing the source
+        later must not change what was published) and hashed from what was copied."""
         stamp = timestamp if isinstance(timestamp, str) else utc_timestamp(timestamp)
         check_timestamp(stamp)
         check_block_bytes(block_bytes)
@@ -782,10 +830,28 @@ class Repository:
     @contextlib.contextmanager
     def _writing(self) -> Iterator[tuple[SigningKey, Manifest]]:
         with self._lock():
-            if not self.exists():
-                raise self._not_a_repository()
-            key = self.signing_key()
-            yield key, self._read(key.public)
+            key = self.check_key()
+            current = self._read(key.public)
+            if not self.public_key_path.exists():  # a repository older than REPO/repo.pub
+                write_atomic(self.public_key_path, (key.public_line() + "\n").encode())
+            yield key, current
+
+    def check_key(self) -> SigningKey:
+        """The signing key, if this is a repository and the key is the one whose public half
+        it publishes in REPO/repo.pub: only that key may write to it."""
+        if not self.exists():
+            raise self._not_a_repository()
+        key = self.signing_key()
+        if not self.public_key_path.exists():
+            return key  # written by the first write, once the key verified the manifest
+        published = PublicKey.load(self.public_key_path)
+        if published.keyid != key.keyid:
+            raise RepoError(
+                f"{key.path or 'the given key'} (key {key.keyid}) is not the key of {self.root} "
+                f"(its {PUBLIC_KEY} is key {published.keyid}): set UCVM_REPO_KEY to the key "
+                "that made the repository"
+            )
+        return key
 
     def _remove_temps(self) -> None:
         """What writers killed before their rename left (we hold the lock: none is live)."""
@@ -795,12 +861,14 @@ class Repository:
 
     @contextlib.contextmanager
     def _staged(self, image: Path, block_bytes: int) -> Iterator[tuple[Path, ImageHashes]]:
-        """The image in a temporary file of snapshots/ (linked or copied), and its hashes; the
-        file is gone afterwards unless _place() renamed it into place."""
+        """A copy of the image in a temporary file of snapshots/, and the hashes of what was
+        copied; the file is gone afterwards unless _place() renamed it into place."""
         self.snapshots_dir.mkdir(exist_ok=True)
         temp = temp_path(self.snapshots_dir, ".img")
         try:
-            yield temp, link_or_copy(image, temp, block_bytes)
+            hashes = hash_image(image, block_bytes, copy_to=temp)
+            check_squashfs(temp)  # what is published, should the source have changed meanwhile
+            yield temp, hashes
         finally:
             temp.unlink(missing_ok=True)
 
@@ -827,16 +895,6 @@ class Repository:
             branches=branches,
         )
         write_atomic(self.manifest_path, manifest.sign(key))
-
-
-def link_or_copy(image: Path, temp: Path, block_bytes: int) -> ImageHashes:
-    """Hardlink ``image`` to ``temp`` (then hash what was linked) or copy it, hashing."""
-    try:
-        os.link(image, temp)
-    except OSError:
-        return hash_image(image, block_bytes, copy_to=temp)
-    fsync_file(temp)
-    return hash_image(temp, block_bytes)
 
 
 MAX_BLOCK_BYTES = 16 << 20  # the guest's block client takes no larger block

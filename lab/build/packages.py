@@ -162,7 +162,11 @@ class Repository:
             self.by_name[package.name].append(package)
             for provided in package.provides:
                 self.provided_by[provided.name].append((package, provided))
-        newest_first = functools.cmp_to_key(lambda a, b: self.compare(b.version, a.version))
+
+        def newer_first(a: Package, b: Package) -> int:
+            return self.compare(b.version, a.version)
+
+        newest_first = functools.cmp_to_key(newer_first)
         for versions in self.by_name.values():
             versions.sort(key=newest_first)
         self._satisfiers: dict[Relation, tuple[Package, ...]] = {}

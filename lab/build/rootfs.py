@@ -11,8 +11,9 @@ configuration overlay. A release is built in five steps:
    reads the same index files the solver read (copied in, `--skip=update`), and the .debs come
    from, and go back to, the artifact store's `apt-archives/`, so a rebuild downloads nothing;
 3. customise: the lab's own files (`os-files/`: ucvm-ready, ucvm-channel, DHCP, ShowStatus=no),
-   the release's overlay, an empty /etc/machine-id and /etc/fstab, the root password locked, the
-   store's SSH host keys, and the record: /etc/ucvm-release, /usr/share/ucvm/closed-list.txt;
+   the release's overlay, an empty /etc/machine-id and /etc/fstab, the root password locked, no
+   SSH host keys (each instance makes its own at first boot), and the record: /etc/ucvm-release,
+   /usr/share/ucvm/closed-list.txt;
 4. clamp every mtime to SOURCE_DATE_EPOCH (the newest index's Date, unless set), so that
 5. the squashfs image (zstd) is byte-identical when nothing changed.
 
@@ -44,7 +45,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from filelock import FileLock
 from pydantic import AfterValidator, Field, ValidationError
 from pydantic_core import ErrorDetails
 
@@ -76,13 +76,13 @@ RESERVED = (RECORD, "/usr/share/ucvm", "/usr/lib/ucvm", "/etc/machine-id", "/etc
 UNITS_ENABLED = (
     "ucvm-ready.service",
     "ucvm-channel.service",
+    "ucvm-ssh-hostkeys.service",
     "systemd-networkd.service",
     "systemd-resolved.service",
 )
 # an appliance has no interactive first boot: with an empty /etc/machine-id, systemd-firstboot
 # would ask for a locale and a time zone on the console and wait for an answer forever
 UNITS_MASKED = ("systemd-firstboot.service",)
-SSH_KEY_TYPES = ("rsa", "ecdsa", "ed25519")
 
 
 class ReleaseError(matrix.MatrixError):
@@ -683,9 +683,11 @@ def customise(root: Path, release: Release, closed: Path, store: ArtifactStore, 
     for path, content in sorted(release.overlay.items()):
         install_file(root, path, content.encode())
     reset_identity(root)
-    install_ssh_host_keys(root, store)
+    remove_ssh_host_keys(root)
     chroot(root, "passwd", "--lock", "root", epoch=epoch)
     present = [u for u in UNITS_ENABLED if (root / "usr/lib/systemd/system" / u).exists()]
+    if not (root / "etc/ssh/sshd_config").exists():  # a release without openssh-server
+        present.remove("ucvm-ssh-hostkeys.service")
     chroot(root, "systemctl", "enable", *present, epoch=epoch)
     chroot(root, "systemctl", "mask", *UNITS_MASKED, epoch=epoch)
     write_record(root, release, closed, epoch)
@@ -704,33 +706,14 @@ def reset_identity(root: Path) -> None:
             os.chown(root / partial, 0, 0)
 
 
-def install_ssh_host_keys(root: Path, store: ArtifactStore) -> None:
-    """The store's SSH host keys (made once, by the root's own ssh-keygen), so that a rebuild is
-    byte-identical and the lab's known_hosts stays valid. Every root built here shares them."""
-    if not (root / "etc/ssh/sshd_config").exists():
-        return
-    keys = store.root / "ssh-host-keys"
-    with FileLock(str(keys) + ".lock"):
-        if not keys.is_dir():
-            make_ssh_host_keys(root, keys)
-    for old in (root / "etc/ssh").glob("ssh_host_*"):
-        old.unlink()
-    for key in sorted(keys.glob("ssh_host_*")):
-        mode = 0o644 if key.suffix == ".pub" else 0o600
-        install_file(root, f"/etc/ssh/{key.name}", key.read_bytes(), mode)
-
-
-def make_ssh_host_keys(root: Path, keys: Path) -> None:
-    work = root / "tmp/ucvm-ssh-keys"
-    work.mkdir()
-    for kind in SSH_KEY_TYPES:
-        chroot(root, "ssh-keygen", "-q", "-N", "", "-t", kind, "-C", "root@ucvm",
-               "-f", f"/tmp/ucvm-ssh-keys/ssh_host_{kind}_key")  # fmt: skip
-    work.chmod(0o700)
-    temporary = keys.with_name(keys.name + ".new")
-    shutil.rmtree(temporary, ignore_errors=True)
-    shutil.move(work, temporary)
-    temporary.rename(keys)
+def remove_ssh_host_keys(root: Path) -> list[str]:
+    """No SSH host keys in the image (openssh-server's postinst made some): a key in a
+    published snapshot would be every instance's. Each instance makes its own at its first
+    boot (ucvm-ssh-hostkeys.service). Returns the names removed."""
+    removed = sorted(key.name for key in (root / "etc/ssh").glob("ssh_host_*"))
+    for name in removed:
+        (root / "etc/ssh" / name).unlink()
+    return removed
 
 
 def write_record(root: Path, release: Release, closed: Path, epoch: int) -> dict[str, str]:

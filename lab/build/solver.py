@@ -36,6 +36,7 @@ from pathlib import Path
 import highspy
 import numpy as np
 
+from lab.build.messages import clip
 from lab.build.packages import Package, Relation, Repository
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]+$")  # Debian Policy 5.6.1: two characters or more
@@ -74,20 +75,63 @@ def read_shopping_list(path: Path, repository: Repository) -> list[Wanted]:
     wanted: list[Wanted] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+    for number, raw in enumerate(list_text(path).splitlines(), start=1):
         text = raw.split("#", 1)[0].strip()
         if not text:
             continue
         name, _, version = (part.strip() for part in text.partition("="))
         problem = shopping_problem(repository, name, version, seen.get(name))
         if problem:
-            problems.append(f"{path}:{number}: package {name or text!r}: {problem}")
+            problems.append(f"{path}:{number}: package {clip(name or text)}: {problem}")
             continue
         seen[name] = number
         wanted.append(Wanted(name, version or None, number))
     if problems:
         raise ShoppingListError("\n".join(problems))
+    if not wanted:
+        raise ShoppingListError(
+            f"{path}: no package names; a shopping list lists one package per line"
+        )
     return wanted
+
+
+LIST_MAX_ENV = "UCVM_LIST_MAX_BYTES"
+LIST_MAX_BYTES = 8 << 20  # a 500-package list is 5 kB: anything near this is not a list
+
+
+def list_max_bytes() -> int:
+    value = os.environ.get(LIST_MAX_ENV, "")
+    if not value:
+        return LIST_MAX_BYTES
+    if not value.isdigit() or int(value) < 1:
+        raise ShoppingListError(f"{LIST_MAX_ENV}={clip(value)}: expected a size in bytes (>= 1)")
+    return int(value)
+
+
+def list_text(path: Path) -> str:
+    """The shopping list's text: a file of at most list_max_bytes(), in UTF-8."""
+    limit = list_max_bytes()
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(limit + 1)
+    except OSError as error:
+        raise ShoppingListError(
+            f"{path}: cannot read the shopping list ({error.strerror}); give a text file that "
+            "lists one package per line"
+        ) from error
+    if len(data) > limit:
+        raise ShoppingListError(
+            f"{path}: more than {limit:,} bytes, too big for a shopping list; list one package "
+            f"per line (or raise the limit with {LIST_MAX_ENV}=BYTES)"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ShoppingListError(
+            f"{path}:{line}: byte 0x{data[error.start]:02x} is not UTF-8; save the list as "
+            "UTF-8 text"
+        ) from error
 
 
 def shopping_problem(
@@ -105,7 +149,8 @@ def shopping_problem(
         available = [p.version for p in repository.by_name.get(name, ())]
         if version not in available:
             listed = ", ".join(available) or "none (it is only a virtual name)"
-            return f"version {version} is not in the index(es); available: {listed}"
+            shown = clip(version, quote=False)
+            return f"version {shown} is not in the index(es); available: {listed}"
     return None
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from lab.targets.profiles import Profile
 from lab.targets.run import Run
@@ -133,13 +133,14 @@ class Instance(ABC):
         self.timeline.launched_at = time.monotonic()
 
     def wait_for(self, pattern: str, timeout: float, *, stop_on: str | None = None) -> str:
-        """The first console line of the current boot matching ``pattern``.
+        """The first console line of the current boot matching ``pattern`` (searched line by
+        line, with re.MULTILINE: anchor a marker with `^`, lab.observe.READY).
 
         Raises WaitAborted when a line matching ``stop_on`` comes first, WaitTimeout when
         nothing matches within ``timeout`` seconds, InstanceGone when the guest stops.
         """
-        wanted = re.compile(pattern)
-        abort = re.compile(stop_on) if stop_on else None
+        wanted = re.compile(pattern, re.MULTILINE)
+        abort = re.compile(stop_on, re.MULTILINE) if stop_on else None
         deadline = time.monotonic() + timeout
         checked = self._boot_line
         while True:
@@ -173,6 +174,10 @@ class Instance(ABC):
 
 class Target(ABC):
     """Where instances run. ``available()`` says whether it can run here, and if not, why."""
+
+    SETTINGS: ClassVar[frozenset[str]] = frozenset()
+    """The keys of a matrix target's ``settings:`` this driver reads; the matrix refuses others
+    (a misspelt key would otherwise be ignored: lab.targets.registry passes these to lab.matrix)."""
 
     def __init__(self, name: str, profile: Profile, settings: dict[str, str], run: Run) -> None:
         self.name = name

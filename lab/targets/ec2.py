@@ -210,6 +210,8 @@ class Ec2Target(Target):
     are ever shown.
     """
 
+    SETTINGS = frozenset(("region", "endpoint_url", "instance_type", "subnet_id"))
+
     def __init__(self, name: str, profile: Profile, settings: dict[str, str], run: Run) -> None:
         super().__init__(name, profile, settings, run)
         self.region = (

@@ -30,6 +30,7 @@ from filelock import FileLock
 
 from lab.build import context as ctx
 from lab.build.bootloader import KERNEL_CMDLINE, BootLoader
+from lab.runroot import make_dir
 from lab.targets.base import CommandResult, Instance, Target, TargetError, WaitTimeout
 from lab.targets.profiles import Profile
 from lab.targets.run import Run, run_is_alive, sweep_files
@@ -251,6 +252,12 @@ def domain_xml(
 SMBIOS_SECTIONS = ("bios", "system", "baseBoard", "chassis")
 
 
+def channel_boot_args(boot_args: Sequence[str], key: str) -> list[str]:
+    """The boot options with the console channel's key: an SMBIOS OEM string, which only
+    root in the guest reads (never the kernel command line, which every process sees)."""
+    return [*boot_args, f"ucvm.channel_key={key}"]
+
+
 def cdrom_bus(profile: Profile) -> str:
     """Where a platform puts a CD-ROM: on its disk bus when that bus takes one, else on the
     machine's own ATA controller (IDE on i440FX, SATA/AHCI on Q35)."""
@@ -324,6 +331,9 @@ Prepare = Callable[[Path], tuple[list[tuple[Path, str, bool]], bool, tuple[Path,
 
 class LibvirtTarget(Target):
     """A libvirt host: qemu:///system by default, or any URI from the target's settings."""
+
+    # uri_env is read by lab.matrix (the uri from an environment variable, or `unavailable`)
+    SETTINGS = frozenset(("uri", "uri_env", "unavailable"))
 
     def __init__(
         self,
@@ -523,8 +533,8 @@ class LibvirtTarget(Target):
     ) -> LibvirtInstance:
         name = self.run.resource_name(self.name, suffix or secrets.token_hex(3))
         workdir = self.run.dir / name
-        workdir.mkdir(parents=True)
-        workdir.chmod(0o755)
+        if not make_dir(workdir):  # 0711: QEMU (libvirt-qemu) traverses it, lists nothing
+            raise TargetError(f"{workdir} exists already: instance names are unique per run")
         instance = LibvirtInstance(name, self, profile, workdir)
         try:  # whatever stops the start (an error, Ctrl-C), nothing of it may stay behind
             if delivery:
@@ -581,13 +591,15 @@ class LibvirtTarget(Target):
             passthrough=passthrough,
             direct_boot=direct,
             uuid=instance.uuid,
-            boot_args=boot_args,
+            boot_args=channel_boot_args(boot_args, instance.channel_key),
             host_services=host_services,
             network=instance.network,
             smbios=instance.smbios,
             context_medium=instance.context_medium,
         )
-        (workdir / "domain.xml").write_text(xml)
+        # for whoever debugs the run, without the channel's key
+        (workdir / "domain.xml").write_text(xml.replace(instance.channel_key, "(channel key)"))
+        make_private(workdir)
         instance.domain = self.conn.defineXML(xml)
         instance.timeline.launched_at = time.monotonic()
         instance.domain.create()
@@ -631,6 +643,16 @@ class LibvirtTarget(Target):
         return disks, passthrough
 
 
+def make_private(workdir: Path) -> None:
+    """Files of an instance 0600, its directories 0711: libvirt hands the disks, kernel and
+    media it manages to libvirt-qemu (and back), the passthrough disks are chowned to it, and
+    libvirt or virtlogd open the console log and the channel socket as root."""
+    for path in workdir.rglob("*"):
+        if path.is_symlink():
+            continue
+        path.chmod(0o711 if path.is_dir() else 0o600)
+
+
 def lab_metadata(domain: libvirt.virDomain) -> dict[str, str]:
     """The lab's attributes on a domain (run, root, target, profile); empty if not the lab's."""
     try:
@@ -653,7 +675,7 @@ def sweep(uri: str, run_root: Path) -> list[str]:
         if not run_is_alive(run_dir) or not (run_dir / domain.name()).exists():
             undefine(domain)
             removed.append(f"domain {domain.name()}")
-    return removed + [f"files {path}" for path in sweep_files(run_root)]
+    return removed + sweep_files(run_root)  # "files DIR" and "left alone: PATH: why" lines
 
 
 def qemu_img(*args: str) -> None:
@@ -750,6 +772,9 @@ class LibvirtInstance(Instance):
         self.context_medium: Path | None = None
         self.metadata: ctx.MetadataService | None = None  # the channel's service, if it has one
         self._channel: socket.socket | None = None
+        # The console channel's key, an SMBIOS OEM string only this instance gets: the guest
+        # evaluates nothing on the channel before a line that is the key (os-on-demand.md)
+        self.channel_key = secrets.token_hex(32)
         self._destroyed = False
 
     @property
@@ -783,14 +808,14 @@ class LibvirtInstance(Instance):
 
     def run(self, command: str, timeout: float = 60) -> CommandResult:
         """Run a shell command in the guest over the second serial port (a shell /init starts
-        once the boot ends)."""
+        once the boot ends), the channel's key first: a guest shell that has not seen it yet
+        (a new boot, a restarted shell) starts evaluating after it, one that has skips it."""
         nonce = os.urandom(4).hex()
         end = re.compile(rf"__UCVM_RC_{nonce}=(\d+)")
         channel = self._open_channel()
         encoded = base64.b64encode(command.encode()).decode()
-        channel.sendall(
-            f'eval "$(echo {encoded} | base64 -d)"; echo __UCVM_RC_{nonce}=$?\n'.encode()
-        )
+        line = f'eval "$(echo {encoded} | base64 -d)"; echo __UCVM_RC_{nonce}=$?'
+        channel.sendall(f"{self.channel_key}\n{line}\n".encode())
         received = b""
         deadline = time.monotonic() + timeout
         while not (match := end.search(received.decode("utf-8", "replace"))):
@@ -846,11 +871,13 @@ class LibvirtInstance(Instance):
             raise TargetError(f"{self.name} is not running")
         self.mark_new_boot()
         try:
-            self._open_channel().sendall(b"sync; reboot -f\n")
+            self._open_channel().sendall(f"{self.channel_key}\nsync; reboot -f\n".encode())
         except OSError:  # no channel: the guest never got that far, so press reset
             self._reset()
 
     def _reset(self) -> None:
+        if self.domain is None:
+            raise TargetError(f"{self.name} is not running")
         try:
             self.domain.reset(0)
         except libvirt.libvirtError as error:

@@ -8,6 +8,7 @@ cannot imitate, and a profile QEMU cannot emulate at all says why in ``not_emula
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Profile:
     channels: tuple[str, ...] = ("nocloud",)
 
 
-VIRTIO = dict(
+VIRTIO: dict[str, Any] = dict(
     machine="pc",
     disk_bus="virtio",
     nic_model="virtio",

@@ -1,15 +1,17 @@
 """From a matrix target to a driver object: the one place that knows every driver.
 
-matrix.yaml's `driver:` is validated against DRIVERS' keys when the matrix is loaded.
+matrix.yaml's `driver:` is validated against DRIVERS' keys when the matrix is loaded, each
+target's `settings:` against its driver's SETTINGS, and `checks:` against the suites' CHECKS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from lab import matrix
 from lab.build import bootloader
+from lab.report import known_issues
 from lab.targets.base import Target
 from lab.targets.ec2 import Ec2Target
 from lab.targets.libvirt import LibvirtTarget
@@ -40,13 +42,37 @@ DRIVERS: dict[str, TargetFactory] = {
     "ec2": ec2_target,  # boto3; its API cycle is checked against moto's server in the tests
     "vmware": vmware_target,  # pyvmomi; checked against govmomi's vCenter simulator
 }
+SETTINGS: dict[str, frozenset[str]] = {
+    "libvirt": LibvirtTarget.SETTINGS,
+    "ec2": Ec2Target.SETTINGS,
+    "vmware": VmwareTarget.SETTINGS,
+}
+"""The settings keys each driver takes (its Target class says)."""
+
+CHECKS = ("boot", "reboot", "image_size", "context")
+"""The checks the suites mark their tests with (@pytest.mark.check(NAME)) or read."""
+REQUIRED_CHECKS = ("image_size",)
+"""Read whatever the matrix says: `ucvm-lab build` and suites/boot/test_image_size.py take
+its budget_mb. The other checks run only when the matrix lists them."""
 
 
-def load_matrix(path: Path) -> matrix.Matrix:
-    """matrix.yaml, validated against the drivers, profiles and image formats the lab has."""
-    return matrix.load(
-        path, profiles=PROFILES, drivers=DRIVERS, image_formats=bootloader.IMAGE_FORMATS
+def load_matrix(path: Path, env: Mapping[str, str] | None = None) -> matrix.Matrix:
+    """matrix.yaml, validated against the drivers (and their settings), profiles, image
+    formats and checks the lab has; the known-issues file it names is read and checked too."""
+    lab = matrix.load(
+        path,
+        profiles=PROFILES,
+        drivers=SETTINGS,
+        image_formats=bootloader.IMAGE_FORMATS,
+        checks=CHECKS,
+        required_checks=REQUIRED_CHECKS,
+        env=env,
     )
+    try:
+        known_issues.load_known_issues(lab.gate.known_issues)
+    except known_issues.KnownIssuesError as error:
+        raise matrix.MatrixError(f"{error} (gate.known_issues of {path})") from error
+    return lab
 
 
 def make_target(spec: matrix.Target, settings: matrix.Settings, run: Run) -> Target:

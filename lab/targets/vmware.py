@@ -41,7 +41,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 from urllib.parse import quote, urlencode, urlparse
 
 from pyVim.connect import Disconnect, SmartConnect
@@ -73,6 +73,7 @@ SETTINGS = frozenset(
     ("url_env", "datacenter", "datastore", "resource_pool", "network", "ca_file", "insecure_tls",
      "unavailable")
 )  # fmt: skip
+T = TypeVar("T")
 VM_NAME = re.compile(rf"^{re.escape(PREFIX)}([^-]+)-")
 
 
@@ -82,7 +83,9 @@ VM_NAME = re.compile(rf"^{re.escape(PREFIX)}([^-]+)-")
 def describe_fault(fault: vmodl.MethodFault) -> str:
     """``Kind: message (detail=value, ...)`` from a vSphere fault, whose ``msg`` is often empty."""
     kind = type(fault).__name__.rsplit(".", 1)[-1]
-    message = fault.msg or "; ".join(m.message for m in fault.faultMessage or () if m.message)
+    message = getattr(fault, "msg", None) or "; ".join(
+        m.message for m in fault.faultMessage or () if m.message
+    )
     details = [f"{name}={value}" for name, value in fault_details(fault)]
     return ": ".join(filter(None, (kind, message))) + (
         f" ({', '.join(details)})" if details else ""
@@ -123,7 +126,8 @@ def run_task(what: str, start: Callable[[], vim.Task], budget_s: float = TASK_BU
             time.sleep(0.2)
         if task.info.state == vim.TaskInfo.State.error:
             fault = task.info.error
-            raise TargetError(f"{what}: vSphere said {describe_fault(fault)}") from fault
+            said = describe_fault(fault) if fault else "the task failed without a fault"
+            raise TargetError(f"{what}: vSphere said {said}") from fault
         return task.info.result
 
 
@@ -138,11 +142,19 @@ def gone(error: TargetError) -> bool:
 def inventory(si: vim.ServiceInstance, kind: type, container: Any = None) -> list[Any]:
     """Every managed object of ``kind`` under ``container`` (default: the whole inventory)."""
     content = si.RetrieveContent()
-    view = content.viewManager.CreateContainerView(container or content.rootFolder, [kind], True)
+    views = present(content.viewManager, "the server's view manager")
+    view = views.CreateContainerView(container or content.rootFolder, [kind], True)
     try:
         return list(view.view)
     finally:
         view.DestroyView()
+
+
+def present(value: T | None, what: str) -> T:
+    """``value``; a vSphere property the server left unset is an error that says which."""
+    if value is None:
+        raise TargetError(f"vSphere did not give {what}")
+    return value
 
 
 def pick(found: Sequence[Any], name: str | None, what: str, where: str) -> Any:
@@ -191,7 +203,7 @@ def destroy_vm(vm: vim.VirtualMachine, name: str) -> None:
     state = power_state(vm, name)
     if state is None:
         return
-    if state != vim.VirtualMachinePowerState.poweredOff:
+    if state != vim.VirtualMachine.PowerState.poweredOff:
         with contextlib.suppress(TargetError):  # it may have stopped by itself meanwhile
             run_task(f"PowerOffVM_Task of {name}", vm.PowerOffVM_Task)
     try:
@@ -292,11 +304,25 @@ def descriptor_member(archive: tarfile.TarFile, ova: Path) -> tarfile.TarInfo:
     raise TargetError(f"{ova} holds no OVF descriptor (*.ovf)")
 
 
+def member_stream(archive: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    stream = archive.extractfile(member)
+    if stream is None:
+        raise TargetError(f"{archive.name!s}: {member.name} is not a regular file")
+    return stream
+
+
+def member_bytes(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    with member_stream(archive, member) as stream:
+        return stream.read()
+
+
 def ova_member(archive: tarfile.TarFile, path: str) -> tarfile.TarInfo:
     try:
         return archive.getmember(path)
     except KeyError:
-        raise TargetError(f"{archive.name} lacks {path}, which its OVF descriptor names") from None
+        raise TargetError(
+            f"{archive.name!s} lacks {path}, which its OVF descriptor names"
+        ) from None
 
 
 # --- the target ---------------------------------------------------------------------------
@@ -306,6 +332,8 @@ class VmwareTarget(Target):
     """A vCenter or ESXi host, reached with the login in the environment.
 
     ``close()`` logs out; a target that is not closed leaves its session to expire."""
+
+    SETTINGS = SETTINGS  # the module's list, also checked by available()
 
     def __init__(self, name: str, profile: Profile, settings: dict[str, str], run: Run) -> None:
         super().__init__(name, profile, settings, run)
@@ -449,8 +477,9 @@ class VmwareTarget(Target):
 
     def _start(self, instance: VmwareInstance, ova: Path, keys: dict[str, str]) -> None:
         where = self.placement()
-        instance.vm = self._import(ova, instance.name, where)
-        instance.datastore_path = datastore_folder(instance.vm.config.files.vmPathName)
+        instance.vm = vm = self._import(ova, instance.name, where)
+        config = present(vm.config, f"the configuration of {instance.name}")
+        instance.datastore_path = datastore_folder(present(config.files.vmPathName, "its path"))
         instance.datacenter_path = where.datacenter.name
         self._configure(instance, keys)
         self._tag(instance.vm)
@@ -485,10 +514,11 @@ class VmwareTarget(Target):
 
     def _import(self, ova: Path, name: str, where: Placement) -> vim.VirtualMachine:
         with tarfile.open(ova) as archive:
-            descriptor = archive.extractfile(descriptor_member(archive, ova)).read().decode()
+            descriptor = member_bytes(archive, descriptor_member(archive, ova)).decode()
             spec = self._import_spec(descriptor, name, where)
+            import_spec = present(spec.importSpec, f"an import spec for {name}")
             with vsphere_call(f"ImportVApp of {name}", [self.password]):
-                lease = where.pool.ImportVApp(spec.importSpec, where.folder)
+                lease = where.pool.ImportVApp(import_spec, where.folder)  # type: ignore[call-arg]
             return self._upload(archive, spec.fileItem or [], lease, name)
 
     def _import_spec(
@@ -503,9 +533,8 @@ class VmwareTarget(Target):
         )
         si = self.service_instance
         with vsphere_call(f"CreateImportSpec for {name}", [self.password]):
-            result = si.RetrieveContent().ovfManager.CreateImportSpec(
-                descriptor, where.pool, where.datastore, params
-            )
+            ovf = present(si.RetrieveContent().ovfManager, "the server's OVF manager")
+            result = ovf.CreateImportSpec(descriptor, where.pool, where.datastore, params)
         fatal = []
         for fault in result.error or ():
             problem = f"CreateImportSpec for {name}: {describe_fault(fault)}"
@@ -517,7 +546,9 @@ class VmwareTarget(Target):
             log.warning("CreateImportSpec for %s: %s", name, describe_fault(fault))
         if fatal:
             raise TargetError("; ".join(fatal))
-        result.importSpec.configSpec.annotation = annotation(self.run)
+        spec = present(result.importSpec, f"an import spec for {name}")
+        assert isinstance(spec, vim.vm.VmImportSpec), spec  # one VM, not a vApp
+        spec.configSpec.annotation = annotation(self.run)
         return result
 
     def _upload(
@@ -527,18 +558,19 @@ class VmwareTarget(Target):
         lease: vim.HttpNfcLease,
         name: str,
     ) -> vim.VirtualMachine:
-        vm = None
+        vm: vim.VirtualMachine | None = None
         try:
             self._wait_for_lease(lease, name)
             with vsphere_call(f"the import lease of {name}", [self.password]):
-                vm = lease.info.entity
-                urls = {d.importKey: d.url for d in lease.info.deviceUrl}
+                info = present(lease.info, f"the import lease of {name}")
+                vm = present(info.entity, f"the VM of the import of {name}")  # type: ignore[assignment]
+                urls = {d.importKey: d.url for d in info.deviceUrl}
             members = [ova_member(archive, item.path) for item in items]
             upload = LeaseUpload(self, lease, sum(m.size for m in members))
             for item, member in zip(items, members, strict=True):
                 if item.deviceId not in urls:
                     raise TargetError(f"the import lease of {name} has no URL for {item.path}")
-                upload.send(urls[item.deviceId], item, archive.extractfile(member), member.size)
+                upload.send(urls[item.deviceId], item, member_stream(archive, member), member.size)
             with vsphere_call(f"HttpNfcLeaseComplete of {name}", [self.password]):
                 lease.HttpNfcLeaseProgress(100)
                 lease.HttpNfcLeaseComplete()
@@ -550,7 +582,7 @@ class VmwareTarget(Target):
                     destroy_vm(vm, name)
             raise
         log.debug("imported %s", name)
-        return vm
+        return present(vm, f"the VM of the import of {name}")
 
     def _wait_for_lease(self, lease: vim.HttpNfcLease, name: str) -> None:
         deadline = time.monotonic() + TASK_BUDGET_S
@@ -567,13 +599,14 @@ class VmwareTarget(Target):
 
     def _configure(self, instance: VmwareInstance, keys: dict[str, str]) -> None:
         """guestinfo keys, the SMBIOS UUID, and a serial port writing to a datastore file."""
-        vm = instance.vm
+        vm = present(instance.vm, f"the VM of {instance.name}")
         datastore, folder = instance.datastore_path
         backing = vim.vm.device.VirtualSerialPort.FileBackingInfo(
             fileName=f"[{datastore}] {folder}/{CONSOLE_FILE}"
         )
+        config = present(vm.config, f"the configuration of {instance.name}")
         existing = [
-            d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualSerialPort)
+            d for d in config.hardware.device if isinstance(d, vim.vm.device.VirtualSerialPort)
         ]
         if existing:  # the OVF's serial port: give it a file
             serial, operation = existing[0], vim.vm.device.VirtualDeviceSpec.Operation.edit
@@ -588,7 +621,7 @@ class VmwareTarget(Target):
         )
         run_task(f"ReconfigVM_Task of {instance.name}", lambda: vm.ReconfigVM_Task(spec))
         with vsphere_call(f"reading the configuration of {instance.name}", [self.password]):
-            instance.uuid = vm.config.uuid
+            instance.uuid = present(vm.config, f"the configuration of {instance.name}").uuid
 
     def _tag(self, vm: vim.VirtualMachine) -> None:
         """The run id in a custom field too, where the server has custom fields (vCenter)."""
@@ -601,7 +634,8 @@ class VmwareTarget(Target):
             log.warning("custom field %s not set: %s", RUN_FIELD, describe_fault(fault))
 
     def _power_on(self, instance: VmwareInstance) -> None:
-        run_task(f"PowerOnVM_Task of {instance.name}", instance.vm.PowerOnVM_Task)
+        vm = present(instance.vm, f"the VM of {instance.name}")
+        run_task(f"PowerOnVM_Task of {instance.name}", vm.PowerOnVM_Task)
         if not instance.is_running():
             raise TargetError(f"{instance.name} is not powered on after PowerOnVM_Task")
 
@@ -702,7 +736,7 @@ class VmwareInstance(Instance):
     def is_running(self) -> bool:
         if self.vm is None:
             return False
-        return power_state(self.vm, self.name) == vim.VirtualMachinePowerState.poweredOn
+        return power_state(self.vm, self.name) == vim.VirtualMachine.PowerState.poweredOn
 
     def destroy(self) -> None:
         if self._destroyed:
