@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -128,6 +129,24 @@ def shard_spec(text: str) -> tuple[int, int]:
     return int(k), int(n)
 
 
+def worker_count(text: str) -> str:
+    """argparse's type for -n: a whole number of pytest-xdist workers (>= 1), or `auto`."""
+    if text == "auto" or (text.isdigit() and int(text) >= 1):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1, or auto")
+
+
+def seconds(text: str) -> float:
+    """argparse's type for a time limit: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds > 0, e.g. 120")
+    return value
+
+
 def shard_targets(names: list[str], shard: tuple[int, int]) -> list[str]:
     """The K-th of N slices of ``names`` (every N-th, from the K-th); may be empty."""
     k, n = shard
@@ -137,6 +156,8 @@ def shard_targets(names: list[str], shard: tuple[int, int]) -> list[str]:
 def chosen_targets(args: argparse.Namespace, lab: matrix.Matrix) -> list[str] | None:
     """--targets (checked against the matrix), then sliced by --shard; None: every target."""
     names = [name.strip() for name in args.targets.split(",") if name.strip()]
+    if args.targets and not names:  # `--targets ,` or UCVM_TARGETS=" ": not "every target"
+        raise matrix.MatrixError(f"{args.targets!r} names no target; give a,b or leave it unset")
     lab.cells(names)  # MatrixError naming the unknown ones and the known
     if args.shard is None:
         return names or None
@@ -505,7 +526,9 @@ def parser() -> argparse.ArgumentParser:
         help="K/N: run the K-th of N slices of the targets (of --targets, if given; CI fan-out); "
         "an empty slice runs nothing",
     )
-    run.add_argument("-n", "--workers", default="2", help="pytest-xdist workers (default 2)")
+    run.add_argument(
+        "-n", "--workers", type=worker_count, default="2", help="pytest-xdist workers (default 2)"
+    )
     run.set_defaults(func=cmd_run)
     for name, func in (("report", cmd_report), ("gate", cmd_gate)):
         command = commands.add_parser(name)
@@ -524,7 +547,7 @@ def parser() -> argparse.ArgumentParser:
     )
     solve.add_argument("-o", "--output", required=True, help="directory for the results")
     solve.add_argument("--engine", choices=solver.ENGINES, default="highs")
-    solve.add_argument("--time-limit", type=float, default=120.0)
+    solve.add_argument("--time-limit", type=seconds, default=120.0, help="seconds (default 120)")
     solve.add_argument(
         "--version",
         default="1.0",

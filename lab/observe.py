@@ -20,8 +20,9 @@ from lab.targets.base import Instance, InstanceGone, TargetError, WaitAborted, W
 # a line). A kernel message (`[  5.02] ...`) that cuts into a marker ends its fields there,
 # unless it is inside a quoted value.
 LINE_START = r"^\r?"
+UPTIME = r"\d+(?:\.\d+)?"  # seconds, as /proc/uptime gives them
 MARKER = re.compile(
-    LINE_START + r"ucvm: phase=(?P<name>[\w-]+) t=(?P<t>[\d.]+)(?=\s|$)(?P<rest>.*)"
+    LINE_START + r"ucvm: phase=(?P<name>[\w-]+) t=(?P<t>" + UPTIME + r")(?=\s|$)(?P<rest>.*)"
 )
 QUOTED = r'"(?P<quoted>(?:[^"\\]|\\.)*)"'
 FIELD = re.compile(r"(?P<key>\w+)=(?:" + QUOTED + r"|(?P<plain>[^\s\"]*))")
@@ -40,10 +41,10 @@ CONTEXT_STEP = re.compile(
 # What ends a wait early: the boot can no longer reach `ready` (Instance.wait_for patterns,
 # matched line by line; `^` is the start of a line).
 FAILURE = (
-    LINE_START + r"ucvm: phase=[\w-]+ t=[\d.]+ status=failed(?:\s|$)"
+    LINE_START + r"ucvm: phase=[\w-]+ t=" + UPTIME + r" status=failed(?:\s|$)"
     r"|" + LINE_START + r"(?:\[\s*\d+\.\d+\] )?Kernel panic - not syncing"
 )
-READY = LINE_START + r"ucvm: phase=ready t=[\d.]+(?:\s|$)"
+READY = LINE_START + r"ucvm: phase=ready t=" + UPTIME + r"(?:\s|$)"
 # The phases, in order: the boot loader's, then the OS's own `ready` (printed by the booted OS;
 # with ucvm.os=none the boot loader prints it right after scratch).
 LOADER_PHASES = ("start", "modules", "network", "context", "scratch")

@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,19 +15,10 @@ from lab import matrix
 from lab.cli import chosen_targets
 from lab.targets.registry import load_matrix
 from lab.targets.run import Run
+from tests.commands import ucvm_lab
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_RESULTS = REPO / "tests" / "data" / "allure-results-sample"
-
-
-def ucvm_lab(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lab.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture
@@ -192,6 +182,29 @@ def test_shards_split_the_targets_without_overlap(real_matrix: matrix.Matrix) ->
         assert sorted(name for shard in shards for name in shard) == sorted(names), n
     first = chosen_targets(argparse.Namespace(targets="kvm,xen,gce", shard=(1, 2)), real_matrix)
     assert first == ["kvm", "xen"]  # a shard of the selection, in the selection's order
+
+
+@pytest.mark.parametrize("targets", [",", ",,,", " ", " , "])
+def test_a_selection_that_names_no_target_is_refused(
+    real_matrix: matrix.Matrix, targets: str
+) -> None:
+    """Not "every target": called directly, so that a regression cannot start the matrix."""
+    with pytest.raises(matrix.MatrixError, match="names no target"):
+        chosen_targets(argparse.Namespace(targets=targets, shard=None), real_matrix)
+
+
+@pytest.mark.parametrize("workers", ["0", "-1", "two", "1.5", ""])
+def test_a_bad_worker_count_is_refused_by_the_parser(workers: str) -> None:
+    result = ucvm_lab("run", f"--workers={workers}")
+    assert result.returncode == 2, result.stdout
+    assert "argument -n/--workers: " in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("limit", ["nan", "inf", "-5", "0", "soon"])
+def test_a_bad_solver_time_limit_is_refused_by_the_parser(limit: str) -> None:
+    result = ucvm_lab("solve", "list", "--index", "x", "-o", "out", f"--time-limit={limit}")
+    assert result.returncode == 2, result.stdout
+    assert "argument --time-limit: " in result.stderr and "Traceback" not in result.stderr
 
 
 def test_unknown_targets_are_refused_with_the_known_ones() -> None:

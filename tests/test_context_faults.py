@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from lab import matrix
 from lab.build import context as ctx
 from lab.build import osrepo
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader
 from lab.observe import BootRecord, observe_boot
 from lab.targets.libvirt import LibvirtTarget
-from lab.targets.profiles import PROFILES
 from lab.targets.run import Run
 
 pytestmark = pytest.mark.boot
@@ -25,19 +23,8 @@ LOADER_ONLY = ["ucvm.os=none"]
 
 
 @pytest.fixture
-def make_target(lab_matrix: matrix.Matrix, lab_run: Run):
-    def make(profile: str) -> LibvirtTarget:
-        settings = lab_matrix.settings
-        target = LibvirtTarget(
-            f"ctxfaults-{profile}", PROFILES[profile], {}, lab_run,
-            default_uri=settings.libvirt_uri, accel=settings.accel,
-        )  # fmt: skip
-        ok, why = target.available()
-        if not ok:
-            pytest.fail(f"the local libvirt target must run here: {why}")
-        return target
-
-    return make
+def make_target(make_local_target):
+    return lambda profile: make_local_target("ctxfaults", profile)
 
 
 def context_of(user_data: bytes, hostname: str = "ucvm-faults") -> ctx.Context:

@@ -13,14 +13,11 @@ import time
 
 import pytest
 
-from lab import matrix
 from lab.build import context as ctx
 from lab.build import osrepo
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader
 from lab.observe import BREAK, BootRecord, observe_boot
-from lab.targets.libvirt import LibvirtInstance, LibvirtTarget
-from lab.targets.profiles import PROFILES
-from lab.targets.run import Run
+from lab.targets.libvirt import LibvirtInstance
 
 pytestmark = pytest.mark.boot
 BOOT_BUDGET_S = 240  # a boot loader-only boot under TCG: ~15-30 s
@@ -33,19 +30,8 @@ PROBE_OUTPUT = "pw42ned"
 
 
 @pytest.fixture
-def make_target(lab_matrix: matrix.Matrix, lab_run: Run):
-    def make(profile: str) -> LibvirtTarget:
-        settings = lab_matrix.settings
-        target = LibvirtTarget(
-            f"forgery-{profile}", PROFILES[profile], {}, lab_run,
-            default_uri=settings.libvirt_uri, accel=settings.accel,
-        )  # fmt: skip
-        ok, why = target.available()
-        if not ok:
-            pytest.fail(f"the local libvirt target must run here: {why}")
-        return target
-
-    return make
+def make_target(make_local_target):
+    return lambda profile: make_local_target("forgery", profile)
 
 
 def held_record(instance: LibvirtInstance) -> BootRecord:

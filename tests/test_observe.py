@@ -1583,3 +1583,9 @@ def test_guest_refuses_a_manifest_older_than_one_seen_before(guest: Guest) -> No
     assert (record.outcome, record.failed_phase) == ("failed", "repo")
     assert record.reason.startswith("manifest refused (")
     assert "serial 9 is older than 10" in record.reason
+
+
+@pytest.mark.parametrize("uptime", ["1.2.3", ".", "1.", "x"])
+def test_a_garbled_uptime_is_no_marker_rather_than_a_crash(uptime: str) -> None:
+    record = record_from_console(f"ucvm: phase=start t={uptime}\nucvm: phase=ready t=2.5 os=x\n")
+    assert [p.name for p in record.phases] == ["ready"]

@@ -89,10 +89,11 @@ def test_the_channel_unit_starts_only_with_the_lab_s_key(
 
 
 def enabled_units(root: Path) -> list[str]:
-    """The names of the units something in /etc/systemd/system wants or requires."""
-    system = root / "etc/systemd/system"
+    """The names of the units something wants or requires: enabled in /etc/systemd/system, or
+    statically in /usr/lib/systemd/system."""
     return sorted(
         link.name
+        for system in (root / "etc/systemd/system", root / "usr/lib/systemd/system")
         for folder in system.glob("*.*")
         if folder.is_dir() and folder.suffix in (".wants", ".requires")
         for link in folder.iterdir()

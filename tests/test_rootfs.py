@@ -470,12 +470,15 @@ def test_a_ready_marker_in_a_cloud_init_complaint_cannot_start_a_line(tmp_path: 
 def run_channel(
     tmp_path: Path, lines: str, key: str | None = KEY
 ) -> subprocess.CompletedProcess[str]:
-    """The OS's ucvm-channel, its key file holding ``key`` (None: no key file)."""
+    """The OS's ucvm-channel, its key file holding ``key`` (None: no key file), started in
+    ``tmp_path`` (so what an evaluated relative path makes lands where the tests look)."""
     key_file = tmp_path / "channel.key"
     if key is not None:
         key_file.write_text(f"{key}\n")
     env = {"PATH": os.environ["PATH"], "UCVM_CHANNEL_KEY_FILE": str(key_file)}
-    return subprocess.run([CHANNEL], input=lines, capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [CHANNEL], input=lines, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30
+    )
 
 
 def test_the_channel_evaluates_line_by_line_and_survives_a_syntax_error(tmp_path: Path) -> None:
@@ -503,6 +506,7 @@ def test_the_channel_evaluates_nothing_without_the_key(
     work.mkdir()
     run = run_channel(tmp_path, f"cd {work}\n{lines}", key)
     assert not (work / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+    assert not Path("PWNED").exists()  # the tests' own working directory, for good measure
     assert KEY not in run.stdout + run.stderr  # never echoed
     if key in (None, "", "not-a-key"):
         assert run.returncode == 78 and "the channel stays closed" in run.stderr

@@ -8,8 +8,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from lab.matrix import MatrixError
 from lab.runroot import RunRootError
 from lab.targets import registry
 from lab.targets.run import MARKER, Run, dead_run_dirs, new_run_id, run_dir_problem, sweep_files
+from tests.commands import ucvm_lab
 
 REPO = Path(__file__).resolve().parent.parent
 NOBODY = 65534
@@ -312,19 +311,6 @@ def test_the_sweeper_refuses_a_root_it_must_not_use(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the command
 
 
-def ucvm_lab(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lab.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-
-
 def test_sweep_with_an_empty_run_root_variable_deletes_nothing(tmp_path: Path) -> None:
     """An empty run root was the working directory: here a scratch one, not the checkout."""
     matrix = lab_matrix(tmp_path, "/var/tmp/ucvm-lab")
@@ -366,3 +352,42 @@ def test_sweep_reports_what_it_leaves_alone(tmp_path: Path) -> None:
     assert f"files {dead.dir}" in result.stdout
     assert f"left alone: {root / 'notes'}: not a ucvm-lab run directory" in result.stdout
     assert (root / "notes").is_dir() and not dead.dir.exists()
+
+
+def test_a_run_does_not_adopt_a_link_named_like_it(root: Path, tmp_path: Path) -> None:
+    """A link in the root, named as the run, must not make the run write where it points."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = Run(new_run_id(), root)
+    runroot.make_root(root)
+    run.dir.symlink_to(elsewhere)
+
+    with pytest.raises(RunRootError, match="not a run directory this lab made"):
+        run.hold()
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_lock_the_sweeper_cannot_open_counts_as_alive(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a missing lock means dead; one the sweeper may not open (another user's run, which
+    root cannot produce here, hence the refusal is injected) is left alone."""
+    run = Run(new_run_id(), root).hold()
+    run.release()
+    dead = Run(new_run_id(), root).hold()
+    (dead.dir / ".alive").unlink()  # a killed run's directory, as release() would not leave it
+    real_open = os.open
+
+    def refuse_alive(path: os.PathLike[str] | str, flags: int, *args: int) -> int:
+        if str(path).endswith("/.alive"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    try:
+        monkeypatch.setattr(os, "open", refuse_alive)
+        assert dead_run_dirs(root) == []
+        monkeypatch.undo()
+        assert dead_run_dirs(root) == [dead.dir]
+    finally:
+        monkeypatch.undo()
+        dead.release()

@@ -33,7 +33,7 @@ from lab.build.bootloader import KERNEL_CMDLINE, BootLoader
 from lab.runroot import make_dir
 from lab.targets.base import CommandResult, Instance, Target, TargetError, WaitTimeout
 from lab.targets.profiles import Profile
-from lab.targets.run import Run, run_is_alive, sweep_files
+from lab.targets.run import RUN_ID, Run, run_is_alive, sweep_files
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 LAB_NS = "https://ucvm-lab.invalid/ns/instance/1"
@@ -669,7 +669,7 @@ def sweep(uri: str, run_root: Path) -> list[str]:
     removed = []
     for domain in connect(uri).listAllDomains():
         metadata = lab_metadata(domain)
-        if metadata.get("root") != str(run_root) or not metadata.get("run"):
+        if metadata.get("root") != str(run_root) or not RUN_ID.fullmatch(metadata.get("run", "")):
             continue
         run_dir = run_root / metadata["run"]
         if not run_is_alive(run_dir) or not (run_dir / domain.name()).exists():

@@ -13,6 +13,7 @@ is left alone and reported. The root itself is checked by lab.runroot first.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -61,7 +62,13 @@ class Run:
                 "makes (the sweeper recognises run directories by it)"
             )
         runroot.make_root(self.root)
-        runroot.make_dir(self.dir)
+        if not runroot.make_dir(self.dir):  # another worker of this run made it, or not ours
+            info = self.dir.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                raise RunRootError(
+                    f"{self.dir}: exists and is not a directory of yours (a link, a file, or "
+                    "another user's): not a run directory this lab made; choose another run id"
+                )
         marked = os.path.lexists(self.dir / MARKER)  # by another worker of this run, or not ours
         found = run_dir_problem(self.dir) if marked else None
         if found:
@@ -92,8 +99,10 @@ class Run:
 def run_is_alive(run_dir: Path) -> bool:
     try:  # read-only, so that asking never creates a file (in a directory that is not a run)
         descriptor = os.open(run_dir / ".alive", os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:  # missing, a symbolic link, unreadable: nobody holds it as a run does
+    except (FileNotFoundError, NotADirectoryError):  # no lock: nobody holds it as a run does
         return False
+    except OSError as error:  # a symbolic link is no lock; anything else (EACCES): the
+        return error.errno != errno.ELOOP  # sweeper cannot tell, so it counts as alive
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
