@@ -53,6 +53,8 @@ def mode(path: Path) -> int:
     ],
 )
 def test_a_run_root_that_could_hold_more_than_runs_is_refused(root: str, expected: str) -> None:
+    if "shared directory" in expected and REPO.is_relative_to(root):  # a checkout in /tmp (CI)
+        expected = f"{root} holds the lab's checkout {REPO}"  # is refused for that first
     found = runroot.problem(root)
 
     assert found is not None and expected in found, found
