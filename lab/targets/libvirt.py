@@ -812,10 +812,8 @@ class LibvirtInstance(Instance):
         (a new boot, a restarted shell) starts evaluating after it, one that has skips it."""
         nonce = os.urandom(4).hex()
         end = re.compile(rf"__UCVM_RC_{nonce}=(\d+)")
-        channel = self._open_channel()
         encoded = base64.b64encode(command.encode()).decode()
-        line = f'eval "$(echo {encoded} | base64 -d)"; echo __UCVM_RC_{nonce}=$?'
-        channel.sendall(f"{self.channel_key}\n{line}\n".encode())
+        channel = self._send(f'eval "$(echo {encoded} | base64 -d)"; echo __UCVM_RC_{nonce}=$?')
         received = b""
         deadline = time.monotonic() + timeout
         while not (match := end.search(received.decode("utf-8", "replace"))):
@@ -857,6 +855,12 @@ class LibvirtInstance(Instance):
             ) from error
         return CommandResult(command, done.returncode, done.stdout + done.stderr)
 
+    def _send(self, line: str) -> socket.socket:
+        """One line for the guest's channel, the key before it (see run())."""
+        channel = self._open_channel()
+        channel.sendall(f"{self.channel_key}\n{line}\n".encode())
+        return channel
+
     def _open_channel(self) -> socket.socket:
         if self._channel is None:
             channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -871,7 +875,7 @@ class LibvirtInstance(Instance):
             raise TargetError(f"{self.name} is not running")
         self.mark_new_boot()
         try:
-            self._open_channel().sendall(f"{self.channel_key}\nsync; reboot -f\n".encode())
+            self._send("sync; reboot -f")
         except OSError:  # no channel: the guest never got that far, so press reset
             self._reset()
 
