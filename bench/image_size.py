@@ -22,8 +22,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from lab.artifacts import ArtifactStore
 from lab.build import kernel as kernel_pkg
-from lab.build.artifacts import ArtifactStore
 from lab.build.bootloader import IMAGE_FORMATS, BootLoader, build
 
 # --- the anchors: the paper's figures (CHEP 2013, Blomer et al.), not measurements -------------

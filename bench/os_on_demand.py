@@ -48,8 +48,8 @@ from vms import (
     terminate,
 )
 
+from lab.artifacts import file_digest
 from lab.build import osrepo, rootfs
-from lab.build.artifacts import file_digest
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader, build, gzip_size
 from lab.observe import BootRecord, observe_boot, settled_fetch_counts
 from lab.targets.base import TargetError

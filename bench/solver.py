@@ -38,8 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.artifacts import ArtifactStore
 from lab.build import explain, index, solver
-from lab.build.artifacts import ArtifactStore
 from lab.build.packages import Repository
 from lab.build.synthetic import Synthetic, generate, write_packages_file
 

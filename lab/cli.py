@@ -33,8 +33,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lab import matrix
+from lab.artifacts import file_digest
 from lab.build import bootloader, closed_list, explain, index, osrepo, rootfs, solver
-from lab.build.artifacts import file_digest
 from lab.build.packages import Repository, dpkg_compare
 from lab.report import allure_html, gate, known_issues, table
 from lab.runroot import RunRootError

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from lab.artifacts import ArtifactStore, file_digest
 from lab.build import bootloader
-from lab.build.artifacts import ArtifactStore, file_digest
 from lab.build.bootloader import (
     IMAGE_FILES,
     IMAGE_FORMATS,

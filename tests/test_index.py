@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 import lab.build.index as index_module
+from lab.artifacts import ArtifactStore
 from lab.build import index
-from lab.build.artifacts import ArtifactStore
 from lab.build.index import (
     IndexFormatError,
     load_cached,

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from lab.artifacts import ArtifactStore, file_digest
 from lab.build import kernel as kernel_pkg
 from lab.build import osrepo
-from lab.build.artifacts import ArtifactStore, file_digest
 from lab.build.blockd import BLOCKD_SOURCE, build_blockd
 
 LOADER_VERSION = "0.1"

@@ -31,9 +31,9 @@ from xml.parsers import expat
 
 from debian.deb822 import PkgRelation
 
-from lab.build.artifacts import ArtifactStore, file_digest
-from lab.build.messages import clip
+from lab.artifacts import ArtifactStore, file_digest
 from lab.build.packages import Alternatives, Package, Relation, Repository
+from lab.messages import clip
 
 READER_VERSION = "1"  # part of the cache key: bump when parsing changes what a Package holds
 

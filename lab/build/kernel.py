@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.build.artifacts import ArtifactStore, file_digest
+from lab.artifacts import ArtifactStore, file_digest
 
 META_PACKAGE = "linux-image-amd64"
 

@@ -42,8 +42,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from filelock import FileLock
 
-from lab.build.artifacts import default_root
-from lab.build.messages import clip
+from lab.artifacts import default_root
+from lab.messages import clip
 from lab.targets.run import dead_run_dirs
 
 FORMAT = "ucvm-manifest 1"

@@ -49,9 +49,9 @@ from pydantic import AfterValidator, Field, ValidationError
 from pydantic_core import ErrorDetails
 
 from lab import matrix
+from lab.artifacts import ArtifactStore, file_digest
 from lab.build import closed_list, explain, index, solver
 from lab.build import kernel as kernel_pkg
-from lab.build.artifacts import ArtifactStore, file_digest
 from lab.build.packages import Package, Repository
 
 HERE = Path(__file__).resolve().parent

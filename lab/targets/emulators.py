@@ -192,7 +192,7 @@ class Vcsim(ChildServer):
         # Imported here so that this class stays self-contained within the module.
         from pathlib import Path
 
-        from lab.build.artifacts import ArtifactStore, file_digest
+        from lab.artifacts import ArtifactStore, file_digest
 
         store = ArtifactStore(Path(store_root) if store_root else None)
         inputs = {"main_go": file_digest(Path(cls.SOURCE)), "packages": cls._package_versions()}
