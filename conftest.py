@@ -19,10 +19,10 @@ from filelock import FileLock
 
 from lab import matrix
 from lab.build import bootloader, index, osrepo, rootfs
+from lab.run import Run, new_run_id
 from lab.targets.base import Target
 from lab.targets.profiles import PROFILES
 from lab.targets.registry import load_matrix, make_target
-from lab.targets.run import Run, new_run_id
 
 HERE = Path(__file__).parent
 

@@ -40,10 +40,10 @@ from vms import (
 
 from lab.build.bootloader import BootLoader, build
 from lab.observe import observe_boot
+from lab.run import Run, new_run_id
 from lab.targets.base import TargetError
 from lab.targets.libvirt import LibvirtTarget
 from lab.targets.profiles import PROFILES, Profile
-from lab.targets.run import Run, new_run_id
 
 RUN_ROOT = Path("/var/tmp/ucvm-lab")
 ANCHOR_PROFILE = "kvm"

@@ -52,6 +52,7 @@ from lab.artifacts import file_digest
 from lab.build import osrepo, rootfs
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader, build, gzip_size
 from lab.observe import BootRecord, observe_boot, settled_fetch_counts
+from lab.run import Run, new_run_id
 from lab.targets.base import TargetError
 from lab.targets.libvirt import (
     LibvirtInstance,
@@ -59,7 +60,6 @@ from lab.targets.libvirt import (
     base_virtual_size,
 )
 from lab.targets.profiles import PROFILES
-from lab.targets.run import Run, new_run_id
 
 RUN_ROOT = Path("/var/tmp/ucvm-lab")
 PROFILE = "kvm"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import libvirt
 
+from lab.run import Run
 from lab.targets.libvirt import LibvirtTarget, connect, undefine
-from lab.targets.run import Run
 
 LIBVIRT_URI = "qemu:///system"  # LibvirtTarget's default
 

@@ -37,12 +37,12 @@ from lab.artifacts import file_digest
 from lab.build import bootloader, closed_list, explain, index, osrepo, rootfs, solver
 from lab.build.packages import Repository, dpkg_compare
 from lab.report import allure_html, gate, known_issues, table
+from lab.run import Run, new_run_id
 from lab.runroot import RunRootError
 from lab.targets.base import TargetError
 from lab.targets.libvirt import sweep
 from lab.targets.profiles import PROFILES
 from lab.targets.registry import load_matrix, make_target
-from lab.targets.run import Run, new_run_id
 
 REPO = Path(__file__).resolve().parent.parent
 out = Console(width=None if sys.stdout.isatty() else 200)

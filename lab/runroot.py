@@ -11,7 +11,7 @@ directory (not a symbolic link) owned by root or by the current user, with mode 
 A missing root is created with mode 0711 (QEMU, running as libvirt-qemu, only traverses it).
 
 Checked at the edge (lab.matrix, with the place in matrix.yaml) and again, defensively, by
-the run and the sweeper (lab.targets.run) before they create or delete anything.
+the run and the sweeper (lab.run) before they create or delete anything.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import pytest
 
 from lab import matrix
+from lab.run import Run
 from lab.targets.libvirt import LibvirtTarget
 from lab.targets.profiles import PROFILES
-from lab.targets.run import Run
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import pytest
 
 from lab import matrix
 from lab.cli import chosen_targets
+from lab.run import Run
 from lab.targets.registry import load_matrix
-from lab.targets.run import Run
 from tests.commands import ucvm_lab
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,8 +14,8 @@ from lab.build import context as ctx
 from lab.build import osrepo
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader
 from lab.observe import BootRecord, observe_boot
+from lab.run import Run
 from lab.targets.libvirt import LibvirtTarget
-from lab.targets.run import Run
 
 pytestmark = pytest.mark.boot
 BUDGET_S = 120  # a boot that stops after scratch (ucvm.os=none), with one channel timing out

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.run import Run
 from lab.targets.libvirt import (
     QEMU_NS,
     GuestNetwork,
@@ -19,7 +20,6 @@ from lab.targets.libvirt import (
     needs_passthrough,
 )
 from lab.targets.profiles import PROFILES
-from lab.targets.run import Run
 
 EMULATED = [name for name, profile in PROFILES.items() if not profile.not_emulated]
 MAC = "52:54:00:aa:bb:cc"

@@ -19,6 +19,7 @@ import pytest
 
 from lab.build.bootloader import BootLoader
 from lab.build.context import Context, ContextError
+from lab.run import Run, new_run_id
 from lab.targets.base import TargetError
 from lab.targets.ec2 import (
     EBS_BLOCK_BYTES,
@@ -30,7 +31,6 @@ from lab.targets.ec2 import (
 )
 from lab.targets.emulators import MotoServer
 from lab.targets.profiles import PROFILES
-from lab.targets.run import Run, new_run_id
 
 REGION = "eu-central-1"
 ACCESS_KEY = "AKIAUCVMLABTEST00001"

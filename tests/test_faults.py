@@ -17,10 +17,10 @@ import pytest
 from lab import matrix
 from lab.build.bootloader import BootLoader
 from lab.observe import observe_boot
+from lab.run import Run, new_run_id
 from lab.targets.base import TargetError
 from lab.targets.libvirt import LibvirtTarget, sweep
 from lab.targets.profiles import PROFILES
-from lab.targets.run import Run, new_run_id
 
 pytestmark = pytest.mark.boot
 HANG_BUDGET_S = 20
@@ -92,7 +92,7 @@ from pathlib import Path
 from lab.build import bootloader
 from lab.targets.libvirt import LibvirtTarget
 from lab.targets.profiles import PROFILES
-from lab.targets.run import Run
+from lab.run import Run
 run_id, root, accel = sys.argv[1:]
 run = Run(run_id, Path(root)).hold()
 target = LibvirtTarget("killed", PROFILES["kvm"], {}, run, accel=accel)

@@ -15,9 +15,9 @@ from lab import matrix
 from lab.build import osrepo
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader
 from lab.observe import BootRecord, observe_boot
+from lab.run import Run
 from lab.targets.libvirt import LibvirtTarget
 from lab.targets.profiles import PROFILES
-from lab.targets.run import Run
 
 pytestmark = pytest.mark.boot
 # Far above the server-down retries (6 attempts, 1+2+4+8+16 s apart): a hang would show as one

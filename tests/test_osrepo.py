@@ -30,7 +30,7 @@ from lab.build.osrepo import (
     Repository,
     SigningKey,
 )
-from lab.targets.run import Run, new_run_id
+from lab.run import Run, new_run_id
 
 REPO = Path(__file__).resolve().parent.parent
 STAMP = "2026-01-02T03:04:05Z"

@@ -14,9 +14,9 @@ import pytest
 
 from lab import runroot
 from lab.matrix import MatrixError
+from lab.run import MARKER, Run, dead_run_dirs, new_run_id, run_dir_problem, sweep_files
 from lab.runroot import RunRootError
 from lab.targets import registry
-from lab.targets.run import MARKER, Run, dead_run_dirs, new_run_id, run_dir_problem, sweep_files
 from tests.commands import ucvm_lab
 
 REPO = Path(__file__).resolve().parent.parent

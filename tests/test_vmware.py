@@ -28,10 +28,10 @@ from pyVmomi import vim
 
 from lab.build.bootloader import BootLoader
 from lab.build.context import Context
+from lab.run import Run, new_run_id
 from lab.targets.base import TargetError
 from lab.targets.emulators import Vcsim
 from lab.targets.profiles import PROFILES
-from lab.targets.run import Run, new_run_id
 from lab.targets.vmware import (
     CONSOLE_FILE,
     PASSWORD_ENV,

@@ -44,7 +44,7 @@ from filelock import FileLock
 
 from lab.artifacts import default_root
 from lab.messages import clip
-from lab.targets.run import dead_run_dirs
+from lab.run import dead_run_dirs
 
 FORMAT = "ucvm-manifest 1"
 MANIFEST = "manifest"

@@ -18,8 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar
 
+from lab.run import Run
 from lab.targets.profiles import Profile
-from lab.targets.run import Run
 
 if TYPE_CHECKING:
     from lab.build.bootloader import BootLoader

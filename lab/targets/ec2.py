@@ -41,10 +41,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from lab.build.bootloader import BootLoader
 from lab.build.context import Context, check_user_data_size
+from lab.run import Run, run_is_alive
 from lab.targets.base import REAL_CONTEXT_RUN, Instance, Target, TargetError
 from lab.targets.credentials import Secret, redact
 from lab.targets.profiles import Profile
-from lab.targets.run import Run, run_is_alive
 
 PLATFORM = "Amazon EC2"
 IMDS_CHANNEL = "ec2-imds"

@@ -30,10 +30,10 @@ from filelock import FileLock
 
 from lab.build import context as ctx
 from lab.build.bootloader import KERNEL_CMDLINE, BootLoader
+from lab.run import RUN_ID, Run, run_is_alive, sweep_files
 from lab.runroot import make_dir
 from lab.targets.base import CommandResult, Instance, Target, TargetError, WaitTimeout
 from lab.targets.profiles import Profile
-from lab.targets.run import RUN_ID, Run, run_is_alive, sweep_files
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 LAB_NS = "https://ucvm-lab.invalid/ns/instance/1"

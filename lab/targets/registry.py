@@ -12,11 +12,11 @@ from pathlib import Path
 from lab import matrix
 from lab.build import bootloader
 from lab.report import known_issues
+from lab.run import Run
 from lab.targets.base import Target
 from lab.targets.ec2 import Ec2Target
 from lab.targets.libvirt import LibvirtTarget
 from lab.targets.profiles import PROFILES
-from lab.targets.run import Run
 from lab.targets.vmware import VmwareTarget
 
 TargetFactory = Callable[[matrix.Target, matrix.Settings, Run], Target]

@@ -50,10 +50,10 @@ from pyVmomi.VmomiSupport import ManagedObject
 
 from lab.build.bootloader import BootLoader
 from lab.build.context import Context
+from lab.run import PREFIX, Run, run_is_alive
 from lab.targets.base import REAL_CONTEXT_RUN, Instance, Target, TargetError
 from lab.targets.credentials import Secret, redact
 from lab.targets.profiles import Profile
-from lab.targets.run import PREFIX, Run, run_is_alive
 
 log = logging.getLogger(__name__)
 
