@@ -18,8 +18,12 @@ import pytest
 from filelock import FileLock
 
 from lab import matrix
-from lab.build import bootloader, index, osrepo, rootfs
+from lab.build import bootloader, rootfs
+from lab.build.osrepo.repository import Repository
+from lab.build.releases import ReleaseError, load_releases
+from lab.packages import debian
 from lab.run import Run, new_run_id
+from lab.services.repo import RepoServer
 from lab.targets.base import Target
 from lab.targets.profiles import PROFILES
 from lab.targets.registry import load_matrix, make_target
@@ -115,7 +119,7 @@ def host_group(cell: matrix.Cell) -> list[pytest.MarkDecorator]:
 def corpus_files() -> list[Path]:
     """The pinned Debian 12 indexes (../shared/data/solver), or a failure that says so."""
     try:
-        return index.pinned_corpus()
+        return debian.pinned_corpus()
     except FileNotFoundError as error:
         pytest.fail(str(error))
 
@@ -142,8 +146,8 @@ def boot_loader() -> bootloader.BootLoader:
 def os_releases(pytestconfig: pytest.Config) -> list[rootfs.ReleaseArtifact]:
     """The OS releases of releases.yaml (or those --releases names), built once per input hash."""
     try:
-        releases = rootfs.load_releases(HERE / "releases.yaml")
-    except rootfs.ReleaseError as error:
+        releases = load_releases(HERE / "releases.yaml")
+    except ReleaseError as error:
         raise pytest.UsageError(str(error)) from None
     only = listed(pytestconfig, "--releases")
     unknown = set(only) - {release.tag for release in releases}
@@ -155,10 +159,10 @@ def os_releases(pytestconfig: pytest.Config) -> list[rootfs.ReleaseArtifact]:
 
 
 @pytest.fixture(scope="session")
-def os_repo(lab_run: Run, os_releases: list[rootfs.ReleaseArtifact]) -> osrepo.Repository:
+def os_repo(lab_run: Run, os_releases: list[rootfs.ReleaseArtifact]) -> Repository:
     """This run's OS repository: every release published in releases.yaml's order. Workers of
     one run share it; the first publishes, the others find the same tags already there."""
-    repository = osrepo.Repository(lab_run.dir / "osrepo")
+    repository = Repository(lab_run.dir / "osrepo")
     with FileLock(str(lab_run.dir / "osrepo.publish.lock")):
         if not (repository.root / "manifest").exists():
             repository.init("ucvm-lab", default_branch="prod")
@@ -168,9 +172,9 @@ def os_repo(lab_run: Run, os_releases: list[rootfs.ReleaseArtifact]) -> osrepo.R
 
 
 @pytest.fixture(scope="session")
-def repo_server(os_repo: osrepo.Repository, lab_run: Run) -> Iterator[osrepo.RepoServer]:
+def repo_server(os_repo: Repository, lab_run: Run) -> Iterator[RepoServer]:
     """The repository served by nginx on 127.0.0.1 (one server per worker, its own log)."""
-    with osrepo.RepoServer(os_repo.root, lab_run.dir / f"nginx-{os.getpid()}") as server:
+    with RepoServer(os_repo.root, lab_run.dir / f"nginx-{os.getpid()}") as server:
         yield server
 
 

@@ -8,8 +8,8 @@ QEMU and the same memory:
   published into a fresh repository in the run's directory and served by nginx, asked for with
   `ucvm.version=TAG`. Every round is a new instance, so the cache starts cold.
 - conventional: the same release as a full disk (ext4 in a compressed qcow2 with Debian's
-  kernel and initramfs, lab.build.rootfs.conventional_image), started by libvirt's direct
-  kernel boot of its own kernel, initrd and command line.
+  kernel and initramfs, bench/conventional.py's conventional_image), started by libvirt's direct
+  kernel boot of its own kernel, initrd and command line (bench/full_disk.py's FullDiskTarget).
 
 Per boot: host seconds to `ready`, the guest's uptime then, the bytes of the OS the boot
 brought in (μCernVM: fetched from the repository, counted by the guest's block client and by
@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import libvirt
+from conventional import ConventionalImage, conventional_image
+from full_disk import FullDisk, FullDiskTarget
 from rich.console import Console
 from rich.table import Table
 from vms import (
@@ -49,10 +51,14 @@ from vms import (
 )
 
 from lab.artifacts import file_digest
-from lab.build import osrepo, rootfs
+from lab.build import releases, rootfs
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader, build, gzip_size
+from lab.build.osrepo.keys import RepoError
+from lab.build.osrepo.manifest import Snapshot
+from lab.build.osrepo.repository import Repository
 from lab.observe import BootRecord, observe_boot, settled_fetch_counts
 from lab.run import Run, new_run_id
+from lab.services.repo import RepoServer
 from lab.targets.base import TargetError
 from lab.targets.libvirt import (
     LibvirtInstance,
@@ -196,7 +202,7 @@ def boot_of(subject: str, round_no: int, record: BootRecord, others: int) -> Boo
     )
 
 
-def count_server(server: osrepo.RepoServer, instance: LibvirtInstance, boot: Boot) -> None:
+def count_server(server: RepoServer, instance: LibvirtInstance, boot: Boot) -> None:
     """The server's side of the cross-check; if it differs from the guest's ready marker (a
     block in flight), read both again until they agree or SETTLE_S runs out."""
     sent = server.bytes_sent(instance.uuid)
@@ -228,13 +234,18 @@ def count_server(server: osrepo.RepoServer, instance: LibvirtInstance, boot: Boo
 def run_rounds(
     target: LibvirtTarget,
     loader: BootLoader,
-    conventional: rootfs.ConventionalImage,
-    server: osrepo.RepoServer,
+    conventional: ConventionalImage,
+    server: RepoServer,
     tag: str,
     args: argparse.Namespace,
     console: Console,
 ) -> list[Boot]:
     image_format = target.profile.image_format
+    full_disk = FullDisk(
+        conventional.qcow2, "qcow2", conventional.kernel, conventional.initrd, conventional.cmdline
+    )
+    # the same host, names and accelerator; it boots the full disk in the boot loader's place
+    conventional_target = FullDiskTarget(target, full_disk, target.accelerator(loader))
     subjects: list[tuple[str, Callable[[], LibvirtInstance], Callable]] = [
         (
             UCVM,
@@ -248,13 +259,7 @@ def run_rounds(
         ),
         (
             CONVENTIONAL,
-            lambda: target.launch_disk(
-                conventional.qcow2,
-                "qcow2",
-                conventional.kernel,
-                conventional.initrd,
-                conventional.cmdline,
-            ),
+            lambda: conventional_target.launch(loader),
             lambda _instance, _boot: None,
         ),
     ]
@@ -290,9 +295,9 @@ def progress_line(boot: Boot, repeat: int) -> str:
 def measure_sizes(
     loader: BootLoader,
     image_format: str,
-    release: rootfs.Release,
-    snapshot: osrepo.Snapshot,
-    conventional: rootfs.ConventionalImage,
+    release: releases.Release,
+    snapshot: Snapshot,
+    conventional: ConventionalImage,
 ) -> Sizes:
     image, qemu_format = loader.disk_for_qemu(image_format)
     return Sizes(
@@ -624,18 +629,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def measure(args: argparse.Namespace, console: Console) -> tuple[list[Boot], Sizes]:
-    release = rootfs.load_release_set().default
+    release = releases.load_release_set().default
     with console.status("building (or finding) the boot loader"):
         loader = build()
     console.log(f"boot loader {loader.root}, kernel {loader.kernel_release}")
     with console.status(f"building (or finding) release {release.tag}, both ways"):
         artifact = rootfs.build_release(release)
-        conventional = rootfs.conventional_image(release)
+        conventional = conventional_image(release)
     console.log(f"release {release.tag} ({release.branch}): {artifact.squashfs}, "
                 f"{conventional.qcow2}")  # fmt: skip
     run = Run(new_run_id(), RUN_ROOT).hold()
     try:
-        repository = osrepo.Repository(run.dir / "osrepo")
+        repository = Repository(run.dir / "osrepo")
         repository.init("ucvm-bench", default_branch=release.branch)
         snapshot = repository.publish(artifact.squashfs, release.tag, release.branch)
         target = LibvirtTarget(f"bench-{PROFILE}", PROFILES[PROFILE], {}, run, accel=args.accel)
@@ -645,7 +650,7 @@ def measure(args: argparse.Namespace, console: Console) -> tuple[list[Boot], Siz
         with console.status("deciding the accelerator"):
             accel, why = target.accelerator(loader)
         sizes = measure_sizes(loader, target.profile.image_format, release, snapshot, conventional)
-        with osrepo.RepoServer(repository.root, run.dir / "nginx") as server:
+        with RepoServer(repository.root, run.dir / "nginx") as server:
             console.log(
                 f"run {run.id}: {accel} ({why}); repository {server.url}, snapshot "
                 f"{snapshot.image_sha256[:12]} ({snapshot.image_bytes:,} B); {args.repeat} round(s)"
@@ -668,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         return 130
-    except (TargetError, osrepo.RepoError, rootfs.ReleaseError, rootfs.RootfsError) as error:
+    except (TargetError, RepoError, releases.ReleaseError, rootfs.RootfsError) as error:
         console.print(f"[red]{error}[/red]")
         return 2
     except libvirt.libvirtError as error:

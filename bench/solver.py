@@ -2,7 +2,7 @@
 HiGHS against glpk (the paper's engine) in the same run, and libsolv as the speed of light.
 
 Two problems, side by side:
-(a) a synthetic repository shaped like the paper's (lab.build.synthetic: 17,000 names, 500
+(a) a synthetic repository shaped like the paper's (lab.packages.synthetic: 17,000 names, 500
     wanted, ~152,000 inequalities when the whole repository is modelled);
 (b) Debian 12 main + updates + security (the pinned corpus in /work/shared/data/solver, read in
     place) with a seeded 500-name list of real, installable-looking names, plus Essential.
@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from lab.artifacts import ArtifactStore
-from lab.build import explain, index, solver
-from lab.build.packages import Repository
-from lab.build.synthetic import Synthetic, generate, write_packages_file
+from lab.packages import debian, explain, solve
+from lab.packages.model import Repository
+from lab.packages.synthetic import Synthetic, generate, write_packages_file
 
 # --- the anchors: the paper's figures (CHEP 2013, Blomer et al.), not measurements -------------
 PAPER_SOLVE_S = 10.0  # "under 10 s with glpk"
@@ -165,23 +165,23 @@ def synthetic_problem(
         write_packages_file(synthetic, path)
     load = {"generate_s": generate_s}
     if measure_load:
-        _, load["parse_s"] = timed(lambda: index.read_debian([path]))
+        _, load["parse_s"] = timed(lambda: debian.read_debian([path]))
         store = ArtifactStore(work / "store")
-        index.load_cached([path], store)  # builds the cache
-        _, load["cached_s"] = timed(lambda: index.load_cached([path], store))
-    essentials = solver.essential_names(synthetic.repository)
+        debian.load_cached([path], store)  # builds the cache
+        _, load["cached_s"] = timed(lambda: debian.load_cached([path], store))
+    essentials = solve.essential_names(synthetic.repository)
     return Problem(label, synthetic.repository, synthetic.wanted, essentials, [path], load)
 
 
 def debian_problem(seed: int, count: int, work: Path) -> Problem:
     try:
-        paths = index.pinned_corpus()
+        paths = debian.pinned_corpus()
     except FileNotFoundError as error:
         raise SystemExit(str(error)) from None
-    _, parse_s = timed(lambda: index.read_debian(paths))
-    index.load_cached(paths)  # builds the artifact-store cache if this is its first run
-    repository, cached_s = timed(lambda: index.load_cached(paths))
-    essentials = solver.essential_names(repository)
+    _, parse_s = timed(lambda: debian.read_debian(paths))
+    debian.load_cached(paths)  # builds the artifact-store cache if this is its first run
+    repository, cached_s = timed(lambda: debian.load_cached(paths))
+    essentials = solve.essential_names(repository)
     wanted, notes = debian_list(repository, seed, count, set(essentials))
     files = [decompress(path, work) for path in paths]
     load = {"parse_s": parse_s, "cached_s": cached_s}
@@ -215,8 +215,8 @@ def debian_list(
     pool = iter(n for n in order if n not in essentials and installable_looking(repository, n))
     wanted = [next(pool) for _ in range(count)]
     notes: list[str] = []
-    while not explain.feasible(repository, [solver.Wanted(name) for name in wanted]):
-        core = explain.minimal_core(repository, [solver.Wanted(name) for name in wanted])
+    while not explain.feasible(repository, [solve.Wanted(name) for name in wanted]):
+        core = explain.minimal_core(repository, [solve.Wanted(name) for name in wanted])
         if not core:
             raise SystemExit("the Essential set alone has no solution in the Debian corpus")
         dropped = core[-1].name
@@ -228,8 +228,8 @@ def debian_list(
 # --- the engines -------------------------------------------------------------------------------
 
 
-def run_highs(model: solver.Model, repeat: int, limit: float) -> Engine:
-    runs = [solver.solve(model, "highs", time_limit=limit) for _ in range(repeat)]
+def run_highs(model: solve.Model, repeat: int, limit: float) -> Engine:
+    runs = [solve.solve(model, "highs", time_limit=limit) for _ in range(repeat)]
     last = runs[-1]
     median = statistics.median(run.solve_s for run in runs)
     return Engine(
@@ -237,10 +237,10 @@ def run_highs(model: solver.Model, repeat: int, limit: float) -> Engine:
     )
 
 
-def run_glpk(model: solver.Model, limit: float, skip: str | None) -> Engine:
+def run_glpk(model: solve.Model, limit: float, skip: str | None) -> Engine:
     if skip:
         return Engine("glpk", "skipped", None, None, None, 0, skip)
-    found = solver.solve(model, "glpk", time_limit=limit)
+    found = solve.solve(model, "glpk", time_limit=limit)
     return Engine(
         "glpk",
         found.status,
@@ -295,7 +295,7 @@ def libsolv_available() -> str | None:
     return None if run.returncode == 0 else "python3-solv is not installed (apt-get install)"
 
 
-def libsolv_cost(found: Libsolv, model: solver.Model) -> float | None:
+def libsolv_cost(found: Libsolv, model: solve.Model) -> float | None:
     """libsolv's package set under the closure model's cost (its packages are all reachable,
     so all are variables of that model), for comparison with the optimum."""
     column = {package.key: number for number, package in enumerate(model.variables)}
@@ -307,9 +307,9 @@ def libsolv_cost(found: Libsolv, model: solver.Model) -> float | None:
 
 def model_run(
     problem: Problem, model_kind: str, limit: float, repeat: int, glpk_skip: str | None
-) -> tuple[ModelRun, solver.Model]:
-    wanted = [solver.Wanted(name) for name in problem.wanted]
-    model = solver.build_model(problem.repository, wanted, reduce=model_kind == "closure")
+) -> tuple[ModelRun, solve.Model]:
+    wanted = [solve.Wanted(name) for name in problem.wanted]
+    model = solve.build_model(problem.repository, wanted, reduce=model_kind == "closure")
     highs = run_highs(model, repeat, limit)
     glpk = run_glpk(model, limit, glpk_skip)
     run = ModelRun(
@@ -693,7 +693,7 @@ def run_all(args: argparse.Namespace, work: Path, with_libsolv: bool) -> dict[st
         )
     ]
     check = (
-        xz_check(problems[1].files, index.pinned_corpus())
+        xz_check(problems[1].files, debian.pinned_corpus())
         if with_libsolv
         else "libsolv not measured."
     )

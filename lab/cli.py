@@ -34,11 +34,18 @@ from rich.table import Table
 
 from lab import matrix
 from lab.artifacts import file_digest
-from lab.build import bootloader, closed_list, explain, index, osrepo, rootfs, solver
-from lab.build.packages import Repository, dpkg_compare
-from lab.report import allure_html, gate, known_issues, table
+from lab.build import bootloader, rootfs
+from lab.build.osrepo import repository as osrepo
+from lab.build.osrepo.keys import RepoError
+from lab.build.osrepo.manifest import Manifest
+from lab.build.releases import ReleaseError, load_releases
+from lab.packages import closed_list, debian, explain, index, solve
+from lab.packages.model import Repository, dpkg_compare
+from lab.report import publish
 from lab.run import Run, new_run_id
 from lab.runroot import RunRootError
+from lab.services.repo import RepoServer
+from lab.services.sweep import sweep as sweep_services
 from lab.targets.base import TargetError
 from lab.targets.libvirt import sweep
 from lab.targets.profiles import PROFILES
@@ -74,8 +81,8 @@ def cmd_build(args: argparse.Namespace, lab: matrix.Matrix) -> int:
 def build_releases() -> int:
     """Every OS release of releases.yaml: closed list -> root -> squashfs (cached)."""
     try:
-        releases = rootfs.load_releases(REPO / "releases.yaml")
-    except rootfs.ReleaseError as error:
+        releases = load_releases(REPO / "releases.yaml")
+    except ReleaseError as error:
         print(f"ucvm-lab build: {error}", file=sys.stderr)
         return 2
     built = Table(title="OS releases (releases.yaml)")
@@ -187,26 +194,23 @@ def cmd_run(args: argparse.Namespace, lab: matrix.Matrix) -> int:
     return tests.returncode or report
 
 
-REPORT_ERRORS = (table.ResultsError, known_issues.KnownIssuesError, allure_html.AllureError)
-
-
 def write_report(results_dirs: list[Path], lab: matrix.Matrix) -> int:
-    reports = lab.settings.reports
-    reports.mkdir(parents=True, exist_ok=True)
+    """The support table and the Allure report of ``results_dirs``, into the matrix's reports."""
     try:
-        results = table.read_results(results_dirs)
-        issues = known_issues.load_known_issues(lab.gate.known_issues)
-        planned = [(t.name, PROFILES[t.profile].platform, t.evidence) for t in lab.targets]
-        support = table.build_table(
-            results, versions=lab.versions, known_issues=issues, planned=planned,
-            sources=results_dirs,
-        )  # fmt: skip
-        markdown, html = table.write_table(support, reports)
-        report = allure_html.generate_html(results_dirs, reports / "allure-report")
-    except REPORT_ERRORS as error:
+        paths = publish.write_report(
+            results_dirs,
+            lab.settings.reports,
+            versions=lab.versions,
+            known_issues_path=lab.gate.known_issues,
+            planned=[(t.name, PROFILES[t.profile].platform, t.evidence) for t in lab.targets],
+        )
+    except publish.REPORT_ERRORS as error:
         out.print(f"[red]ucvm-lab report: {error}[/]")
         return 1
-    out.print(f"support table: {markdown}\n               {html}\nAllure report: {report}")
+    out.print(
+        f"support table: {paths.markdown}\n               {paths.html}\n"
+        f"Allure report: {paths.allure}"
+    )
     return 0
 
 
@@ -220,25 +224,23 @@ def cmd_report(args: argparse.Namespace, lab: matrix.Matrix) -> int:
 
 def cmd_gate(args: argparse.Namespace, lab: matrix.Matrix) -> int:
     try:
-        results = table.read_results(results_dirs(args, lab))
-        issues = known_issues.load_known_issues(lab.gate.known_issues)
-    except REPORT_ERRORS as error:
+        verdict = publish.judge(
+            results_dirs(args, lab),
+            known_issues_path=lab.gate.known_issues,
+            required_tiers=lab.gate.required_tiers,
+            allow_known_issues=lab.gate.allow_known_issues,
+            planned=[(cell.target.name, cell.version, cell.target.tier) for cell in lab.cells()],
+        )
+    except publish.REPORT_ERRORS as error:
         out.print(f"[red]ucvm-lab gate: {error}[/]")
         return 1
-    verdict = gate.verdict(
-        [r for r in results if r.check == "boot"],
-        required_tiers=lab.gate.required_tiers,
-        allow_known_issues=lab.gate.allow_known_issues,
-        known_issues=issues,
-        planned=[(cell.target.name, cell.version, cell.target.tier) for cell in lab.cells()],
-    )
     out.print(str(verdict))
     return 0 if verdict.passed else 1
 
 
 def cmd_sweep(args: argparse.Namespace, lab: matrix.Matrix) -> int:
     try:
-        removed = osrepo.sweep_servers(lab.settings.run_root)  # before their run dirs go
+        removed = sweep_services(lab.settings.run_root)  # before their run dirs go
         removed += sweep(lab.settings.libvirt_uri, lab.settings.run_root)
     except RunRootError as error:  # matrix.load refused it already; this is the second check
         return error_exit("sweep", f"{error}; nothing was swept", 2)
@@ -295,10 +297,10 @@ def cmd_solve(args: argparse.Namespace, lab: matrix.Matrix | None) -> int:
     if problem := output_dir_problem(out_dir, create=False):  # before the slow index read
         return error_exit("solve", problem, 2)
     try:
-        repository = index.load_cached([Path(p) for p in args.index])
+        repository = debian.load_cached([Path(p) for p in args.index])
         load_s = time.perf_counter() - started
-        wanted = solver.read_shopping_list(Path(args.shopping_list), repository)
-    except (index.IndexFormatError, solver.ShoppingListError) as error:
+        wanted = solve.read_shopping_list(Path(args.shopping_list), repository)
+    except (index.IndexFormatError, solve.ShoppingListError) as error:
         return error_exit("solve", str(error), 2)
     except OSError as error:  # the artifact store that caches the parsed index
         return error_exit("solve", f"{os_problem(error)}; check UCVM_CACHE is writable", 1)
@@ -313,12 +315,12 @@ def cmd_solve(args: argparse.Namespace, lab: matrix.Matrix | None) -> int:
 def solve_into(
     args: argparse.Namespace,
     repository: Repository,
-    wanted: list[solver.Wanted],
+    wanted: list[solve.Wanted],
     out_dir: Path,
     load_s: float,
 ) -> int:
-    model = solver.build_model(repository, wanted)
-    solution = solver.solve(model, args.engine, time_limit=args.time_limit)
+    model = solve.build_model(repository, wanted)
+    solution = solve.solve(model, args.engine, time_limit=args.time_limit)
     out.print(
         f"{len(repository):,} candidates, {len(wanted)} wanted; model: "
         + ", ".join(f"{k} {v:,}" for k, v in model.counts().items())
@@ -341,8 +343,8 @@ def solve_into(
 def write_solution(
     args: argparse.Namespace,
     repository: Repository,
-    wanted: list[solver.Wanted],
-    solution: solver.Solution,
+    wanted: list[solve.Wanted],
+    solution: solve.Solution,
     out_dir: Path,
 ) -> int:
     packages = solution.packages
@@ -387,7 +389,7 @@ def cmd_repo(args: argparse.Namespace, lab: matrix.Matrix | None) -> int:
             assert lab is not None, "serve sets needs_matrix: main() loaded the matrix"
             return cmd_repo_serve(args, os_repository(args), lab)
         return args.repo_func(args, os_repository(args))
-    except osrepo.RepoError as error:
+    except RepoError as error:
         return error_exit(f"repo {args.repo_command}", str(error), 2)
     except OSError as error:  # a read-only or full file system, a path that is not a directory
         return error_exit(
@@ -449,7 +451,7 @@ def cmd_repo_list(args: argparse.Namespace, repo: osrepo.Repository) -> int:
     return 1 if problems and any(problems.values()) else 0
 
 
-def repo_json(manifest: osrepo.Manifest, problems: dict[str, list[str]] | None) -> dict:
+def repo_json(manifest: Manifest, problems: dict[str, list[str]] | None) -> dict:
     heads = manifest.heads()
     snapshots = []
     for snapshot in manifest.snapshots:
@@ -465,7 +467,7 @@ def repo_json(manifest: osrepo.Manifest, problems: dict[str, list[str]] | None) 
 
 
 def repo_table(
-    repo: osrepo.Repository, manifest: osrepo.Manifest, problems: dict[str, list[str]] | None
+    repo: osrepo.Repository, manifest: Manifest, problems: dict[str, list[str]] | None
 ) -> Table:
     listing = Table(
         title=f"{manifest.repository} in {repo.root}: serial {manifest.serial}, "
@@ -491,7 +493,7 @@ def cmd_repo_serve(args: argparse.Namespace, repo: osrepo.Repository, lab: matri
     manifest = repo.manifest()  # refuses to serve what does not verify
     run = Run(new_run_id(), lab.settings.run_root).hold()
     try:
-        with osrepo.RepoServer(repo.root, run.dir / "osrepo-server", port=args.port) as server:
+        with RepoServer(repo.root, run.dir / "osrepo-server", port=args.port) as server:
             out.print(
                 f"serving {manifest.repository} (serial {manifest.serial}) at {server.url}\n"
                 f"access log {server.access_log}; Ctrl-C stops",
@@ -537,24 +539,24 @@ def parser() -> argparse.ArgumentParser:
         )
         command.set_defaults(func=func)
     commands.add_parser("sweep").set_defaults(func=cmd_sweep)
-    solve = commands.add_parser("solve", help="shopping list -> closed package list")
-    solve.add_argument("shopping_list")
-    solve.add_argument(
+    solving = commands.add_parser("solve", help="shopping list -> closed package list")
+    solving.add_argument("shopping_list")
+    solving.add_argument(
         "--index",
         action="append",
         required=True,
         help="a Packages index (plain, .gz or .xz); repeat to merge several",
     )
-    solve.add_argument("-o", "--output", required=True, help="directory for the results")
-    solve.add_argument("--engine", choices=solver.ENGINES, default="highs")
-    solve.add_argument("--time-limit", type=seconds, default=120.0, help="seconds (default 120)")
-    solve.add_argument(
+    solving.add_argument("-o", "--output", required=True, help="directory for the results")
+    solving.add_argument("--engine", choices=solve.ENGINES, default="highs")
+    solving.add_argument("--time-limit", type=seconds, default=120.0, help="seconds (default 120)")
+    solving.add_argument(
         "--version",
         default="1.0",
         type=meta_version,
         help="version of the cernvm-system package (a Debian version)",
     )
-    solve.set_defaults(func=cmd_solve, needs_matrix=False)
+    solving.set_defaults(func=cmd_solve, needs_matrix=False)
     change = commands.add_parser("diff", help="compare two closed lists (closed-list.json)")
     change.add_argument("old")
     change.add_argument("new")

@@ -1,15 +1,15 @@
 """Load and validate matrix.yaml, and expand it into cells (target x version).
 
-The file is read once, here, at the edge; nothing else in the lab parses it.
-Loading happens in four steps:
+The file is read once, here, at the edge, through lab.config (the lab's one YAML loader);
+nothing else in the lab parses it. Loading happens in four steps:
 
-1. ruamel.yaml parses the text into a tree that remembers the line and column
-   of every key and item (`node.lc`). The file may hold at most MAX_BYTES (1 MiB;
-   UCVM_MAX_MATRIX_BYTES raises it), checked before parsing, and MAX_TARGETS targets.
-2. pydantic checks the shape and types of the tree (strictly: `"1"` is not a
-   number), and a few plain checks look for duplicates across items and for
-   names the lab does not know: check names (the suites'), each driver's settings
-   keys, the run root (lab.runroot) and the known-issues file.
+1. lab.config reads the file (at most 1 MiB; UCVM_MAX_MATRIX_BYTES raises it) into a tree
+   that remembers the line and column of every key and item. A matrix may hold at most
+   MAX_TARGETS targets.
+2. pydantic checks the shape and types of the tree (strictly: `"1"` is not a number), and
+   the matrix's own rules (lab.matrix_rules) look for duplicates across items and for names
+   the lab does not know: check names (the suites'), each driver's settings keys; the run
+   root (lab.runroot) and the known-issues file are checked here.
 3. Every `settings:` key may be overridden by an environment variable
    `UCVM_<KEY>`; those strings are converted to the key's type. An empty variable
    is an error, not "unset".
@@ -26,50 +26,28 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
-    StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
 )
 from pydantic_core import ErrorDetails
-from ruamel.yaml import YAML, CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from lab import runroot
-from lab.matrix_rules import Loc, unknown_names
-from lab.matrix_rules import Problem as _Problem  # lab.build.rootfs uses matrix._Problem
-from lab.matrix_rules import list_at as _list_at
-
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-"""What a target name or a version may look like (both end up in pytest ids)."""
+from lab import config, matrix_rules, runroot
+from lab.config import Document, Name, Problem, Schema
 
 ENV_PREFIX = "UCVM_"
 """`UCVM_ACCEL=tcg` overrides `settings: accel:`."""
 
-MAX_BYTES = 1 << 20
-MAX_BYTES_ENV = "UCVM_MAX_MATRIX_BYTES"
 MAX_TARGETS = 1000
-"""Limits checked before the tree is validated: parsing and validation grow with the size."""
+"""Checked before the tree is validated: validation grows with the size."""
 
 
 # --------------------------------------------------------------------------- the result
 
 
-class MatrixError(ValueError):
+class MatrixError(config.ConfigError):
     """One or more problems in a matrix; `str(error)` has one line per problem."""
-
-    def __init__(self, *problems: str) -> None:
-        super().__init__(*problems)
-
-    @property
-    def problems(self) -> tuple[str, ...]:
-        return self.args
-
-    def __str__(self) -> str:
-        return "\n".join(self.args)
 
 
 @dataclass(frozen=True)
@@ -169,7 +147,6 @@ def _check_tier(tier: int) -> int:
     return tier
 
 
-Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Tier = Annotated[int, AfterValidator(_check_tier)]
 PositiveNumber = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
@@ -184,11 +161,7 @@ def _check_run_root(root: str) -> str:
 RunRoot = Annotated[str, AfterValidator(_check_run_root)]
 
 
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _SettingsSchema(_Schema):
+class _SettingsSchema(Schema):
     accel: Literal["auto", "kvm", "tcg"]
     libvirt_uri: str
     run_root: RunRoot
@@ -197,7 +170,7 @@ class _SettingsSchema(_Schema):
     scratch_gb: PositiveNumber
 
 
-class _TargetSchema(_Schema):
+class _TargetSchema(Schema):
     name: Name
     driver: str
     profile: str
@@ -225,34 +198,25 @@ class _TargetSchema(_Schema):
         return settings
 
 
-class _CheckSchema(_Schema):
+class _CheckSchema(Schema):
     description: str
     budget_mb: PositiveNumber | None = None
     versions: Annotated[list[Name], Field(min_length=1)] | None = None
     boot_budget_s: PositiveNumber | None = None
 
 
-class _GateSchema(_Schema):
+class _GateSchema(Schema):
     required_tiers: list[Tier]
     allow_known_issues: bool
     known_issues: str
 
 
-class _MatrixSchema(_Schema):
+class _MatrixSchema(Schema):
     settings: _SettingsSchema
     versions: Annotated[list[Name], Field(min_length=1)]
     checks: dict[str, _CheckSchema]
     targets: Annotated[list[_TargetSchema], Field(min_length=1)]
     gate: _GateSchema
-
-
-_SECTION_SCHEMAS: dict[str, type[_Schema]] = {
-    "settings": _SettingsSchema,
-    "checks": _CheckSchema,
-    "targets": _TargetSchema,
-    "gate": _GateSchema,
-}
-"""The schema of the mappings one level below each top-level key."""
 
 
 # --------------------------------------------------------------------------- loading
@@ -273,265 +237,38 @@ def load(
     ``drivers`` maps each driver's name to the settings keys it takes; ``checks`` are the
     suites' check names, ``required_checks`` those the lab reads whatever the matrix says."""
     environment = os.environ if env is None else env
-    tree = _read_yaml(path, _byte_limit(environment))
-    _refuse_too_many_targets(path, tree)
+    document = config.read(path, error=MatrixError, env=environment)
+    _refuse_too_many_targets(document)
     choices = {"profile": profiles, "driver": drivers, "image_format": image_formats}
-    schema, problems = _validate_schema(tree, choices)
-    problems += _duplicate_problems(tree)
-    problems += unknown_names(tree, drivers, checks, required_checks)
-    problems += _missing_files(path, tree)
-    settings, override_messages = _settings_with_overrides(tree, environment)
-    messages = [*_file_messages(path, tree, problems), *override_messages]
+    schema, problems = document.validate(_MatrixSchema, context=choices)
+    problems += matrix_rules.problems(document, drivers, checks, required_checks)
+    problems += _missing_files(document)
+    settings, override_messages = _settings_with_overrides(document.tree, environment)
+    messages = [*document.messages(problems), *override_messages]
     if schema is None or settings is None or messages:
         raise MatrixError(*messages)
     return _build_matrix(path, schema, settings, environment)
 
 
-def _byte_limit(env: Mapping[str, str]) -> int:
-    value = env.get(MAX_BYTES_ENV)
-    if value is None:
-        return MAX_BYTES
-    if not value.strip().isdigit() or int(value) < 1:
-        raise MatrixError(f"{MAX_BYTES_ENV}={value!r}: expected a whole number of bytes (> 0)")
-    return int(value)
-
-
-def _read_yaml(path: Path, limit: int = MAX_BYTES) -> Any:
-    try:
-        with path.open("rb") as stream:
-            data = stream.read(limit + 1)  # never more: the file may be huge, or endless
-        text = data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise MatrixError(f"{path}: cannot read the file: {error}") from error
-    if len(data) > limit:
-        raise MatrixError(
-            f"{path}: larger than {limit:,} bytes, the limit for the lab's YAML files (nothing "
-            f"was parsed); shorten it, or raise the limit with {MAX_BYTES_ENV}=BYTES"
-        )
-    try:
-        return YAML(typ="rt").load(text)
-    except MarkedYAMLError as error:
-        raise MatrixError(_yaml_error_message(path, error)) from error
-    except YAMLError as error:
-        raise MatrixError(f"{path}: not valid YAML: {error}") from error
-
-
-def _yaml_error_message(path: Path, error: MarkedYAMLError) -> str:
-    """ruamel names the problem and, often, what it was in the middle of (the context)."""
-    mark = error.problem_mark or error.context_mark
-    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-    message = f"{where}: YAML: {error.problem or error.context}"
-    if error.problem and error.context and error.context_mark:
-        message += f" ({error.context} started at line {error.context_mark.line + 1})"
-    return message
-
-
-# --------------------------------------------------------------------------- problems
-
-
-def _validate_schema(
-    tree: Any, choices: Mapping[str, Collection[str]]
-) -> tuple[_MatrixSchema | None, list[_Problem]]:
-    try:
-        return _MatrixSchema.model_validate(tree, strict=True, context=choices), []
-    except ValidationError as error:
-        return None, [_problem_from_pydantic(detail) for detail in error.errors()]
-
-
-def _problem_from_pydantic(error: ErrorDetails) -> _Problem:
-    loc = tuple(error["loc"])
-    if loc[-1:] == ("[key]",):  # the key of a mapping is wrong, not its value
-        return _Problem(loc[:-1], f"invalid key: {_explain(error)}", at_key=True)
-    return _Problem(loc, _explain(error), at_key=error["type"] == "extra_forbidden")
-
-
-_EXPECTATIONS = {
-    "missing": "required key is missing",
-    "string_type": "expected a string; found {found}",
-    "int_type": "expected an integer; found {found}",
-    "int_parsing": "expected an integer; found {found}",
-    "float_type": "expected a number; found {found}",
-    "float_parsing": "expected a number; found {found}",
-    "bool_type": "expected true or false; found {found}",
-    "bool_parsing": "expected true or false; found {found}",
-    "list_type": "expected a list; found {found}",
-    "dict_type": "expected a mapping; found {found}",
-    "model_type": "expected a mapping; found {found}",
-    "literal_error": "expected one of {expected}; found {found}",
-    "string_pattern_mismatch": "expected a name matching {pattern}; found {found}",
-    "too_short": "expected at least {min_length} item(s); found {actual_length}",
-    "greater_than": "expected a number greater than {gt:g}; found {found}",
-    "finite_number": "expected a finite number; found {found}",
-    "value_error": "{error}",
-}
-"""What each kind of pydantic error means here, in the file's own terms."""
-
-
-def _explain(error: ErrorDetails) -> str:
-    if error["type"] == "extra_forbidden":
-        allowed = ", ".join(_schema_at(error["loc"]).model_fields)
-        return f"unknown key {error['loc'][-1]!r}; allowed keys: {allowed}"
-    found = _describe_value(error["input"])
-    template = _EXPECTATIONS.get(error["type"])
-    if template is None:
-        return f"{error['msg']}; found {found}"
-    message = template.format(found=found, **error.get("ctx", {}))
-    if error["type"] == "string_type" and isinstance(error["input"], int | float):
-        message += " (put it in quotes to make it a string)"
-    return message
-
-
-def _schema_at(loc: Loc) -> type[_Schema]:
-    """The schema of the mapping that holds the key at `loc`."""
-    if len(loc) == 1:
-        return _MatrixSchema
-    return _SECTION_SCHEMAS[str(loc[0])]
-
-
-def _describe_value(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, int):
-        return f"integer {value}"
-    if isinstance(value, float):
-        return f"number {value}"
-    if isinstance(value, str):
-        return f"string {value!r}"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return type(value).__name__
-
-
-def _refuse_too_many_targets(path: Path, tree: Any) -> None:
-    count = len(_list_at(tree, "targets"))
+def _refuse_too_many_targets(document: Document) -> None:
+    count = len(document.list_at("targets"))
     if count > MAX_TARGETS:
-        line, column = _position(tree, ("targets",), at_key=True)
         raise MatrixError(
-            f"{path}:{line}:{column}: targets: {count:,} targets; a matrix takes at most "
-            f"{MAX_TARGETS:,}: split it into several matrix files (--matrix)"
+            f"{document.where(('targets',), at_key=True)}: targets: {count:,} targets; a matrix "
+            f"takes at most {MAX_TARGETS:,}: split it into several matrix files (--matrix)"
         )
 
 
-def _duplicate_problems(tree: Any) -> list[_Problem]:
-    return [
-        *_duplicate_target_names(tree),
-        *_duplicate_versions(tree),
-        *_unknown_check_versions(tree),
-    ]
-
-
-def _duplicate_target_names(tree: Any) -> Iterator[_Problem]:
-    targets = _list_at(tree, "targets")
-    names = [target.get("name") if isinstance(target, dict) else None for target in targets]
-    for first, again in _repeats(names):
-        first_line = _position(tree, ("targets", first, "name"))[0]
-        message = f"duplicate target name {names[again]!r}; first defined at line {first_line}"
-        yield _Problem(("targets", again, "name"), message)
-
-
-def _duplicate_versions(tree: Any) -> Iterator[_Problem]:
-    versions = _list_at(tree, "versions")
-    for first, again in _repeats(versions):
-        first_line = _position(tree, ("versions", first))[0]
-        message = f"duplicate version {versions[again]!r}; first listed at line {first_line}"
-        yield _Problem(("versions", again), message)
-
-
-def _unknown_check_versions(tree: Any) -> Iterator[_Problem]:
-    versions = set(map(str, _list_at(tree, "versions")))
-    checks = tree.get("checks") if isinstance(tree, dict) else None
-    for name, check in (checks or {}).items():
-        listed = check.get("versions") if isinstance(check, dict) else None
-        for index, version in enumerate(listed if isinstance(listed, list) else []):
-            if str(version) not in versions:
-                message = (
-                    f"check {name!r} names version {version!r}, which the top-level "
-                    f"`versions:` does not list; add it there or remove it here"
-                )
-                yield _Problem(("checks", name, "versions", index), message)
-
-
-def _missing_files(path: Path, tree: Any) -> Iterator[_Problem]:
+def _missing_files(document: Document) -> Iterator[Problem]:
+    tree = document.tree
     gate = tree.get("gate") if isinstance(tree, dict) else None
     named = gate.get("known_issues") if isinstance(gate, dict) else None
-    if isinstance(named, str) and not _beside(path, named).is_file():
+    if isinstance(named, str) and not _beside(document.path, named).is_file():
         message = (
-            f"{_beside(path, named)} is not a file; create it (empty: no known issues) "
+            f"{_beside(document.path, named)} is not a file; create it (empty: no known issues) "
             "or name the right one (relative to this file)"
         )
-        yield _Problem(("gate", "known_issues"), message)
-
-
-def _repeats(values: list[Any]) -> Iterator[tuple[int, int]]:
-    """(index of the first occurrence, index of a repeat) for each repeated string."""
-    first_index: dict[str, int] = {}
-    for index, value in enumerate(values):
-        if not isinstance(value, str):
-            continue
-        if value in first_index:
-            yield first_index[value], index
-        else:
-            first_index[value] = index
-
-
-# --------------------------------------------------------------------------- locating problems
-
-
-def _file_messages(path: Path, tree: Any, problems: list[_Problem]) -> list[str]:
-    """One line per problem, in the order they appear in the file."""
-    in_file_order = sorted(
-        problems, key=lambda problem: _position(tree, problem.loc, problem.at_key)
-    )
-    return [_file_message(path, tree, problem) for problem in in_file_order]
-
-
-def _file_message(path: Path, tree: Any, problem: _Problem) -> str:
-    line, column = _position(tree, problem.loc, problem.at_key)
-    return f"{path}:{line}:{column}: {_key_path(tree, problem.loc)}: {problem.message}"
-
-
-def _position(tree: Any, loc: Loc, at_key: bool = False) -> tuple[int, int]:
-    """1-based line and column of the node at `loc`, or of the deepest part of it that exists.
-
-    A missing key is thus reported at the mapping that lacks it. An empty value
-    is reported at its key: ruamel places an empty value where the next token starts.
-    """
-    line, column = 0, 0
-    node = tree
-    for depth, part in enumerate(loc):
-        is_last = depth == len(loc) - 1
-        if isinstance(node, CommentedMap) and part in node:
-            use_key = (at_key and is_last) or node[part] is None
-            line, column = node.lc.key(part) if use_key else node.lc.value(part)
-        elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
-            line, column = node.lc.item(part)
-        else:
-            break
-        node = node[part]
-    return line + 1, column + 1
-
-
-def _key_path(tree: Any, loc: Loc) -> str:
-    """`targets[2] (name 'vmware').profile` for ("targets", 2, "profile")."""
-    text = ""
-    node = tree
-    for part in loc:
-        if isinstance(node, list) and isinstance(part, int):
-            node = node[part] if part < len(node) else None
-            text += f"[{part}]{_name_note(node)}"
-        else:
-            node = node.get(part) if isinstance(node, dict) else None
-            text += f".{part}" if text else str(part)
-    return text or "(top level)"
-
-
-def _name_note(item: Any) -> str:
-    name = item.get("name") if isinstance(item, dict) else None
-    return f" (name {name!r})" if isinstance(name, str) else ""
+        yield Problem(("gate", "known_issues"), message)
 
 
 # --------------------------------------------------------------------------- environment overrides
@@ -578,7 +315,8 @@ def _empty_override_message(key: str) -> str:
 def _override_message(error: ErrorDetails, overrides: Mapping[str, str]) -> str:
     key = str(error["loc"][0])
     value = overrides[key]
-    return f"{_env_variable(key)}={value!r} (overrides settings.{key}): {_explain(error)}"
+    why = config.explain(error, _SettingsSchema)
+    return f"{_env_variable(key)}={value!r} (overrides settings.{key}): {why}"
 
 
 # --------------------------------------------------------------------------- building the result

@@ -1,49 +1,75 @@
-"""Rules of matrix.yaml that need the lab's knowledge (the suites' check names, each driver's
-settings keys), and the located problem that lab.matrix turns into `FILE:LINE:COL` lines."""
+"""The rules of matrix.yaml beyond its schema: what pydantic cannot see one item at a time.
 
-import difflib
+Repeated target names and versions, a check naming a version the matrix does not list, and
+names only the lab knows: the suites' check names and each driver's settings keys (a typo
+there once made a remote target boot locally). Each rule returns located Problems, which
+lab.matrix reports with the schema's in one `FILE:LINE:COL` list (lab.config).
+"""
+
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
 
-Loc = tuple[str | int, ...]
-"""Where in the tree: keys and list indices from the top, as pydantic reports them."""
+from lab.config import Document, Problem, did_you_mean, list_at, repeats
 
 
-@dataclass(frozen=True)
-class Problem:
-    loc: Loc
-    message: str
-    at_key: bool = False  # point at the key itself rather than at its value
-
-
-def list_at(tree: Any, key: str) -> list[Any]:
-    value = tree.get(key) if isinstance(tree, dict) else None
-    return value if isinstance(value, list) else []
-
-
-def unknown_names(
-    tree: Any,
+def problems(
+    document: Document,
     drivers: Mapping[str, Collection[str]],
     checks: Collection[str],
     required_checks: Collection[str],
 ) -> list[Problem]:
+    """Every problem of these rules; ``drivers`` maps a driver's name to its settings keys."""
     return [
-        *_unknown_check_names(tree, checks, required_checks),
-        *_unknown_target_settings(tree, drivers),
+        *_duplicate_target_names(document),
+        *_duplicate_versions(document),
+        *_unknown_check_versions(document),
+        *_unknown_check_names(document, checks, required_checks),
+        *_unknown_target_settings(document, drivers),
     ]
 
 
+def _duplicate_target_names(document: Document) -> Iterator[Problem]:
+    targets = document.list_at("targets")
+    names = [target.get("name") if isinstance(target, dict) else None for target in targets]
+    for first, again in repeats(names):
+        first_line = document.line(("targets", first, "name"))
+        message = f"duplicate target name {names[again]!r}; first defined at line {first_line}"
+        yield Problem(("targets", again, "name"), message)
+
+
+def _duplicate_versions(document: Document) -> Iterator[Problem]:
+    versions = document.list_at("versions")
+    for first, again in repeats(versions):
+        first_line = document.line(("versions", first))
+        message = f"duplicate version {versions[again]!r}; first listed at line {first_line}"
+        yield Problem(("versions", again), message)
+
+
+def _unknown_check_versions(document: Document) -> Iterator[Problem]:
+    versions = set(map(str, document.list_at("versions")))
+    tree = document.tree
+    checks = tree.get("checks") if isinstance(tree, dict) else None
+    for name, check in (checks or {}).items():
+        listed = check.get("versions") if isinstance(check, dict) else None
+        for index, version in enumerate(listed if isinstance(listed, list) else []):
+            if str(version) not in versions:
+                message = (
+                    f"check {name!r} names version {version!r}, which the top-level "
+                    f"`versions:` does not list; add it there or remove it here"
+                )
+                yield Problem(("checks", name, "versions", index), message)
+
+
 def _unknown_check_names(
-    tree: Any, known: Collection[str], required: Collection[str]
+    document: Document, known: Collection[str], required: Collection[str]
 ) -> Iterator[Problem]:
+    tree = document.tree
     checks = tree.get("checks") if isinstance(tree, dict) else None
     if not isinstance(checks, dict):
         return
     for name in checks:
         if isinstance(name, str) and name not in known:  # a name not a string: the schema's
             message = (
-                f"unknown check {name!r}{_did_you_mean(name, known)}; the suites' checks are: "
+                f"unknown check {name!r}{did_you_mean(name, known)}; the suites' checks are: "
                 f"{', '.join(sorted(known))}"
             )
             yield Problem(("checks", name), message, at_key=True)
@@ -53,9 +79,9 @@ def _unknown_check_names(
 
 
 def _unknown_target_settings(
-    tree: Any, drivers: Mapping[str, Collection[str]]
+    document: Document, drivers: Mapping[str, Collection[str]]
 ) -> Iterator[Problem]:
-    for index, target in enumerate(list_at(tree, "targets")):
+    for index, target in enumerate(list_at(document.tree, "targets")):
         driver = target.get("driver") if isinstance(target, dict) else None
         settings = target.get("settings") if isinstance(target, dict) else None
         if not isinstance(driver, str) or driver not in drivers or not isinstance(settings, dict):
@@ -64,12 +90,7 @@ def _unknown_target_settings(
         for key in settings:
             if isinstance(key, str) and key not in allowed:
                 message = (
-                    f"unknown setting {key!r} of driver {driver!r}{_did_you_mean(key, allowed)}; "
+                    f"unknown setting {key!r} of driver {driver!r}{did_you_mean(key, allowed)}; "
                     f"it takes: {', '.join(sorted(allowed))}"
                 )
                 yield Problem(("targets", index, "settings", key), message, at_key=True)
-
-
-def _did_you_mean(name: object, known: Collection[str]) -> str:
-    close = difflib.get_close_matches(str(name), list(known), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""

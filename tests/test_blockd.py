@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from lab.build import blockd as blockd_pkg
-from lab.build import osrepo
 from lab.build.blockd import build_blockd
-from lab.build.osrepo import signature_line
+from lab.build.osrepo.keys import SigningKey
+from lab.build.osrepo.manifest import signature_line
 
 NGINX = Path("/usr/sbin/nginx")
 BLOCK = 65536
@@ -367,13 +367,13 @@ MANIFEST_BODY = (
 ).encode()
 
 
-KeyPair = tuple[osrepo.SigningKey, Path]
+KeyPair = tuple[SigningKey, Path]
 
 
 @pytest.fixture
 def keys(tmp_path: Path) -> KeyPair:
     """The repository's key and the boot loader's repo.pub for it."""
-    key = osrepo.SigningKey.generate()
+    key = SigningKey.generate()
     pub = tmp_path / "repo.pub"
     pub.write_text(key.public_line() + "\n")
     return key, pub
@@ -408,7 +408,7 @@ def test_verify_refuses_a_tampered_body(blockd: Path, keys: KeyPair, tmp_path: P
 
 def test_verify_refuses_another_key(blockd: Path, keys: KeyPair, tmp_path: Path):
     key, pub = keys
-    other = osrepo.SigningKey.generate()
+    other = SigningKey.generate()
     result, body = verify(
         blockd, pub, MANIFEST_BODY + signature_line(other, MANIFEST_BODY), tmp_path
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lab import cli
-from lab.build import osrepo
+from lab.build.osrepo.keys import PublicKey, SigningKey
 from tests.test_cli import PACKAGES
 
 Run = Callable[..., tuple[int, str, str]]
@@ -395,8 +395,8 @@ def test_publish_with_another_repositorys_key_is_refused_with_both_fingerprints(
     run: Run, repo_env: Path, image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert run("repo", "init", "--repo", str(repo_env))[0] == 0
-    own = osrepo.PublicKey.load(repo_env / "repo.pub")
-    other = osrepo.SigningKey.load_or_create(tmp_path / "other" / "ed25519")
+    own = PublicKey.load(repo_env / "repo.pub")
+    other = SigningKey.load_or_create(tmp_path / "other" / "ed25519")
     monkeypatch.setenv("UCVM_REPO_KEY", str(other.path))
     before = (repo_env / "manifest").read_bytes()
 

@@ -33,7 +33,8 @@ from filelock import FileLock
 
 from lab.build import context as ctx
 from lab.build import userdata
-from lab.build.context import Context, ContextError, MetadataService
+from lab.build.context import Context, ContextError
+from lab.services.metadata import MetadataService
 
 CLOUD_INIT_CACHE = Path("/var/tmp/ucvm-lab-cache/cloud-init-debian12")
 # cloud-init and its Python dependencies (Debian 12's Depends, those cloud-init imports)

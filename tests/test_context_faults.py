@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from lab.build import context as ctx
-from lab.build import osrepo
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader
 from lab.observe import BootRecord, observe_boot
 from lab.run import Run
+from lab.services.repo import RepoServer
 from lab.targets.libvirt import LibvirtTarget
 
 pytestmark = pytest.mark.boot
@@ -116,7 +116,7 @@ def test_user_data_over_the_platform_limit_is_refused_before_launch(
 
 
 def test_yaml_cloud_init_rejects_is_reported_and_the_os_comes_up(
-    make_target, boot_loader: BootLoader, repo_server: osrepo.RepoServer, tmp_path: Path
+    make_target, boot_loader: BootLoader, repo_server: RepoServer, tmp_path: Path
 ) -> None:
     """A full boot into the OS: cloud-init logs the broken part and the console shows why."""
     user_data = b"#cloud-config\nusers: [ {name: broken\nruncmd: oops\n"

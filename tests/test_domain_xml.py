@@ -11,14 +11,9 @@ from pathlib import Path
 import pytest
 
 from lab.run import Run
-from lab.targets.libvirt import (
-    QEMU_NS,
-    GuestNetwork,
-    LibvirtInstance,
-    channel_boot_args,
-    domain_xml,
-    needs_passthrough,
-)
+from lab.targets.libvirt import LibvirtInstance
+from lab.targets.libvirt.domain import QEMU_NS, channel_boot_args, domain_xml, needs_passthrough
+from lab.targets.libvirt.network import GuestNetwork
 from lab.targets.profiles import PROFILES
 
 EMULATED = [name for name, profile in PROFILES.items() if not profile.not_emulated]

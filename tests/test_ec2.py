@@ -20,16 +20,12 @@ import pytest
 from lab.build.bootloader import BootLoader
 from lab.build.context import Context, ContextError
 from lab.run import Run, new_run_id
+from lab.services.emulators import MotoServer
 from lab.targets.base import TargetError
-from lab.targets.ec2 import (
-    EBS_BLOCK_BYTES,
-    RUN_TAG,
-    Ec2Instance,
-    Ec2Target,
-    merge_console,
-    sweep_ec2,
-)
-from lab.targets.emulators import MotoServer
+from lab.targets.ec2 import Ec2Instance, Ec2Target, sweep_ec2
+from lab.targets.ec2.aws import RUN_TAG
+from lab.targets.ec2.instance import merge_console
+from lab.targets.ec2.target import EBS_BLOCK_BYTES
 from lab.targets.profiles import PROFILES
 
 REGION = "eu-central-1"

@@ -14,9 +14,9 @@ import time
 import pytest
 
 from lab.build import context as ctx
-from lab.build import osrepo
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader
 from lab.observe import BREAK, BootRecord, observe_boot
+from lab.services.repo import RepoServer
 from lab.targets.libvirt import LibvirtInstance
 
 pytestmark = pytest.mark.boot
@@ -121,7 +121,7 @@ def test_the_boot_loader_s_channel_needs_the_key(make_target, boot_loader: BootL
 
 
 def test_the_os_channel_needs_the_key_and_host_keys_are_the_instance_s(
-    make_target, boot_loader: BootLoader, repo_server: osrepo.RepoServer
+    make_target, boot_loader: BootLoader, repo_server: RepoServer
 ) -> None:
     services = {GUEST_REPO_ADDRESS: repo_server.port}
     with make_target("kvm").launch(boot_loader, host_services=services) as instance:

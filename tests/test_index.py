@@ -1,6 +1,7 @@
-"""Tests of the repository index readers (lab.build.index): a hand-written Debian fixture, the
-pinned Debian 12 corpus read in place, malformed stanzas, a real RPM repository built here with
-rpmbuild and createrepo_c, rpm's version order, and the artifact-store cache."""
+"""Tests of the repository index readers (lab.packages.debian, lab.packages.rpm): a hand-written
+Debian fixture, the pinned Debian 12 corpus read in place, malformed stanzas, a real RPM
+repository built here with rpmbuild and createrepo_c, rpm's version order, and the
+artifact-store cache."""
 
 from __future__ import annotations
 
@@ -17,20 +18,13 @@ from typing import Any
 
 import pytest
 
-import lab.build.index as index_module
+import lab.packages.debian as debian_module
 from lab.artifacts import ArtifactStore
-from lab.build import index
-from lab.build.index import (
-    IndexFormatError,
-    load_cached,
-    read_debian,
-    read_rpm_primary,
-    rpm_compare,
-    rpmvercmp,
-    version_problem,
-    write_packages,
-)
-from lab.build.packages import Package, Relation, Repository
+from lab.packages import index
+from lab.packages.debian import load_cached, read_debian, version_problem, write_packages
+from lab.packages.index import IndexFormatError
+from lab.packages.model import Package, Relation, Repository
+from lab.packages.rpm import read_rpm_primary, rpm_compare, rpmvercmp
 
 DATA = Path(__file__).parent / "data" / "index"
 FIXTURE = [DATA / "main.Packages", DATA / "updates.Packages"]
@@ -546,7 +540,7 @@ def test_load_cached_parses_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     def no_parsing(*args: object) -> list[Package]:
         raise AssertionError("parsed again")
 
-    monkeypatch.setattr(index, "_read_debian_packages", no_parsing)
+    monkeypatch.setattr(debian_module, "_read_debian_packages", no_parsing)
     second = load_cached(FIXTURE, store)
     assert [content(p) for p in second.packages] == [content(p) for p in first.packages]
     assert [(p.origin, p.line) for p in second.packages] == [
@@ -578,7 +572,7 @@ def test_load_cached_parses_the_corpus_only_once(
     def no_parsing(*args: object, **kwargs: object) -> None:
         raise AssertionError("the second load parsed the index again instead of using the cache")
 
-    monkeypatch.setattr(index_module, "_read_debian_packages", no_parsing)
+    monkeypatch.setattr(debian_module, "_read_debian_packages", no_parsing)
     cached = load_cached(corpus_files, store)  # bench/solver.py prints how much faster this is
     assert len(cached) == len(debian)
     assert all(

@@ -16,6 +16,7 @@ import pytest
 
 from lab.build import context as ctx
 from lab.build.blockd import build_blockd
+from lab.services.metadata import MetadataService
 
 BUSYBOX = Path("/bin/busybox")
 USER_DATA = ctx.compose_user_data(
@@ -100,7 +101,7 @@ def test_loader_reads_each_medium(channel: str, guest_bin: Path, tmp_path: Path)
 
 @pytest.mark.parametrize("channel", SERVICES)
 def test_loader_reads_each_metadata_service(channel: str, guest_bin: Path, tmp_path: Path) -> None:
-    with ctx.MetadataService(channel, CONTEXT, mac=MAC) as service:
+    with MetadataService(channel, CONTEXT, mac=MAC) as service:
         console, context_dir = run_loader(
             guest_bin, tmp_path, f"read_channel {channel}\napply_hostname\napply_ucernvm",
             UCVM_METADATA=service.url.rstrip("/"),
@@ -111,7 +112,7 @@ def test_loader_reads_each_metadata_service(channel: str, guest_bin: Path, tmp_p
 def test_ec2_token_is_fetched_by_put_and_sent_with_every_get(
     guest_bin: Path, tmp_path: Path
 ) -> None:
-    with ctx.MetadataService("ec2-imds", CONTEXT, mac=MAC) as service:
+    with MetadataService("ec2-imds", CONTEXT, mac=MAC) as service:
         run_loader(guest_bin, tmp_path, "read_channel ec2-imds", UCVM_METADATA=service.url)
         requests = list(service.requests)
     assert requests[0][:2] == ("PUT", "/latest/api/token")
@@ -119,7 +120,7 @@ def test_ec2_token_is_fetched_by_put_and_sent_with_every_get(
 
 
 def test_stopped_service_fails_its_channel(guest_bin: Path, tmp_path: Path) -> None:
-    with ctx.MetadataService("gce-metadata", CONTEXT, mac=MAC) as service:
+    with MetadataService("gce-metadata", CONTEXT, mac=MAC) as service:
         url = service.url
         service.stop()
         _, context_dir = run_loader(
@@ -257,7 +258,7 @@ def test_gzip_user_data_is_decompressed(guest_bin: Path, tmp_path: Path) -> None
 
 
 def test_a_user_data_request_that_times_out_is_reported(guest_bin: Path, tmp_path: Path) -> None:
-    with ctx.MetadataService("openstack-metadata", CONTEXT, mac=MAC, delay_s=0) as service:
+    with MetadataService("openstack-metadata", CONTEXT, mac=MAC, delay_s=0) as service:
         console, _ = run_loader(
             guest_bin, tmp_path,
             "CONTEXT_TIMEOUT_S=1\nmetadata_user_data /openstack/latest/user_data",

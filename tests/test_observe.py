@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from lab import observe
-from lab.build import osrepo
+from lab.build.osrepo.manifest import Manifest
 from lab.observe import (
     LOADER_PHASES,
     OS_PHASES,
@@ -1089,7 +1089,7 @@ def test_guest_resolve_version(guest: Guest, want: str, prod: str, tag: str) -> 
     assert out == f"{SNAPSHOT_LINES[tag]}\nstatus=0\n"
     # The lab computes what a cell should boot on the host: both sides must agree.
     body = manifest(prod=prod).rsplit("signature ", 1)[0].encode()
-    assert osrepo.Manifest.parse(body).resolve(want or "newest").tag == tag
+    assert Manifest.parse(body).resolve(want or "newest").tag == tag
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 
 from lab import matrix
-from lab.build import osrepo
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader
+from lab.build.osrepo.keys import SigningKey
+from lab.build.osrepo.repository import Repository
 from lab.observe import BootRecord, observe_boot
 from lab.run import Run
+from lab.services.repo import RepoServer
 from lab.targets.libvirt import LibvirtTarget
 from lab.targets.profiles import PROFILES
 
@@ -47,8 +49,8 @@ def small_snapshot(directory: Path) -> Path:
     return image
 
 
-def make_repository(root: Path, image: Path, key: osrepo.SigningKey | None = None) -> Path:
-    repository = osrepo.Repository(root / "repo", key=key)
+def make_repository(root: Path, image: Path, key: SigningKey | None = None) -> Path:
+    repository = Repository(root / "repo", key=key)
     repository.init("faults", default_branch="prod")
     repository.publish(image, tag="1.0", branch="prod")
     repository.publish(image, tag="1.1", branch="prod")
@@ -62,10 +64,10 @@ def tiny_repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator:
-    servers: list[osrepo.RepoServer] = []
+    servers: list[RepoServer] = []
 
-    def start(root: Path) -> osrepo.RepoServer:
-        server = osrepo.RepoServer(root, tmp_path / f"nginx-{len(servers)}")
+    def start(root: Path) -> RepoServer:
+        server = RepoServer(root, tmp_path / f"nginx-{len(servers)}")
         servers.append(server)
         return server.__enter__()
 
@@ -84,7 +86,7 @@ def boot(target: LibvirtTarget, loader: BootLoader, port: int, *boot_args: str) 
 def test_a_snapshot_with_one_flipped_byte_is_refused(
     kvm_target: LibvirtTarget, boot_loader: BootLoader, tiny_repo: Path, serve
 ) -> None:
-    manifest = osrepo.Repository(tiny_repo).manifest()
+    manifest = Repository(tiny_repo).manifest()
     snapshot = manifest.resolve("newest")
     image = tiny_repo / "snapshots" / f"{snapshot.image_sha256}.img"
     data = bytearray(image.read_bytes())
@@ -119,7 +121,7 @@ def test_a_dead_server_fails_the_boot_as_repository_unreachable(
 def test_a_manifest_signed_by_another_key_is_refused(
     kvm_target: LibvirtTarget, boot_loader: BootLoader, tmp_path: Path, serve
 ) -> None:
-    stranger = osrepo.SigningKey.load_or_create(tmp_path / "stranger" / "ed25519")
+    stranger = SigningKey.load_or_create(tmp_path / "stranger" / "ed25519")
     root = make_repository(tmp_path, small_snapshot(tmp_path), key=stranger)
     server = serve(root)
 
@@ -148,8 +150,8 @@ def test_an_unknown_version_lists_the_published_ones(
 def test_a_full_cache_evicts_old_blocks_and_the_boot_goes_on(
     kvm_target: LibvirtTarget,
     boot_loader: BootLoader,
-    os_repo: osrepo.Repository,
-    repo_server: osrepo.RepoServer,
+    os_repo: Repository,
+    repo_server: RepoServer,
 ) -> None:
     """A real lazy boot into systemd with a cache far smaller than what the boot reads."""
     limit_mb = 8

@@ -21,16 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from lab.build import osrepo
-from lab.build.osrepo import (
-    Manifest,
-    PublicKey,
-    RepoError,
-    RepoServer,
-    Repository,
-    SigningKey,
-)
+from lab.build.osrepo.keys import PublicKey, RepoError, SigningKey, default_key_path
+from lab.build.osrepo.manifest import Manifest
+from lab.build.osrepo.repository import Repository, default_repo_path
 from lab.run import Run, new_run_id
+from lab.services import repo as repo_service
+from lab.services.repo import RepoServer, Transfer, TransferTotals, process_alive, sweep_servers
 
 REPO = Path(__file__).resolve().parent.parent
 STAMP = "2026-01-02T03:04:05Z"
@@ -82,7 +78,7 @@ def published(repo: Repository, make_image: Callable[..., Path]) -> Repository:
 
 
 def alive(pid: int) -> bool:
-    return osrepo.process_alive(pid)
+    return process_alive(pid)
 
 
 def wait_gone(pid: int, seconds: float = 10) -> bool:
@@ -131,12 +127,12 @@ def test_default_key_and_repository_live_in_the_artifact_store(
     monkeypatch.setenv("UCVM_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("UCVM_REPO_KEY", raising=False)
     monkeypatch.delenv("UCVM_REPO", raising=False)
-    assert osrepo.default_key_path() == tmp_path / "cache" / "repo-key" / "ed25519"
-    assert osrepo.default_repo_path() == tmp_path / "cache" / "osrepo"
+    assert default_key_path() == tmp_path / "cache" / "repo-key" / "ed25519"
+    assert default_repo_path() == tmp_path / "cache" / "osrepo"
     monkeypatch.setenv("UCVM_REPO_KEY", "/elsewhere/key")
     monkeypatch.setenv("UCVM_REPO", "/elsewhere/repo")
-    assert osrepo.default_key_path() == Path("/elsewhere/key")
-    assert osrepo.default_repo_path() == Path("/elsewhere/repo")
+    assert default_key_path() == Path("/elsewhere/key")
+    assert default_repo_path() == Path("/elsewhere/repo")
 
 
 # --- publish, tag, branch, list ---------------------------------------------------------
@@ -493,7 +489,7 @@ def test_a_malformed_manifest_names_the_line_and_what_was_expected(
 DIE_AT = """
 import os, signal, sys
 from pathlib import Path
-from lab.build import osrepo
+from lab.build.osrepo.repository import Repository
 
 call, n, root, key, image = sys.argv[1], int(sys.argv[2]), *map(Path, sys.argv[3:])
 real, count = getattr(os, call), 0
@@ -506,7 +502,7 @@ def die_at_n(*args, **kwargs):
     return real(*args, **kwargs)
 
 setattr(os, call, die_at_n)
-osrepo.Repository(root, key_path=key).publish(image, "v2", "prod")
+Repository(root, key_path=key).publish(image, "v2", "prod")
 """
 
 
@@ -570,7 +566,7 @@ def test_a_failed_manifest_rename_keeps_the_previous_manifest(
             raise OSError(28, "No space left on device")
         real_replace(source, target)
 
-    monkeypatch.setattr(osrepo.os, "replace", failing)
+    monkeypatch.setattr(os, "replace", failing)
     with pytest.raises(OSError, match="No space left"):
         repo.publish(make_image("two"), "v2", "prod")
 
@@ -582,8 +578,8 @@ def test_a_failed_manifest_rename_keeps_the_previous_manifest(
 def test_concurrent_publishes_both_land(repo: Repository, make_image: Callable[..., Path]) -> None:
     images = {tag: make_image(tag) for tag in ("v2", "v3", "v4")}
     code = (
-        "import sys; from pathlib import Path; from lab.build import osrepo; "
-        "osrepo.Repository(Path(sys.argv[1]), key_path=Path(sys.argv[2]))"
+        "import sys; from pathlib import Path; from lab.build.osrepo.repository import Repository; "
+        "Repository(Path(sys.argv[1]), key_path=Path(sys.argv[2]))"
         ".publish(Path(sys.argv[3]), sys.argv[4], 'prod')"
     )
     children = [
@@ -668,7 +664,7 @@ def test_bytes_sent_per_instance_add_up_to_what_was_asked(
     a = server.bytes_sent("guest-a")
 
     assert (a.requests, a.body_bytes) == (4, manifest_bytes + blocks_bytes + 65536 + 4096)
-    assert a.kind("manifest") == osrepo.Transfer(1, manifest_bytes, a.kind("manifest").total_bytes)
+    assert a.kind("manifest") == Transfer(1, manifest_bytes, a.kind("manifest").total_bytes)
     assert a.kind("blocks").body_bytes == blocks_bytes
     assert (a.kind("image").requests, a.image_body_bytes) == (2, 65536 + 4096)
     assert a.snapshots.body_bytes == blocks_bytes + 65536 + 4096
@@ -678,7 +674,7 @@ def test_bytes_sent_per_instance_add_up_to_what_was_asked(
         100,
     )
     assert server.bytes_sent("").requests == 1
-    assert server.bytes_sent("nobody") == osrepo.TransferTotals()
+    assert server.bytes_sent("nobody") == TransferTotals()
     ranges = [r.range for r in server.records() if r.instance == "guest-a"]
     assert ranges == ["", "", "bytes=0-65535", "bytes=131072-135167"]
 
@@ -712,12 +708,12 @@ def test_a_taken_port_is_retried_with_another(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         ports = [taken.getsockname()[1]]
-        real_free_port = osrepo.free_port
+        real_free_port = repo_service.free_port
 
         def taken_first(host: str) -> int:
             return ports.pop() if ports else real_free_port(host)
 
-        monkeypatch.setattr(osrepo, "free_port", taken_first)
+        monkeypatch.setattr(repo_service, "free_port", taken_first)
         with RepoServer(published.root, tmp_path / "run") as server:
             assert server.port != taken.getsockname()[1]
             assert get(server.url + "manifest")[0] == 200
@@ -734,7 +730,7 @@ def test_sweep_kills_the_server_of_a_dead_run_only(published: Repository, tmp_pa
         assert dead._lock is not None
         dead._lock.close()  # the run died without cleaning up (its files stay)
 
-        swept = osrepo.sweep_servers(runs)
+        swept = sweep_servers(runs)
 
         assert swept == [f"nginx {left.pid} ({dead.dir / 'nginx-1'})"]
         assert left._process is not None and left._process.wait(timeout=10) == -signal.SIGKILL
@@ -744,8 +740,8 @@ def test_sweep_kills_the_server_of_a_dead_run_only(published: Repository, tmp_pa
 
 def test_nginx_dies_with_the_process_that_started_it(published: Repository, tmp_path: Path) -> None:
     code = (
-        "import sys, time; from pathlib import Path; from lab.build import osrepo; "
-        "s = osrepo.RepoServer(Path(sys.argv[1]), Path(sys.argv[2])); s.start(); "
+        "import sys, time; from pathlib import Path; from lab.services.repo import RepoServer; "
+        "s = RepoServer(Path(sys.argv[1]), Path(sys.argv[2])); s.start(); "
         "print(s.pid, flush=True); time.sleep(600)"
     )
     parent = subprocess.Popen(

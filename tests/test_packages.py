@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from debian.debian_support import version_compare
 
-from lab.build import index
-from lab.build.packages import Package, Relation, Repository, dpkg_compare
+from lab.packages.debian import load_cached
+from lab.packages.model import Package, Relation, Repository, dpkg_compare
 
 TRICKY = [
     "0",
@@ -53,7 +53,7 @@ def test_version_order_matches_python_debian(left: str, right: str) -> None:
 
 
 def test_version_order_on_the_real_corpus_matches_python_debian(corpus_files: list[Path]) -> None:
-    repository = index.load_cached(corpus_files)
+    repository = load_cached(corpus_files)
     versions = sorted({p.version for p in repository.packages})
     rnd = random.Random(7)
     pairs = [(rnd.choice(versions), rnd.choice(versions)) for _ in range(20_000)]

@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 
 from lab.cli import write_report
+from lab.evidence import PLATFORMS, Result, ResultsError, read_results
+from lab.known_issues import KnownIssue, KnownIssuesError, load_known_issues
+from lab.report import publish
 from lab.report.allure_html import AllureError, generate_html
 from lab.report.gate import verdict
-from lab.report.known_issues import KnownIssue, KnownIssuesError, load_known_issues
+from lab.report.render import render_html, render_markdown, write_table
 from lab.report.table import (
     FAIL,
     KNOWN_ISSUE,
@@ -23,15 +26,8 @@ from lab.report.table import (
     NO_TARGET,
     PARTIAL,
     PASS,
-    PLATFORMS,
     UNKNOWN,
-    Result,
-    ResultsError,
     build_table,
-    read_results,
-    render_html,
-    render_markdown,
-    write_table,
 )
 from lab.targets.registry import load_matrix
 
@@ -649,6 +645,59 @@ def test_write_report_builds_the_context_column_from_a_results_dir(context_resul
     assert NO_CONTEXT_RESULT in markdown  # e.g. VirtualBox: planned, no context result
 
 
+def test_the_report_is_written_from_plain_data_without_a_matrix(context_results, tmp_path):
+    paths = publish.write_report(
+        [context_results],
+        tmp_path / "out",
+        versions=["previous"],
+        known_issues_path=REPO / "known-issues.yaml",
+        planned=CONTEXT_PLAN,
+    )
+    assert (paths.markdown, paths.html) == (
+        tmp_path / "out" / "support-table.md",
+        tmp_path / "out" / "support-table.html",
+    )
+    assert paths.allure == tmp_path / "out" / "allure-report" / "index.html"
+    assert paths.allure.is_file() and paths.html.is_file()
+    markdown = paths.markdown.read_text()
+    assert markdown_context_cell(markdown, "VMware").startswith("◐ 2025-11-24<br>◐ ovf ")
+    with pytest.raises(KnownIssuesError, match="cannot read"):
+        publish.write_report(
+            [context_results],
+            tmp_path / "again",
+            versions=["previous"],
+            known_issues_path=tmp_path / "absent.yaml",
+            planned=None,
+        )
+
+
+def test_the_gate_is_judged_from_plain_data_without_a_matrix(context_results):
+    shards = [SAMPLE, context_results]  # the context results are not judged: boot only
+    judged = publish.judge(
+        shards,
+        known_issues_path=REPO / "known-issues.yaml",
+        required_tiers=[1],
+        allow_known_issues=True,
+        planned=[("kvm", "newest", 1)],
+    )
+    assert judged == verdict(
+        [r for r in read_results(shards) if r.check == "boot"],
+        required_tiers=[1],
+        allow_known_issues=True,
+        known_issues=load_known_issues(REPO / "known-issues.yaml"),
+        planned=[("kvm", "newest", 1)],
+    )
+    assert judged.passed, judged
+    with pytest.raises(ResultsError, match="no such directory"):
+        publish.judge(
+            [context_results / "nope"],
+            known_issues_path=REPO / "known-issues.yaml",
+            required_tiers=[1],
+            allow_known_issues=True,
+            planned=(),
+        )
+
+
 # --- known issues -------------------------------------------------------------------------------
 
 
@@ -673,43 +722,89 @@ def test_known_issue_defaults(tmp_path):
     assert load_known_issues(write_yaml(tmp_path, "# nothing yet\n")) == []
 
 
+ENTRY_0 = r"\[0\] \(platform 'KVM'\)"  # the key path of the first entry, named by its platform
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         (
             "- platform: KVM\n  summary: s\n  platfrom: KVM\n",
-            r"known-issues\.yaml:3:3: 'platfrom': unknown key; expected one of: platform, kind",
+            rf"known-issues\.yaml:3:3: {ENTRY_0}\.platfrom: unknown key 'platfrom' "
+            r"\(did you mean platform\?\); allowed keys: platform, kind",
         ),
         (
             "- platform: KVM\n  summary: s\n- platform: EC2\n  summary: s\n",
-            r"known-issues\.yaml:3:13: 'platform': unknown value 'EC2'; expected one of: "
-            r"VirtualBox, VMware, KVM, .*Amazon EC2, Google Compute Engine$",
+            r"known-issues\.yaml:3:13: \[1\] \(platform 'EC2'\)\.platform: unknown platform 'EC2'; "
+            r"expected one of: VirtualBox, VMware, KVM, .*Amazon EC2, Google Compute Engine$",
         ),
         (
             "- platform: KVM\n  kind: note\n",
-            r"known-issues\.yaml:1:3: 'summary': missing; expected a non-empty string",
+            rf"known-issues\.yaml:1:3: {ENTRY_0}\.summary: required key is missing; "
+            r"expected a non-empty string",
         ),
         (
             "- platform: KVM\n  summary: s\n  kind: bug\n",
-            r"known-issues\.yaml:3:9: 'kind': unknown value 'bug'; expected one of: issue, note",
+            rf"known-issues\.yaml:3:9: {ENTRY_0}\.kind: expected one of 'issue' or 'note'; "
+            r"found string 'bug'",
         ),
         (
             "- platform: KVM\n  summary: s\n  evidence: emulated\n",
-            r":3:13: 'evidence': unknown value 'emulated'; expected one of: profile, real",
+            rf":3:13: {ENTRY_0}\.evidence: unknown evidence 'emulated'; "
+            r"expected one of: profile, real",
         ),
         (
             "- platform: KVM\n  summary: s\n  version: 2024.1\n",
-            r":3:12: 'version': expected a non-empty string \(quote it\), got float",
+            rf":3:12: {ENTRY_0}\.version: expected a string; "
+            r"found number 2024\.1 \(put it in quotes",
         ),
-        ("- summary: s\n", r":1:3: 'platform': missing; expected one of: VirtualBox"),
+        (
+            "- summary: s\n",
+            r":1:3: \[0\]\.platform: required key is missing; expected one of: VirtualBox",
+        ),
         ("platform: KVM\nsummary: s\n", r":1:1: expected a list of known issues"),
-        ("- platform: KVM\n  summary: s\n- just text\n", r":3:3: entry 2: expected a mapping"),
+        (
+            "- platform: KVM\n  summary: s\n- just text\n",
+            r":3:3: \[1\]: expected a mapping with the keys platform, kind, version, evidence, "
+            r"summary, link; found string 'just text'",
+        ),
         ("- platform: KVM\n  summary: [unclosed\n", r"known-issues\.yaml:3:1: invalid YAML"),
+        (
+            "- platform: KVM\n  summary: '  '\n",
+            rf":2:12: {ENTRY_0}\.summary: expected a non-empty string; found string '  '",
+        ),
+        (
+            "- platform: KVM\n  summary: s\n  link:\n",
+            rf":3:3: {ENTRY_0}\.link: expected a non-empty string, or leave the key out; "
+            r"found nothing \(null\)",
+        ),
     ],
 )
 def test_known_issues_errors_name_file_line_column_key_and_expectation(tmp_path, text, expected):
     with pytest.raises(KnownIssuesError, match=expected):
         load_known_issues(write_yaml(tmp_path, text))
+
+
+def test_known_issues_errors_are_all_given_at_once_in_file_order(tmp_path):
+    text = (
+        "- platform: Xen\n  sumary: pv drivers only\n"  # the typo, not the missing summary
+        "- platform: KVM\n  summary: 3\n  kind: bug\n"
+        "- platform: VMware\n  kind: note\n"
+    )
+    with pytest.raises(KnownIssuesError) as caught:
+        load_known_issues(write_yaml(tmp_path, text))
+    where = tmp_path / "known-issues.yaml"
+    assert caught.value.problems == (
+        f"{where}:2:3: [0] (platform 'Xen').sumary: unknown key 'sumary' (did you mean "
+        "summary?); allowed keys: platform, kind, version, evidence, summary, link",
+        f"{where}:4:12: [1] (platform 'KVM').summary: expected a string; found integer 3 "
+        "(put it in quotes to make it a string)",
+        f"{where}:5:9: [1] (platform 'KVM').kind: expected one of 'issue' or 'note'; "
+        "found string 'bug'",
+        f"{where}:6:3: [2] (platform 'VMware').summary: required key is missing; "
+        "expected a non-empty string",
+    )
+    assert str(caught.value) == "\n".join(caught.value.problems)
 
 
 def test_known_issues_missing_file(tmp_path):

@@ -1,6 +1,7 @@
-"""Tests of lab.build.rootfs: releases.yaml and its precise errors, the lab's files in the OS root
-(the ready marker and the command channel of docs/os-on-demand.md), the pieces of the build
-that need no mmdebstrap; and one nightly test that builds the default release for real.
+"""Tests of lab.build.rootfs, .releases and .os_files: releases.yaml and its precise errors, the
+lab's files in the OS root (the ready marker and the command channel of docs/os-on-demand.md),
+the pieces of the build that need no mmdebstrap; and one nightly test that builds the default
+release for real.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from lab.build import closed_list, rootfs
-from lab.build.rootfs import ReleaseError
+from lab.build import os_files, rootfs
+from lab.build.releases import ReleaseError, load_release_set, load_releases
 from lab.observe import ContextStep, record_from_console
+from lab.packages import closed_list
 
 REPO = Path(__file__).resolve().parents[1]
 OS_FILES = REPO / "lab/build/os-files"
@@ -68,7 +70,7 @@ def write_releases(folder: Path, text: str = GOOD) -> Path:
 
 def problems(folder: Path, text: str) -> list[str]:
     with pytest.raises(ReleaseError) as caught:
-        rootfs.load_releases(write_releases(folder, text))
+        load_releases(write_releases(folder, text))
     return list(caught.value.problems)
 
 
@@ -76,7 +78,7 @@ def problems(folder: Path, text: str) -> list[str]:
 
 
 def test_the_real_releases_file_loads() -> None:
-    releases = rootfs.load_release_set(REPO / "releases.yaml")
+    releases = load_release_set(REPO / "releases.yaml")
     prod = [r.tag for r in releases.releases if r.branch == "prod"]
     devel = [r.tag for r in releases.releases if r.branch == "devel"]
     assert prod[:3] == ["1.0", "1.1", "1.2"] and "2.0-dev" in devel
@@ -92,7 +94,7 @@ def test_the_real_releases_file_loads() -> None:
 
 
 def test_a_good_file_gives_releases(tmp_path: Path) -> None:
-    release_set = rootfs.load_release_set(write_releases(tmp_path))
+    release_set = load_release_set(write_releases(tmp_path))
     first, second = release_set.releases
     assert (first.tag, first.branch, second.tag, second.branch) == (
         "1.0",
@@ -175,7 +177,7 @@ def test_a_bad_shopping_list_line_names_the_list_line_and_the_release(tmp_path: 
     path = write_releases(tmp_path)
     (tmp_path / "lists/a.list").write_text("systemd-sysv\nOpenSSH\ncurl=\n")
     with pytest.raises(ReleaseError) as caught:
-        rootfs.load_releases(path)
+        load_releases(path)
     first, second = caught.value.problems
     assert first.startswith(f"{tmp_path / 'lists/a.list'}:2: 'OpenSSH' is not a package name")
     assert first.endswith(f"(the shopping list of {path}:5)")
@@ -195,6 +197,38 @@ def test_every_problem_is_reported_at_once_in_file_order(tmp_path: Path) -> None
 def test_broken_yaml_is_reported_with_its_position(tmp_path: Path) -> None:
     (message,) = problems(tmp_path, GOOD.replace("    branch: prod\n", "    branch: [prod\n"))
     assert re.match(rf"{re.escape(str(tmp_path / 'releases.yaml'))}:\d+:\d+: YAML: ", message)
+
+
+def test_a_mistyped_key_is_located_with_a_suggestion_and_the_key_it_lacks(tmp_path: Path) -> None:
+    text = GOOD.replace("    shopping_list: lists/a.list\n", "    shoping_list: lists/a.list\n")
+    missing, unknown = problems(tmp_path, text)
+    path = tmp_path / "releases.yaml"
+    assert missing == (
+        f"{path}:3:5: releases[0] (tag '1.0').shopping_list: required key is missing"
+    )
+    assert unknown == (
+        f"{path}:5:5: releases[0] (tag '1.0').shoping_list: unknown key 'shoping_list' "
+        "(did you mean shopping_list?); allowed keys: tag, branch, shopping_list, description, "
+        "overlay"
+    )
+
+
+def test_a_value_of_the_wrong_type_is_located(tmp_path: Path) -> None:
+    overlay = "    overlay:\n      /etc/motd: |\n        hello\n"
+    text = GOOD.replace(overlay, "    overlay: [motd]\n")
+    (message,) = problems(tmp_path, text)
+    assert message == (
+        f"{tmp_path / 'releases.yaml'}:6:14: releases[0] (tag '1.0').overlay: "
+        "expected a mapping; found a list"
+    )
+
+
+def test_a_missing_required_key_is_located_at_its_release(tmp_path: Path) -> None:
+    (message,) = problems(tmp_path, GOOD.replace("    branch: devel\n", ""))
+    assert message == (
+        f"{tmp_path / 'releases.yaml'}:9:5: releases[1] (tag '2.0-dev').branch: "
+        "required key is missing"
+    )
 
 
 # --------------------------------------------------------------------------- the lab's files
@@ -566,7 +600,7 @@ def test_the_image_ships_no_ssh_host_keys(tmp_path: Path) -> None:
     (tmp_path / "etc/ssh").mkdir(parents=True)
     for name in ("ssh_host_rsa_key", "ssh_host_rsa_key.pub", "sshd_config"):
         (tmp_path / "etc/ssh" / name).write_text("x")
-    assert rootfs.remove_ssh_host_keys(tmp_path) == ["ssh_host_rsa_key", "ssh_host_rsa_key.pub"]
+    assert os_files.remove_ssh_host_keys(tmp_path) == ["ssh_host_rsa_key", "ssh_host_rsa_key.pub"]
     assert [p.name for p in (tmp_path / "etc/ssh").iterdir()] == ["sshd_config"]
 
 
@@ -605,24 +639,24 @@ def test_the_units_follow_the_contract() -> None:
     assert unit("/etc/systemd/system.conf.d/50-ucvm.conf")["Manager"]["ShowStatus"] == "no"
     for name in ("ucvm-ready.service", "ucvm-channel.service", "ucvm-ssh-hostkeys.service",
                  "systemd-networkd.service"):  # fmt: skip
-        assert name in rootfs.UNITS_ENABLED
+        assert name in os_files.UNITS_ENABLED
 
 
 def test_os_files_are_installed_with_their_modes(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/resolv.conf").symlink_to("/nonexistent")
-    rootfs.install_os_files(tmp_path)
-    rootfs.install_file(tmp_path, "/etc/resolv.conf", b"")  # replaces a symlink, not its target
+    os_files.install_os_files(tmp_path)
+    os_files.install_file(tmp_path, "/etc/resolv.conf", b"")  # replaces a symlink, not its target
     assert (tmp_path / "etc/resolv.conf").is_file() and not (
         tmp_path / "etc/resolv.conf"
     ).is_symlink()
-    for path in rootfs.lab_paths():
+    for path in os_files.lab_paths():
         installed = tmp_path / path.lstrip("/")
         mode = installed.stat().st_mode & 0o777
         assert mode == (0o755 if path.startswith("/usr/lib/ucvm/") else 0o644), path
         assert installed.read_bytes() == (OS_FILES / path.lstrip("/")).read_bytes()
-    assert rootfs.tree_digest(OS_FILES) == rootfs.tree_digest(OS_FILES)
-    assert len(rootfs.tree_digest(OS_FILES)) == 64
+    assert os_files.tree_digest(OS_FILES) == os_files.tree_digest(OS_FILES)
+    assert len(os_files.tree_digest(OS_FILES)) == 64
 
 
 # --------------------------------------------------------------------------- pieces of the build
@@ -717,13 +751,13 @@ def test_mtimes_are_clamped_not_set(tmp_path: Path) -> None:
 
 
 def test_the_record_holds_the_contracts_keys(tmp_path: Path) -> None:
-    release = rootfs.load_release_set(write_releases(tmp_path)).releases[0]
+    release = load_release_set(write_releases(tmp_path)).releases[0]
     closed = tmp_path / "closed-list.txt"
     closed.write_text("bash 5.2 amd64 pool/b.deb 00\ncurl 7.8 amd64 pool/c.deb 11\n")
     root = tmp_path / "root"
-    record = rootfs.write_record(root, release, closed, epoch=1795432957)
+    record = os_files.write_record(root, release, closed, epoch=1795432957)
     assert list(record) == RECORD_KEYS
-    assert rootfs.read_record(root) == record
+    assert os_files.read_record(root) == record
     assert record["built"] == "2026-11-23T11:22:37Z" and record["packages"] == "2"
     assert (root / "usr/share/ucvm/closed-list.txt").read_bytes() == closed.read_bytes()
 
@@ -740,14 +774,14 @@ def sha256(path: Path) -> str:
 def test_the_default_release_builds_for_real() -> None:
     if os.geteuid() != 0 or not shutil.which("mmdebstrap"):
         pytest.skip("mmdebstrap in root mode needs root")
-    release = rootfs.load_release_set(REPO / "releases.yaml").default
+    release = load_release_set(REPO / "releases.yaml").default
     artifact = rootfs.build_release(release)
     root = artifact.root
     entries = closed_list.read_json(artifact.directory / "closed-list.json")
     # dpkg's database is exactly the closed list
     assert rootfs.package_mismatch(entries, rootfs.installed(root)) == []
     # the record
-    record = rootfs.read_record(root)
+    record = os_files.read_record(root)
     assert list(record) == RECORD_KEYS and record == artifact.record
     assert record["release"] == release.tag and record["branch"] == release.branch
     assert record["shopping_list"] == release.shopping_list.name

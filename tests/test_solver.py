@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from debian.debian_support import version_compare
 
-from lab.build import closed_list
-from lab.build.explain import explain, minimal_core
-from lab.build.packages import Package, Relation, Repository
-from lab.build.solver import (
+from lab.packages import closed_list
+from lab.packages.explain import explain, minimal_core
+from lab.packages.model import Package, Relation, Repository
+from lab.packages.solve import (
     ShoppingListError,
     Wanted,
     build_model,

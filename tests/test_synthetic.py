@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from lab.build.packages import Package, Repository
-from lab.build.synthetic import Synthetic, generate, shopping_list, write_packages_file
+from lab.packages.model import Package, Repository
+from lab.packages.synthetic import Synthetic, generate, shopping_list, write_packages_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _solver():
-    """lab.build.solver, or a skip while it does not exist yet."""
+    """lab.packages.solve, or a skip while it does not exist yet."""
     try:
-        return importlib.import_module("lab.build.solver")
+        return importlib.import_module("lab.packages.solve")
     except ImportError as error:
-        pytest.skip(f"lab.build.solver is not importable yet ({error})")
+        pytest.skip(f"lab.packages.solve is not importable yet ({error})")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_another_seed_another_repository(small: Synthetic) -> None:
 def test_independent_of_hash_seed() -> None:
     """No set or dict order leaks in: two interpreters with different hash seeds agree."""
     script = (
-        "from lab.build.synthetic import generate\n"
+        "from lab.packages.synthetic import generate\n"
         "from tests.test_synthetic import fingerprint\n"
         "print(fingerprint(generate(3, names=1_000, wanted=100)))\n"
     )
@@ -263,12 +263,12 @@ def test_shopping_list_reads_back(small: Synthetic, tmp_path: Path) -> None:
 
 
 def test_packages_file_reads_back(tmp_path: Path) -> None:
-    index = pytest.importorskip("lab.build.index")
-    if not hasattr(index, "write_packages"):
-        pytest.skip("lab.build.index.write_packages is not written yet")
+    debian = pytest.importorskip("lab.packages.debian")
+    if not hasattr(debian, "write_packages"):
+        pytest.skip("lab.packages.debian.write_packages is not written yet")
     synthetic = generate(4, names=1_000, wanted=100)
     path = write_packages_file(synthetic, tmp_path / "Packages.xz")
-    again = index.read_debian([path])
+    again = debian.read_debian([path])
     assert len(again) == len(synthetic.repository)
     original = {p.key: p for p in synthetic.repository.packages}
     for package in again.packages:

@@ -29,18 +29,13 @@ from pyVmomi import vim
 from lab.build.bootloader import BootLoader
 from lab.build.context import Context
 from lab.run import Run, new_run_id
+from lab.services.emulators import Vcsim
 from lab.targets.base import TargetError
-from lab.targets.emulators import Vcsim
 from lab.targets.profiles import PROFILES
-from lab.targets.vmware import (
-    CONSOLE_FILE,
-    PASSWORD_ENV,
-    RUN_FIELD,
-    USER_ENV,
-    VmwareInstance,
-    VmwareTarget,
-    sweep_vmware,
-)
+from lab.targets.vmware import VmwareInstance, VmwareTarget, sweep_vmware
+from lab.targets.vmware.instance import CONSOLE_FILE
+from lab.targets.vmware.sweep import RUN_FIELD
+from lab.targets.vmware.target import PASSWORD_ENV, USER_ENV
 
 USER = "ucvm-tester"
 PASSWORD = f"Vcsim-{secrets.token_hex(8)}-pw"  # appears nowhere unless leaked

@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from lab import proc
 from lab.artifacts import ArtifactStore, file_digest
 from lab.build import kernel as kernel_pkg
-from lab.build import osrepo
 from lab.build.blockd import BLOCKD_SOURCE, build_blockd
+from lab.build.osrepo.keys import SigningKey, default_key_path
 
 LOADER_VERSION = "0.1"
 KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200 loglevel=4"
@@ -128,11 +129,8 @@ class BootLoader:
 
 
 def run(*args: str | Path, cwd: Path | None = None) -> None:
-    result = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise BuildError(
-            f"{' '.join(map(str, args))} failed ({result.returncode}): {result.stderr.strip()}"
-        )
+    """A build step's command; BuildError names it, its exit code and its stderr's tail."""
+    proc.run(*args, cwd=cwd, error=BuildError)
 
 
 # --- modules ------------------------------------------------------------------------------
@@ -523,10 +521,10 @@ def tool_versions() -> dict[str, str]:
 
 def build(store: ArtifactStore | None = None, repo_public_key: str | None = None) -> BootLoader:
     """The boot loader for the current inputs, built once and cached by their hash.
-    It trusts the OS repository key given, by default the lab's own (see lab.build.osrepo)."""
+    It trusts the OS repository key given, by default the lab's own (see lab.build.osrepo.keys)."""
     store = store or ArtifactStore()
     if repo_public_key is None:
-        repo_public_key = osrepo.SigningKey.load_or_create(osrepo.default_key_path()).public_line()
+        repo_public_key = SigningKey.load_or_create(default_key_path()).public_line()
     kernel = kernel_pkg.fetch(store)
     inputs = {
         "loader_version": LOADER_VERSION,

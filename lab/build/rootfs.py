@@ -1,7 +1,6 @@
-"""OS roots for the OS repository, and the conventional full-disk image of the same release.
+"""OS roots for the OS repository: a release of `releases.yaml` (lab.build.releases), built.
 
-`releases.yaml` names the releases the nightly publishes. Each has a shopping list and a small
-configuration overlay. A release is built in five steps:
+Each release has a shopping list and a small configuration overlay. It is built in five steps:
 
 1. solve: the shopping list, solved by the project's ILP solver (HiGHS) against the live Debian
    indexes in /var/lib/apt/lists (the ones the build installs from), checked twice for closure
@@ -10,342 +9,52 @@ configuration overlay. A release is built in five steps:
    for every entry, nothing else; dpkg's database is compared with the list afterwards). apt
    reads the same index files the solver read (copied in, `--skip=update`), and the .debs come
    from, and go back to, the artifact store's `apt-archives/`, so a rebuild downloads nothing;
-3. customise: the lab's own files (`os-files/`: ucvm-ready, ucvm-channel, DHCP, ShowStatus=no),
-   the release's overlay, an empty /etc/machine-id and /etc/fstab, the root password locked, no
-   SSH host keys (each instance makes its own at first boot), and the record: /etc/ucvm-release,
-   /usr/share/ucvm/closed-list.txt;
+3. customise: the lab's own files and units, the release's overlay, the identity reset and the
+   record (lab.build.os_files: ucvm-ready, ucvm-channel, DHCP, an empty /etc/machine-id, no SSH
+   host keys, /etc/ucvm-release, ...), and the root password locked;
 4. clamp every mtime to SOURCE_DATE_EPOCH (the newest index's Date, unless set), so that
 5. the squashfs image (zstd) is byte-identical when nothing changed.
 
 Everything is cached in the ArtifactStore by the hash of all inputs: the shopping list, the
-overlay, os-files, the apt lists, this file, and the versions of mmdebstrap and squashfs-tools.
-The contract with the boot loader is docs/os-on-demand.md ("From /init to systemd").
-
-`conventional_image` is the benchmarks' baseline: the same release plus Debian's kernel (the
-package the boot loader uses) and initramfs-tools, as an ext4 file system in a compressed qcow2,
-with the kernel and Debian's own initrd beside it for a direct kernel boot.
+overlay, os-files, the apt lists, this file and os_files.py, and the versions of mmdebstrap and
+squashfs-tools. The contract with the boot loader is docs/os-on-demand.md ("From /init to
+systemd"). The benchmarks' conventional full-disk image of a release is bench/conventional.py's.
 """
 
 from __future__ import annotations
 
 import email.utils
-import hashlib
 import json
 import os
-import posixpath
 import re
 import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import AfterValidator, Field, ValidationError
-from pydantic_core import ErrorDetails
-
-from lab import matrix
+from lab import proc
 from lab.artifacts import ArtifactStore, file_digest
-from lab.build import closed_list, explain, index, solver
-from lab.build import kernel as kernel_pkg
-from lab.build.packages import Package, Repository
+from lab.build import os_files
+from lab.build.releases import Release
+from lab.packages import closed_list, debian, explain, solve
+from lab.packages.model import Package, Repository
 
-HERE = Path(__file__).resolve().parent
-OS_FILES = HERE / "os-files"
-RELEASES_FILE = HERE.parents[1] / "releases.yaml"
 ROOTFS_VERSION = "1"  # bump to rebuild every root after a change outside this file
 ARCH = "amd64"
 SUITE = "bookworm"
-NAME = re.compile(matrix.NAME_PATTERN)  # a tag or a branch (docs/os-on-demand.md)
 APT_LISTS = Path("/var/lib/apt/lists")
 APT_HELPER = "/usr/lib/apt/apt-helper"
-CONVENTIONAL_CMDLINE = "root=/dev/vda rw console=ttyS0,115200"
-# what the conventional image adds to the release besides the kernel: Debian's initramfs
-# generator, with what a Debian install has beside it (initramfs-tools-core recommends zstd,
-# its default compressor, and busybox), and e2fsprogs for the ext4 root (Priority: required)
-CONVENTIONAL_EXTRAS = ("initramfs-tools", "zstd", "busybox", "e2fsprogs")
 SQUASHFS_COMPRESSION = ("-comp", "zstd")
-# files of the record, which no overlay may write
-RECORD = "/etc/ucvm-release"
-CLOSED_LIST = "/usr/share/ucvm/closed-list.txt"
-RESERVED = (RECORD, "/usr/share/ucvm", "/usr/lib/ucvm", "/etc/machine-id", "/etc/fstab")
-UNITS_ENABLED = (
-    "ucvm-ready.service",
-    "ucvm-channel.service",
-    "ucvm-ssh-hostkeys.service",
-    "systemd-networkd.service",
-    "systemd-resolved.service",
-)
-# an appliance has no interactive first boot: with an empty /etc/machine-id, systemd-firstboot
-# would ask for a locale and a time zone on the console and wait for an answer forever
-UNITS_MASKED = ("systemd-firstboot.service",)
-
-
-class ReleaseError(matrix.MatrixError):
-    """Problems in releases.yaml (or a list it names); `str(error)` has one line per problem.
-    Reported as matrix.yaml's are, with the same validation helpers."""
 
 
 class RootfsError(RuntimeError):
     """A release could not be built: the message says which step failed and why."""
-
-
-# --------------------------------------------------------------------------- releases.yaml
-
-
-@dataclass(frozen=True)
-class Release:
-    tag: str
-    branch: str
-    shopping_list: Path  # absolute
-    overlay: dict[str, str] = field(hash=False)  # absolute path in the root -> content
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class ReleaseSet:
-    path: Path
-    default_branch: str
-    releases: tuple[Release, ...]  # publish order, oldest first
-
-    def head(self, branch: str) -> Release:
-        """The last release published on ``branch``."""
-        return [r for r in self.releases if r.branch == branch][-1]
-
-    @property
-    def default(self) -> Release:
-        """The release `newest` means: the head of the default branch."""
-        return self.head(self.default_branch)
-
-
-def _check_overlay_path(path: str) -> str:
-    if not path.startswith("/"):
-        raise ValueError(f"expected an absolute path in the root, e.g. /etc/motd; found {path!r}")
-    if posixpath.normpath(path) != path or path == "/":
-        raise ValueError(f"expected a plain file path (no //, ., .. or trailing /); found {path!r}")
-    if any(path == r or path.startswith(r + "/") for r in (*RESERVED, *lab_paths())):
-        raise ValueError(
-            f"{path} is written by the lab itself (lab/build/os-files/ or the release record); "
-            "choose another path, e.g. a drop-in under /etc/<program>.d/"
-        )
-    return path
-
-
-class _ReleaseSchema(matrix._Schema):
-    tag: matrix.Name
-    branch: matrix.Name
-    shopping_list: str
-    description: str = ""
-    overlay: dict[Annotated[str, AfterValidator(_check_overlay_path)], str] = Field(
-        default_factory=dict
-    )
-
-
-class _ReleasesSchema(matrix._Schema):
-    default_branch: matrix.Name
-    releases: Annotated[list[_ReleaseSchema], Field(min_length=1)]
-
-
-def load_releases(path: Path = RELEASES_FILE) -> list[Release]:
-    """The releases of ``path``, in publish order; ReleaseError lists every problem at once."""
-    return list(load_release_set(path).releases)
-
-
-def load_release_set(path: Path = RELEASES_FILE) -> ReleaseSet:
-    try:
-        tree = matrix._read_yaml(path)
-    except matrix.MatrixError as error:
-        raise ReleaseError(*error.problems) from None
-    try:
-        schema = _ReleasesSchema.model_validate(tree, strict=True)
-        problems: list[matrix._Problem] = []
-    except ValidationError as error:
-        schema, problems = None, [_problem(detail) for detail in error.errors()]
-    problems += _plain_problems(path, tree)
-    messages = _file_messages(path, tree, problems) + _list_problems(path, tree)
-    if schema is None or messages:
-        raise ReleaseError(*messages)
-    return _release_set(path, schema)
-
-
-def _release_set(path: Path, schema: _ReleasesSchema) -> ReleaseSet:
-    releases = tuple(
-        Release(
-            tag=item.tag,
-            branch=item.branch,
-            shopping_list=(path.parent / item.shopping_list).resolve(),
-            overlay=dict(item.overlay),
-            description=item.description,
-        )
-        for item in schema.releases
-    )
-    return ReleaseSet(path, schema.default_branch, releases)
-
-
-def _problem(error: ErrorDetails) -> matrix._Problem:
-    """matrix.py's translation of a pydantic error, with this file's schema for unknown keys."""
-    if error["type"] != "extra_forbidden":
-        return matrix._problem_from_pydantic(error)
-    loc = tuple(error["loc"])
-    schema = _ReleaseSchema if loc[0] == "releases" else _ReleasesSchema
-    allowed = ", ".join(schema.model_fields)
-    return matrix._Problem(loc, f"unknown key {loc[-1]!r}; allowed keys: {allowed}", at_key=True)
-
-
-def _items(tree: Any) -> list[tuple[int, dict[str, Any]]]:
-    releases = tree.get("releases") if isinstance(tree, dict) else None
-    if not isinstance(releases, list):
-        return []
-    return [(i, item) for i, item in enumerate(releases) if isinstance(item, dict)]
-
-
-def _plain_problems(path: Path, tree: Any) -> list[matrix._Problem]:
-    return [
-        *_duplicate_tags(tree),
-        *_missing_lists(path, tree),
-        *_default_branch_problems(tree),
-    ]
-
-
-def _duplicate_tags(tree: Any) -> Iterator[matrix._Problem]:
-    first: dict[str, int] = {}
-    for i, item in _items(tree):
-        tag = item.get("tag")
-        if not isinstance(tag, str):
-            continue
-        if tag in first:
-            line = matrix._position(tree, ("releases", first[tag], "tag"))[0]
-            message = f"tag {tag!r} is already used at line {line}; give each release its own tag"
-            yield matrix._Problem(("releases", i, "tag"), message)
-        first.setdefault(tag, i)
-
-
-def _missing_lists(path: Path, tree: Any) -> Iterator[matrix._Problem]:
-    named = [(i, item["shopping_list"]) for i, item in _items(tree)]
-    named = [(i, name) for i, name in named if isinstance(name, str)]
-    folders = {(path.parent / name).parent for _, name in named}
-    known = sorted(
-        {p.relative_to(path.parent).as_posix() for f in folders for p in f.glob("*.list")}
-    )
-    for i, name in named:
-        if (path.parent / name).is_file():
-            continue
-        hint = f", or name one of: {', '.join(known)}" if known else ""
-        message = (
-            f"shopping list {name!r} does not exist ({(path.parent / name).resolve()}); "
-            f"create it (one package per line){hint}"
-        )
-        yield matrix._Problem(("releases", i, "shopping_list"), message)
-
-
-def _default_branch_problems(tree: Any) -> Iterator[matrix._Problem]:
-    default = tree.get("default_branch") if isinstance(tree, dict) else None
-    named = {item.get("branch") for _, item in _items(tree)}
-    branches = sorted(b for b in named if isinstance(b, str) and re.match(NAME, b))
-    if isinstance(default, str) and branches and default not in branches:
-        message = f"no release is on branch {default!r}; expected one of: {', '.join(branches)}"
-        yield matrix._Problem(("default_branch",), message)
-
-
-def _list_problems(path: Path, tree: Any) -> list[str]:
-    """Syntax of the shopping lists (names and versions; whether the index has them is the
-    solver's question): `LIST:LINE: ...`, with the release that names the list."""
-    messages = []
-    for i, item in _items(tree):
-        name = item.get("shopping_list")
-        if not isinstance(name, str) or not (path.parent / name).is_file():
-            continue
-        line = matrix._position(tree, ("releases", i, "shopping_list"))[0]
-        for problem in shopping_list_problems(path.parent / name):
-            messages.append(f"{problem} (the shopping list of {path}:{line})")
-    return messages
-
-
-def shopping_list_problems(path: Path) -> list[str]:
-    """`FILE:LINE: ...` for each line that is not `name` or `name=version`."""
-    problems = []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        text = raw.split("#", 1)[0].strip()
-        if not text:
-            continue
-        name, equals, version = (part.strip() for part in text.partition("="))
-        if not solver.NAME.match(name):
-            problems.append(
-                f"{path}:{number}: {name!r} is not a package name; expected two or more "
-                "lower-case letters, digits and + - . (one package per line, name or name=version)"
-            )
-        elif equals and (why := index.version_problem(version)):
-            problems.append(f"{path}:{number}: package {name}: {why}; {index.VERSION_EXPECTED}")
-    return problems
-
-
-def _file_messages(path: Path, tree: Any, problems: list[matrix._Problem]) -> list[str]:
-    """One line per problem, in file order: `FILE:LINE:COLUMN: KEY.PATH: what; the fix`."""
-
-    def where(problem: matrix._Problem) -> tuple[int, int]:
-        return matrix._position(tree, problem.loc, problem.at_key)
-
-    return [
-        f"{path}:{line}:{column}: {_key_path(tree, problem.loc)}: {problem.message}"
-        for problem in sorted(problems, key=where)
-        for line, column in [where(problem)]
-    ]
-
-
-def _key_path(tree: Any, loc: matrix.Loc) -> str:
-    """`releases[2] (tag '1.2').overlay./etc/motd` for ("releases", 2, "overlay", "/etc/motd")."""
-    text, node = "", tree
-    for part in loc:
-        if isinstance(node, list) and isinstance(part, int):
-            node = node[part] if part < len(node) else None
-            tag = node.get("tag") if isinstance(node, dict) else None
-            text += f"[{part}]" + (f" (tag {tag!r})" if isinstance(tag, str) else "")
-        else:
-            node = node.get(part) if isinstance(node, dict) else None
-            text += f".{part}" if text else str(part)
-    return text or "(top level)"
-
-
-# --------------------------------------------------------------------------- the lab's files
-
-
-def lab_paths() -> list[str]:
-    """The paths in the root that lab/build/os-files/ writes, e.g. /usr/lib/ucvm/ucvm-ready."""
-    return sorted("/" + p.relative_to(OS_FILES).as_posix() for p in _tree_files(OS_FILES))
-
-
-def _tree_files(top: Path) -> list[Path]:
-    return sorted(p for p in top.rglob("*") if p.is_file() and not p.name.endswith((".pyc", "~")))
-
-
-def tree_digest(top: Path) -> str:
-    """One hash over the relative paths, modes and contents of the files under ``top``."""
-    digest = hashlib.sha256()
-    for path in _tree_files(top):
-        mode = "755" if os.access(path, os.X_OK) else "644"
-        digest.update(f"{path.relative_to(top).as_posix()}\0{mode}\0".encode())
-        digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def install_file(root: Path, path: str, data: bytes, mode: int = 0o644) -> None:
-    """Writes ``data`` at ``path`` (absolute, inside ``root``), replacing a file or symlink."""
-    target = root / path.lstrip("/")
-    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    if target.is_symlink() or target.exists():
-        target.unlink()
-    target.write_bytes(data)
-    target.chmod(mode)
-
-
-def install_os_files(root: Path, source: Path = OS_FILES) -> None:
-    for path in _tree_files(source):
-        mode = 0o755 if os.access(path, os.X_OK) else 0o644
-        install_file(root, "/" + path.relative_to(source).as_posix(), path.read_bytes(), mode)
 
 
 # --------------------------------------------------------------------------- the apt lists
@@ -452,7 +161,7 @@ def _newest_date(lists: Path) -> int:
 @dataclass
 class Solved:
     repository: Repository
-    wanted: list[solver.Wanted]
+    wanted: list[solve.Wanted]
     packages: list[Package]
     info: dict[str, Any]
 
@@ -461,22 +170,22 @@ def solve_list(
     shopping_list: Path,
     lists: AptLists,
     store: ArtifactStore,
-    extra: Sequence[solver.Wanted] = (),
+    extra: Sequence[solve.Wanted] = (),
 ) -> Solved:
     """The closed list of ``shopping_list`` (plus ``extra``) against the snapshot's indexes."""
     started = time.perf_counter()
-    repository = index.load_cached(list(lists.packages), store)
+    repository = debian.load_cached(list(lists.packages), store)
     try:
-        wanted = solver.read_shopping_list(shopping_list, repository)
-    except solver.ShoppingListError as error:
+        wanted = solve.read_shopping_list(shopping_list, repository)
+    except solve.ShoppingListError as error:
         raise RootfsError(f"shopping list against the live apt lists:\n{error}") from None
     listed = {w.name for w in wanted}
     for item in extra:
         if not item.candidates(repository):
             raise RootfsError(f"{item} is not in the apt lists ({lists.lists}); apt-get update?")
     wanted += [item for item in extra if item.name not in listed]
-    model = solver.build_model(repository, wanted)
-    solution = solver.solve(model, "highs")
+    model = solve.build_model(repository, wanted)
+    solution = solve.solve(model, "highs")
     if solution.status == "infeasible":
         why = "\n".join(explain.explain(repository, wanted))
         raise RootfsError(f"{shopping_list}: no installable closed list:\n{why}")
@@ -495,7 +204,7 @@ def _check_closure(
     shopping_list: Path,
     repository: Repository,
     packages: Sequence[Package],
-    wanted: Sequence[solver.Wanted],
+    wanted: Sequence[solve.Wanted],
 ) -> None:
     problems = closed_list.closure_problems(repository, packages, wanted)
     dose = closed_list.dose_distcheck(packages)
@@ -629,12 +338,9 @@ def install(
 
 def installed(root: Path) -> list[tuple[str, str, str, str]]:
     """(name, version, arch, status) of every package dpkg's database in ``root`` knows."""
-    query = subprocess.run(
-        ["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W",
-         "-f", "${Package} ${Version} ${Architecture} ${db:Status-Abbrev}\n"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return [tuple(line.split()[:4]) for line in query.stdout.splitlines()]  # type: ignore[misc]
+    listing = _run("dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W",
+                   "-f", "${Package} ${Version} ${Architecture} ${db:Status-Abbrev}\n")  # fmt: skip
+    return [tuple(line.split()[:4]) for line in listing.splitlines()]  # type: ignore[misc]
 
 
 def package_mismatch(
@@ -668,72 +374,28 @@ def check_installed(entries: Sequence[closed_list.Entry], root: Path) -> None:
 # --------------------------------------------------------------------------- customising
 
 
+def _run(*command: str | Path, env: Mapping[str, str] | None = None) -> str:
+    """``command``'s output; RootfsError naming it, its exit code and its stderr if it fails."""
+    return proc.run(*command, env=env, error=RootfsError).stdout
+
+
 def chroot(root: Path, *command: str, epoch: int | None = None) -> str:
     env = os.environ | ({"SOURCE_DATE_EPOCH": str(epoch)} if epoch is not None else {})
-    run = subprocess.run(["chroot", str(root), *command], capture_output=True, text=True, env=env)
-    if run.returncode != 0:
-        raise RootfsError(f"chroot {root} {' '.join(command)}: {run.stderr.strip()}")
-    return run.stdout
+    return _run("chroot", root, *command, env=env)
 
 
 def customise(root: Path, release: Release, closed: Path, store: ArtifactStore, epoch: int) -> None:
     """The lab's files, the release's overlay, the identity files, and the record."""
-    install_os_files(root)
-    install_file(root, "/etc/hostname", b"ucvm\n")
+    os_files.install_os_files(root)
+    os_files.install_file(root, "/etc/hostname", b"ucvm\n")
     for path, content in sorted(release.overlay.items()):
-        install_file(root, path, content.encode())
-    reset_identity(root)
-    remove_ssh_host_keys(root)
+        os_files.install_file(root, path, content.encode())
+    os_files.reset_identity(root)
+    os_files.remove_ssh_host_keys(root)
     chroot(root, "passwd", "--lock", "root", epoch=epoch)
-    present = [u for u in UNITS_ENABLED if (root / "usr/lib/systemd/system" / u).exists()]
-    if not (root / "etc/ssh/sshd_config").exists():  # a release without openssh-server
-        present.remove("ucvm-ssh-hostkeys.service")
-    chroot(root, "systemctl", "enable", *present, epoch=epoch)
-    chroot(root, "systemctl", "mask", *UNITS_MASKED, epoch=epoch)
-    write_record(root, release, closed, epoch)
-
-
-def reset_identity(root: Path) -> None:
-    """What must not come from the build host, or must be made at first boot."""
-    install_file(root, "/etc/machine-id", b"")
-    install_file(root, "/etc/fstab", b"")
-    (root / "etc/.resolv.conf.systemd-resolved.bak").unlink(missing_ok=True)  # the host's
-    resolv = root / "etc/resolv.conf"
-    if not resolv.is_symlink():  # no systemd-resolved: no copy of the build host's either
-        install_file(root, "/etc/resolv.conf", b"")
-    for partial in ("var/cache/apt/archives/partial", "var/lib/apt/lists/partial"):
-        if (root / partial).is_dir():  # apt left them to _apt, or not, from one run to the next
-            os.chown(root / partial, 0, 0)
-
-
-def remove_ssh_host_keys(root: Path) -> list[str]:
-    """No SSH host keys in the image (openssh-server's postinst made some): a key in a
-    published snapshot would be every instance's. Each instance makes its own at its first
-    boot (ucvm-ssh-hostkeys.service). Returns the names removed."""
-    removed = sorted(key.name for key in (root / "etc/ssh").glob("ssh_host_*"))
-    for name in removed:
-        (root / "etc/ssh" / name).unlink()
-    return removed
-
-
-def write_record(root: Path, release: Release, closed: Path, epoch: int) -> dict[str, str]:
-    install_file(root, CLOSED_LIST, closed.read_bytes())
-    record = {
-        "release": release.tag,
-        "branch": release.branch,
-        "shopping_list": release.shopping_list.name,
-        "shopping_list_sha256": file_digest(release.shopping_list),
-        "closed_list_sha256": file_digest(closed),
-        "packages": str(len(closed.read_text().splitlines())),
-        "built": datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-    install_file(root, RECORD, "".join(f"{k}={v}\n" for k, v in record.items()).encode())
-    return record
-
-
-def read_record(root: Path) -> dict[str, str]:
-    text = (root / RECORD.lstrip("/")).read_text()
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    chroot(root, "systemctl", "enable", *os_files.units_to_enable(root), epoch=epoch)
+    chroot(root, "systemctl", "mask", *os_files.UNITS_MASKED, epoch=epoch)
+    os_files.write_record(root, release, closed, epoch)
 
 
 def clamp_mtimes(root: Path, epoch: int) -> int:
@@ -754,11 +416,8 @@ def _clamp(path: str, epoch: int) -> int:
 
 
 def make_squashfs(root: Path, image: Path, epoch: int, compression: Sequence[str] = ()) -> None:
-    subprocess.run(
-        ["mksquashfs", str(root), str(image), "-noappend", "-quiet", "-no-progress",
-         *(compression or SQUASHFS_COMPRESSION), "-mkfs-time", str(epoch)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    _run("mksquashfs", root, image, "-noappend", "-quiet", "-no-progress",
+         *(compression or SQUASHFS_COMPRESSION), "-mkfs-time", str(epoch))  # fmt: skip
 
 
 def disk_usage(root: Path) -> int:
@@ -789,19 +448,6 @@ class ReleaseArtifact:
     info: dict[str, Any] = field(hash=False)  # build.json: sizes, counts, timings
 
 
-@dataclass(frozen=True)
-class ConventionalImage:
-    qcow2: Path
-    kernel: Path
-    initrd: Path
-    cmdline: str
-    tag: str
-    root: Path  # the unpacked tree the disk was made from
-    closed_list: Path
-    record: dict[str, str] = field(hash=False)
-    info: dict[str, Any] = field(hash=False)
-
-
 def tool_versions(*packages: str) -> dict[str, str]:
     query = subprocess.run(["dpkg-query", "-W", *packages], capture_output=True, text=True)
     return dict(line.split("\t", 1) for line in query.stdout.splitlines() if "\t" in line)
@@ -811,12 +457,12 @@ def release_inputs(release: Release, lists: AptLists, epoch: int) -> dict[str, A
     """Everything a release's root depends on; its hash names the artifact."""
     return {
         "rootfs": ROOTFS_VERSION,
-        "code": file_digest(Path(__file__)),
+        "code": [file_digest(Path(__file__)), file_digest(Path(os_files.__file__))],
         "tag": release.tag,
         "branch": release.branch,
         "shopping_list": [release.shopping_list.name, file_digest(release.shopping_list)],
         "overlay": release.overlay,
-        "os_files": tree_digest(OS_FILES),
+        "os_files": os_files.tree_digest(os_files.OS_FILES),
         "apt_lists": lists.digests,
         "source_date_epoch": epoch,
         "tools": tool_versions("mmdebstrap", "squashfs-tools"),
@@ -847,7 +493,7 @@ def release_artifact(directory: Path) -> ReleaseArtifact:
         branch=info["branch"],
         squashfs=directory / "image.squashfs",
         closed_list=directory / "closed-list.txt",
-        record=read_record(directory / "root"),
+        record=os_files.read_record(directory / "root"),
         root=directory / "root",
         directory=directory,
         info=info,
@@ -866,19 +512,19 @@ def build_root_into(
     """Solve, install, check, customise, clamp and (unless told not to) pack into ``work``:
     root/, closed-list.txt/.json, build.log, build.json and image.squashfs."""
     timings: dict[str, float] = {}
-    with _timed(timings, "solve"):
+    with timed(timings, "solve"):
         solved = solve_list(release.shopping_list, lists, store)
         closed = write_closed_list(solved, lists, release.shopping_list, work)
     entries = closed_list.entries(solved.packages)
-    with _timed(timings, "mmdebstrap"):
+    with timed(timings, "mmdebstrap"):
         fetched = install(entries, lists, work / "root", store, work / "build.log", epoch=epoch)
-    with _timed(timings, "customise"):
+    with timed(timings, "customise"):
         check_installed(entries, work / "root")
         customise(work / "root", release, closed, store, epoch)
         clamp_mtimes(work / "root", epoch)
     info = build_info(release, solved, fetched, work / "root", epoch)
     if squashfs:
-        with _timed(timings, "squashfs"):
+        with timed(timings, "squashfs"):
             make_squashfs(work / "root", work / "image.squashfs", epoch)
         info["squashfs_bytes"] = (work / "image.squashfs").stat().st_size
         info["squashfs_sha256"] = file_digest(work / "image.squashfs")
@@ -888,8 +534,8 @@ def build_root_into(
 
 
 @contextmanager
-def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    """``with _timed(timings, "step"):`` records the step's wall-clock seconds."""
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """``with timed(timings, "step"):`` records the step's wall-clock seconds."""
     started = time.perf_counter()
     yield
     timings[name] = round(time.perf_counter() - started, 2)
@@ -910,114 +556,3 @@ def build_info(
         "source_date_epoch": epoch,
         "built_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-
-
-# --------------------------------------------------------------------------- the baseline
-
-
-def conventional_image(release: Release, store: ArtifactStore | None = None) -> ConventionalImage:
-    """The same release as a conventional full disk: + Debian's kernel (the package the boot
-    loader uses) + initramfs-tools (see CONVENTIONAL_EXTRAS), an ext4 file system in a
-    compressed qcow2, and the kernel and Debian's own initrd for a direct kernel boot."""
-    store = store or ArtifactStore()
-    lists = apt_lists(store)
-    epoch = source_date_epoch(lists)
-    package, version = kernel_pkg.resolve_package()
-    kernel_release = package.removeprefix("linux-image-")
-    extra = (solver.Wanted(package, version), *map(solver.Wanted, CONVENTIONAL_EXTRAS))
-    inputs = {
-        **release_inputs(release, lists, epoch),
-        "image": "conventional",
-        "kernel": [package, version],
-        "cmdline": CONVENTIONAL_CMDLINE,
-        "image_tools": tool_versions("e2fsprogs", "qemu-utils"),
-    }
-
-    def build(work: Path) -> None:
-        build_conventional_into(work, release, lists, store, epoch, extra, kernel_release)
-
-    return conventional_artifact(store.get("os-conventional", inputs, build))
-
-
-def conventional_artifact(directory: Path) -> ConventionalImage:
-    info = json.loads((directory / "build.json").read_text())
-    return ConventionalImage(
-        qcow2=directory / "disk.qcow2",
-        kernel=directory / "vmlinuz",
-        initrd=directory / "initrd.img",
-        cmdline=info["cmdline"],
-        tag=info["tag"],
-        root=directory / "root",
-        closed_list=directory / "closed-list.txt",
-        record=read_record(directory / "root"),
-        info=info,
-    )
-
-
-def build_conventional_into(
-    work: Path,
-    release: Release,
-    lists: AptLists,
-    store: ArtifactStore,
-    epoch: int,
-    extra: Sequence[solver.Wanted],
-    kernel_release: str,
-) -> None:
-    timings: dict[str, float] = {}
-    with _timed(timings, "solve"):
-        solved = solve_list(release.shopping_list, lists, store, extra)
-        closed = write_closed_list(solved, lists, release.shopping_list, work)
-    entries = closed_list.entries(solved.packages)
-    # Debian's initrd, made inside the root once everything is configured (mmdebstrap has
-    # /proc, /sys and /dev mounted for its hooks)
-    initramfs = (
-        f'rm -f "$1/boot/initrd.img-{kernel_release}" && '
-        f'chroot "$1" update-initramfs -c -k {kernel_release}'
-    )
-    root = work / "root"
-    with _timed(timings, "mmdebstrap"):
-        fetched = install(entries, lists, root, store, work / "build.log", epoch=epoch,
-                          customize=[initramfs])  # fmt: skip
-    with _timed(timings, "customise"):
-        check_installed(entries, root)
-        customise(root, release, closed, store, epoch)
-        clamp_mtimes(root, epoch)
-    with _timed(timings, "disk"):
-        boot_files(root, kernel_release, work)
-        disk = make_disk(root, work)
-    info = build_info(release, solved, fetched, root, epoch)
-    info.update(disk, cmdline=CONVENTIONAL_CMDLINE, kernel_release=kernel_release,
-                timings_s=timings)  # fmt: skip
-    (work / "build.json").write_text(json.dumps(info, indent=2) + "\n")
-
-
-def boot_files(root: Path, kernel_release: str, out: Path) -> None:
-    for source, name in ((f"vmlinuz-{kernel_release}", "vmlinuz"),
-                         (f"initrd.img-{kernel_release}", "initrd.img")):  # fmt: skip
-        if not (root / "boot" / source).is_file():
-            raise RootfsError(f"{root}/boot/{source} is missing after the install")
-        shutil.copyfile(root / "boot" / source, out / name)
-        (out / name).chmod(0o644)  # QEMU runs as libvirt-qemu
-
-
-MIB = 1 << 20
-
-
-def make_disk(root: Path, out: Path) -> dict[str, int]:
-    """ext4 of the root (its content + a fifth + 128 MiB), as a compressed qcow2."""
-    used = disk_usage(root)
-    size = (used + used // 5 + 128 * MIB + MIB - 1) // MIB * MIB
-    raw = out / "disk.raw"
-    with raw.open("wb") as stream:
-        stream.truncate(size)
-    inodes = sum(len(dirs) + len(files) for _, dirs, files in os.walk(root)) * 2 + 8192
-    _run("mkfs.ext4", "-q", "-F", "-L", "ucvm-root", "-N", str(inodes), "-d", str(root), str(raw))
-    _run("qemu-img", "convert", "-c", "-O", "qcow2", str(raw), str(out / "disk.qcow2"))
-    raw.unlink()
-    return {"disk_bytes": size, "qcow2_bytes": (out / "disk.qcow2").stat().st_size}
-
-
-def _run(*command: str) -> None:
-    run = subprocess.run(command, capture_output=True, text=True)
-    if run.returncode != 0:
-        raise RootfsError(f"{' '.join(command)} failed: {run.stderr.strip()[-1000:]}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from lab.report.known_issues import KnownIssue
-from lab.report.table import Result, latest_results
+from lab.evidence import Result, latest_results
+from lab.known_issues import KnownIssue
 
 
 @dataclass

@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from lab import matrix
+from lab import known_issues, matrix
 from lab.build import bootloader
-from lab.report import known_issues
 from lab.run import Run
 from lab.targets.base import Target
 from lab.targets.ec2 import Ec2Target
@@ -71,7 +70,8 @@ def load_matrix(path: Path, env: Mapping[str, str] | None = None) -> matrix.Matr
     try:
         known_issues.load_known_issues(lab.gate.known_issues)
     except known_issues.KnownIssuesError as error:
-        raise matrix.MatrixError(f"{error} (gate.known_issues of {path})") from error
+        where = f"(gate.known_issues of {path})"
+        raise matrix.MatrixError(*(f"{line} {where}" for line in error.problems)) from error
     return lab
 
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import allure
 
-from lab.build import osrepo
+from lab.build.osrepo.manifest import Snapshot
 from lab.observe import BootRecord, settled_fetch_counts
+from lab.services.repo import RepoServer
 from lab.targets.base import Instance
 
 
@@ -36,8 +37,8 @@ class CacheMeasure:
 
 def measure_cache(
     instance: Instance,
-    server: osrepo.RepoServer,
-    snapshot: osrepo.Snapshot,
+    server: RepoServer,
+    snapshot: Snapshot,
     *,
     sent_before: int = 0,
     settle_s: float = 10,

@@ -9,10 +9,13 @@ from collections.abc import Callable
 import allure
 import pytest
 
-from lab import matrix
-from lab.build import osrepo
+from lab import evidence, matrix
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader
+from lab.build.osrepo.keys import RepoError
+from lab.build.osrepo.manifest import Snapshot
+from lab.build.osrepo.repository import Repository
 from lab.observe import BootRecord
+from lab.services.repo import RepoServer
 from lab.targets.base import Instance, Target
 from lab.targets.profiles import PROFILES
 
@@ -26,16 +29,15 @@ def cell_labels(request: pytest.FixtureRequest) -> None:
     check = request.node.get_closest_marker("check")
     if check is None:
         return
-    labels = {
-        "ucvm.check": check.args[0],
-        "ucvm.target": cell.target.name,
-        "ucvm.platform": PROFILES[cell.target.profile].platform,
-        "ucvm.version": cell.version,
-        "ucvm.evidence": cell.target.evidence,
-        "ucvm.tier": str(cell.target.tier),
-    }
-    if "channel" in request.fixturenames:
-        labels["ucvm.channel"] = request.getfixturevalue("channel")
+    labels = evidence.cell_labels(
+        check=check.args[0],
+        target=cell.target.name,
+        platform=PROFILES[cell.target.profile].platform,
+        version=cell.version,
+        evidence=cell.target.evidence,
+        tier=cell.target.tier,
+        channel=request.getfixturevalue("channel") if "channel" in request.fixturenames else None,
+    )
     for name, value in labels.items():
         allure.dynamic.label(name, value)
     profile = PROFILES[cell.target.profile]
@@ -54,11 +56,11 @@ def cell_labels(request: pytest.FixtureRequest) -> None:
 @pytest.fixture
 def attach_boot(boot_loader: BootLoader) -> Callable[[BootRecord | None, str, str], None]:
     def attach(record: BootRecord | None, console: str, image_format: str) -> None:
-        allure.attach(console, "console.log", allure.attachment_type.TEXT)
+        allure.attach(console, evidence.CONSOLE_ATTACHMENT, allure.attachment_type.TEXT)
         if record is not None:
-            allure.dynamic.label("ucvm.accel", record.accel)
-            if record.failed_phase:
-                allure.dynamic.label("ucvm.failed_phase", record.failed_phase)
+            labels = evidence.boot_labels(accel=record.accel, failed_phase=record.failed_phase)
+            for name, value in labels.items():
+                allure.dynamic.label(name, value)
             allure.attach(record.phase_table(), "phases", allure.attachment_type.TEXT)
             allure.attach(record.to_json(), "boot-record.json", allure.attachment_type.JSON)
         image = boot_loader.manifest["images"][image_format]
@@ -68,13 +70,13 @@ def attach_boot(boot_loader: BootLoader) -> Callable[[BootRecord | None, str, st
 
 
 @pytest.fixture
-def expected_snapshot(cell: matrix.Cell, os_repo: osrepo.Repository) -> osrepo.Snapshot:
+def expected_snapshot(cell: matrix.Cell, os_repo: Repository) -> Snapshot:
     """What the cell's version (tag, branch, newest, previous) means in this run's repository."""
     manifest = os_repo.manifest_path.read_text()
     allure.attach(manifest, "repository manifest (signed)", allure.attachment_type.TEXT)
     try:
         return os_repo.manifest().resolve(cell.version)
-    except osrepo.RepoError as error:
+    except RepoError as error:
         pytest.fail(f"matrix.yaml version {cell.version!r}: {error}")
 
 
@@ -83,7 +85,7 @@ def launch_os(
     cell: matrix.Cell,
     target: Target,
     boot_loader: BootLoader,
-    repo_server: osrepo.RepoServer,
+    repo_server: RepoServer,
 ) -> Callable[..., Instance]:
     """Launch the cell's target from the one boot loader image, asking for the cell's version
     and reaching this run's repository server."""

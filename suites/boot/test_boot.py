@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from lab import matrix
-from lab.build import osrepo
+from lab.build.osrepo.manifest import Snapshot
 from lab.observe import PHASES, observe_boot
+from lab.services.repo import RepoServer
 from lab.targets.base import Target
 from suites.boot.cache import measure_cache
 
@@ -19,8 +20,8 @@ def test_boots_version_to_ready(
     cell: matrix.Cell,
     target: Target,
     launch_os,
-    expected_snapshot: osrepo.Snapshot,
-    repo_server: osrepo.RepoServer,
+    expected_snapshot: Snapshot,
+    repo_server: RepoServer,
     lab_matrix: matrix.Matrix,
     attach_boot,
 ) -> None:

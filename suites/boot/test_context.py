@@ -23,9 +23,11 @@ import pytest
 
 from lab import matrix
 from lab.build import context as ctx
-from lab.build import osrepo
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader
+from lab.build.osrepo.manifest import Snapshot
+from lab.evidence import context_labels
 from lab.observe import BootRecord, observe_boot
+from lab.services.repo import RepoServer
 from lab.targets.base import Instance, Target
 
 pytestmark = [pytest.mark.boot, pytest.mark.check("context")]
@@ -92,7 +94,7 @@ runcmd:
 
 
 def loader_effects(record: BootRecord, effects: Effects, channel: str, hostname: str,
-                   snapshot: osrepo.Snapshot) -> None:  # fmt: skip
+                   snapshot: Snapshot) -> None:  # fmt: skip
     found = record.context_step("channel")
     effects.record(
         "channel",
@@ -172,8 +174,8 @@ def test_contextualizes_on_channel(
     channel: str,
     target: Target,
     boot_loader: BootLoader,
-    repo_server: osrepo.RepoServer,
-    expected_snapshot: osrepo.Snapshot,
+    repo_server: RepoServer,
+    expected_snapshot: Snapshot,
     lab_matrix: matrix.Matrix,
     ssh_key: tuple[Path, str],
     attach_boot,
@@ -211,8 +213,9 @@ def test_contextualizes_on_channel(
             attach_boot(record, instance.console(), image_format)
             allure.attach(effects.as_json(), "context-effects.json", allure.attachment_type.JSON)
             took = [step for step, (ok, _) in effects.steps.items() if ok]
-            allure.dynamic.label("ucvm.context_took_effect", ",".join(took))
-            allure.dynamic.label("ucvm.context_missing", ",".join(effects.missing))
+            labels = context_labels(took_effect=took, missing=effects.missing)
+            for name, value in labels.items():
+                allure.dynamic.label(name, value)
 
     assert record.ready, record.summary()
     assert not effects.missing, "did not take effect: " + "; ".join(

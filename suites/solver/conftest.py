@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.build import index, solver
-from lab.build.packages import Repository
+from lab.packages import solve
+from lab.packages.debian import load_cached
+from lab.packages.model import Repository
 
 REPO = Path(__file__).resolve().parents[2]
 SHOPPING_LIST = REPO / "shopping-lists" / "debian-12-500.list"
@@ -16,9 +17,9 @@ SHOPPING_LIST = REPO / "shopping-lists" / "debian-12-500.list"
 
 @pytest.fixture(scope="session")
 def debian(corpus_files: list[Path]) -> Repository:
-    return index.load_cached(corpus_files)
+    return load_cached(corpus_files)
 
 
 @pytest.fixture(scope="session")
-def debian_500(debian: Repository) -> list[solver.Wanted]:
-    return solver.read_shopping_list(SHOPPING_LIST, debian)
+def debian_500(debian: Repository) -> list[solve.Wanted]:
+    return solve.read_shopping_list(SHOPPING_LIST, debian)

@@ -6,19 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from lab.build import closed_list, explain, solver
-from lab.build.packages import Repository
+from lab.packages import closed_list, explain, solve
+from lab.packages.model import Repository
 
 pytestmark = pytest.mark.solver
 
 
 @pytest.fixture(scope="module")
-def solved(debian: Repository, debian_500: list[solver.Wanted]) -> solver.Solution:
-    return solver.solve(solver.build_model(debian, debian_500), "highs")
+def solved(debian: Repository, debian_500: list[solve.Wanted]) -> solve.Solution:
+    return solve.solve(solve.build_model(debian, debian_500), "highs")
 
 
 def test_500_names_give_a_proven_optimal_closed_list(
-    debian: Repository, debian_500: list[solver.Wanted], solved: solver.Solution
+    debian: Repository, debian_500: list[solve.Wanted], solved: solve.Solution
 ) -> None:
     assert len(debian_500) == 500
     assert solved.optimal and solved.gap == pytest.approx(0.0, abs=1e-9)
@@ -26,21 +26,21 @@ def test_500_names_give_a_proven_optimal_closed_list(
 
 
 def test_dose_distcheck_finds_every_package_installable_within_the_list(
-    solved: solver.Solution,
+    solved: solve.Solution,
 ) -> None:
     report = closed_list.dose_distcheck(solved.packages)
     # every package of the list, and cernvm-system, which needs all of them at once
     assert report.total == len(solved.packages) + 1 and report.broken == 0, report.output[-2000:]
 
 
-def test_the_meta_package_pins_exactly_the_list(solved: solver.Solution, tmp_path: Path) -> None:
+def test_the_meta_package_pins_exactly_the_list(solved: solve.Solution, tmp_path: Path) -> None:
     deb = closed_list.build_meta_package(solved.packages, tmp_path, version="1.0")
     pins = closed_list.meta_package_depends(deb)
     assert sorted(pins) == sorted((p.name, p.version) for p in solved.packages)
 
 
 def test_security_updates_win_over_the_point_release(
-    debian: Repository, solved: solver.Solution
+    debian: Repository, solved: solve.Solution
 ) -> None:
     """Newest first: every chosen package is the newest version of its name (no pinned or
     versioned dependency forces an older one on this list), and where security or updates
@@ -56,27 +56,27 @@ def test_security_updates_win_over_the_point_release(
 
 
 def test_a_wanted_package_is_itself_not_a_provider_of_its_name(
-    debian: Repository, debian_500: list[solver.Wanted], solved: solver.Solution
+    debian: Repository, debian_500: list[solve.Wanted], solved: solve.Solution
 ) -> None:
     chosen = {p.name for p in solved.packages}
     assert {w.name for w in debian_500} <= chosen
-    busybox = solver.solve(solver.build_model(debian, [solver.Wanted("busybox")]))
+    busybox = solve.solve(solve.build_model(debian, [solve.Wanted("busybox")]))
     names = {p.name for p in busybox.packages}
     assert "busybox" in names and "busybox-static" not in names
 
 
 def test_glpk_proves_the_same_optimum(
-    debian: Repository, debian_500: list[solver.Wanted], solved: solver.Solution
+    debian: Repository, debian_500: list[solve.Wanted], solved: solve.Solution
 ) -> None:
-    model = solver.build_model(debian, debian_500)
-    glpk = solver.solve(model, "glpk", time_limit=120)
+    model = solve.build_model(debian, debian_500)
+    glpk = solve.solve(model, "glpk", time_limit=120)
     assert glpk.optimal, glpk.detail
     assert glpk.objective == pytest.approx(solved.objective)
 
 
 def test_two_mail_transport_agents_are_explained(debian: Repository) -> None:
-    wanted = [solver.Wanted("postfix"), solver.Wanted("exim4-daemon-light"), solver.Wanted("curl")]
-    assert solver.solve(solver.build_model(debian, wanted)).status == "infeasible"
+    wanted = [solve.Wanted("postfix"), solve.Wanted("exim4-daemon-light"), solve.Wanted("curl")]
+    assert solve.solve(solve.build_model(debian, wanted)).status == "infeasible"
     lines = explain.explain(debian, wanted)
     assert lines[0] == "cannot be installed together: postfix, exim4-daemon-light"
     assert explain.explain(debian, wanted[:1]) == [
@@ -88,8 +88,8 @@ def test_two_mail_transport_agents_are_explained(debian: Repository) -> None:
 def test_bad_shopping_list_is_refused_before_solving(debian: Repository, tmp_path: Path) -> None:
     listing = tmp_path / "appliance.list"
     listing.write_text("bash\npostfx\nlibc6=9.99\n")
-    with pytest.raises(solver.ShoppingListError) as error:
-        solver.read_shopping_list(listing, debian)
+    with pytest.raises(solve.ShoppingListError) as error:
+        solve.read_shopping_list(listing, debian)
     message = str(error.value)
     assert f"{listing}:2: package 'postfx'" in message and "did you mean postfix" in message
     assert f"{listing}:3: package 'libc6': version 9.99 is not in the index(es)" in message

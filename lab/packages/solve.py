@@ -36,8 +36,8 @@ from pathlib import Path
 import highspy
 import numpy as np
 
-from lab.build.packages import Package, Relation, Repository
 from lab.messages import clip
+from lab.packages.model import Package, Relation, Repository
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]+$")  # Debian Policy 5.6.1: two characters or more
 ENGINES = ("highs", "glpk")

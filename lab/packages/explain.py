@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import highspy
 
-from lab.build.packages import Package, Repository
-from lab.build.solver import Wanted, build_model, highs_model
+from lab.packages.model import Package, Repository
+from lab.packages.solve import Wanted, build_model, highs_model
 
 MAX_COMBINATIONS = 64
 CHECK_LIMIT_S = 60.0

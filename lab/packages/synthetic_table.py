@@ -1,43 +1,21 @@
-"""Seeded synthetic repositories shaped like the paper's: about 17,000 names, several versions
-of many, 500 wanted, about 160,000 inequalities when the whole repository is modelled.
+"""The synthetic generator's table: one row per package name (its layer, versions, role, and
+per version its Depends, Pre-Depends, Provides, Conflicts and Breaks), drawn step by step from
+one seeded random.Random.
 
-The shape follows a Debian archive:
-- names sit in layers (base libraries at the bottom, applications at the top); a dependency
-  points to a lower layer, except a few mutual dependencies (cycles, as Debian has 13-30 in a
-  solution); popular libraries are depended on far more often than others (Zipf-like);
-- 60% of the names have 2-4 versions; newer versions sometimes need newer dependencies
-  (`>=`), add a dependency or drop one, and some dependencies cap a version (`<<`);
-- alternatives (`a | b`), virtual names with unversioned and versioned Provides, some of them
-  exclusive (every provider Provides and Conflicts the name, as mail transport agents do);
-- Conflicts and Breaks: between alternatives, against old versions only (`<< v`), and stale
-  ones that match no version any more; a few Essential packages; a few packages with a
-  requirement nothing satisfies (a missing name, another architecture, a version that does
-  not exist), which nobody depends on.
-
-Feasibility by construction: a *world* is chosen first, one version of most names, which is
-closed (every requirement of a world package is satisfied inside the world) and free of
-conflicts. The wanted names are drawn from the world, so every default shopping list has a
-solution; ``Synthetic.world`` is that witness. Names outside the world are rivals (they
-conflict with a world name, or are the non-default providers of an exclusive virtual name)
-and the deliberately broken ones; a world package reaches a rival only through an
-alternative that also offers a world package, or through a virtual name that a world package
-provides.
-
-Everything comes from one ``random.Random(seed)``: the same seed and size give the same
-repository, byte for byte.
+lab/packages/synthetic.py turns the table into Packages and a Repository; this module decides
+the shape (the rules are in that module's docstring): names in layers with Zipf-like
+popularity, the world that makes every default list feasible, its rivals and the broken names,
+virtual names, versioned dependencies, cycles, Conflicts and Breaks. `draw_table` runs the
+steps in a fixed order, so the same seed and size draw the same table.
 """
 
 from __future__ import annotations
 
 import bisect
-import dataclasses
-import hashlib
 import random
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
-from lab.build.packages import Alternatives, Package, Relation, Repository
+from lab.packages.model import Alternatives, Relation
 
 LAYERS = (0.03, 0.07, 0.10, 0.12, 0.14, 0.16, 0.18, 0.20)  # share of the names per layer
 VERSION_COUNTS = (1, 2, 3, 4)
@@ -60,46 +38,11 @@ SYLLABLES = ("ka", "ro", "li", "ne", "su", "to", "mi", "da", "ve", "po", "zu", "
 # fmt: on
 
 
-@dataclass
-class Stats:
-    names: int
-    candidates: int  # (name, version) pairs: the whole-repository model's variables
-    multi_version_names: int
-    virtual_names: int
-    essential: int
-    dependency_clauses: int  # Depends + Pre-Depends entries over all candidates
-    alternatives: int  # clauses with two or more alternatives
-    versioned_dependencies: int  # relations with an operator
-    unsatisfiable_dependencies: int  # deliberately: nothing in the repository satisfies them
-    conflicts: int  # Conflicts entries over all candidates
-    breaks: int  # Breaks entries over all candidates
-    cycles: int  # mutual dependencies between two names
-    world: int  # packages in the feasibility witness
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-@dataclass
-class Synthetic:
-    seed: int
-    repository: Repository
-    wanted: list[str]
-    stats: Stats
-    world: list[Package]  # closed and conflict-free: a solution for any list drawn from it
-    eligible: list[str]  # world names a shopping list is drawn from, in the seed's order
-    broken: list[str]  # names with a requirement nothing satisfies
-
-    def with_wanted(self, count: int) -> Synthetic:
-        """The same repository with another list size (lists of one seed are nested)."""
-        return dataclasses.replace(self, wanted=choose_wanted(self.eligible, count))
-
-
 # --- the names: layers, versions, roles ----------------------------------------------------
 
 
 @dataclass
-class _Name:
+class Name:
     index: int
     name: str
     layer: int
@@ -160,8 +103,8 @@ def _layer_sizes(names: int) -> list[int]:
     return sizes
 
 
-def _make_names(rng: random.Random, names: int) -> list[_Name]:
-    made: list[_Name] = []
+def _make_names(rng: random.Random, names: int) -> list[Name]:
+    made: list[Name] = []
     for layer, size in enumerate(_layer_sizes(names)):
         for _ in range(size):
             index = len(made)
@@ -170,7 +113,7 @@ def _make_names(rng: random.Random, names: int) -> list[_Name]:
             versions, ceiling, floor = _versions(rng)
             arch = "all" if layer >= 3 and rng.random() < 0.25 else "amd64"
             made.append(
-                _Name(
+                Name(
                     index,
                     name,
                     layer,
@@ -197,13 +140,13 @@ def _multi_arch(rng: random.Random, layer: int, arch: str) -> str:
     return "foreign" if draw > 0.9 else ""
 
 
-def _world_version(rng: random.Random, entry: _Name) -> int:
+def _world_version(rng: random.Random, entry: Name) -> int:
     """Mostly the newest; sometimes an older one, so the world is not simply "all newest"."""
     newest = len(entry.versions) - 1
     return newest if rng.random() < 0.8 else rng.randint(0, newest)
 
 
-def _assign_essentials(names: list[_Name]) -> list[_Name]:
+def _assign_essentials(names: list[Name]) -> list[Name]:
     layer0 = [entry for entry in names if entry.layer == 0]
     count = min(23, max(4, len(names) // 700), len(layer0) // 2)
     essentials = layer0[-count:]  # the end of layer 0: they depend on the base libraries
@@ -212,7 +155,7 @@ def _assign_essentials(names: list[_Name]) -> list[_Name]:
     return essentials
 
 
-def _assign_broken(rng: random.Random, names: list[_Name]) -> list[_Name]:
+def _assign_broken(rng: random.Random, names: list[Name]) -> list[Name]:
     top = [entry for entry in names if entry.layer == len(LAYERS) - 1]
     broken = rng.sample(top, max(2, len(names) // 2000))
     for entry in sorted(broken, key=lambda e: e.index):
@@ -220,19 +163,19 @@ def _assign_broken(rng: random.Random, names: list[_Name]) -> list[_Name]:
     return sorted(broken, key=lambda e: e.index)
 
 
-def _by_layer(names: list[_Name]) -> list[list[_Name]]:
+def _by_layer(names: list[Name]) -> list[list[Name]]:
     """The names of each layer that are plain world libraries (no role yet)."""
-    layers: list[list[_Name]] = [[] for _ in LAYERS]
+    layers: list[list[Name]] = [[] for _ in LAYERS]
     for entry in names:
         if entry.role == "lib" and entry.in_world:
             layers[entry.layer].append(entry)
     return layers
 
 
-def _providers(rng: random.Random, pool: list[_Name], used: set[int]) -> list[_Name]:
+def _providers(rng: random.Random, pool: list[Name], used: set[int]) -> list[Name]:
     """1-4 names of ``pool`` that provide nothing yet (drawn with rejection: pools are big)."""
     count = rng.randint(1, 4)
-    chosen: list[_Name] = []
+    chosen: list[Name] = []
     for _ in range(count * 3):
         candidate = rng.choice(pool)
         if candidate.index not in used:
@@ -243,7 +186,7 @@ def _providers(rng: random.Random, pool: list[_Name], used: set[int]) -> list[_N
     return chosen
 
 
-def _make_virtuals(rng: random.Random, names: list[_Name]) -> list[_Virtual]:
+def _make_virtuals(rng: random.Random, names: list[Name]) -> list[_Virtual]:
     """Virtual names in layers 1..5, each with a world provider; exclusive ones make their
     other providers rivals. Providers Provide the name (versioned or not)."""
     virtuals: list[_Virtual] = []
@@ -263,7 +206,7 @@ def _make_virtuals(rng: random.Random, names: list[_Name]) -> list[_Virtual]:
     return virtuals
 
 
-def _provide(rng: random.Random, names: list[_Name], virtual: _Virtual) -> None:
+def _provide(rng: random.Random, names: list[Name], virtual: _Virtual) -> None:
     for index in virtual.providers:
         provider = names[index]
         versioned = virtual.kind == "versioned" and (index == virtual.default or rng.random() < 0.5)
@@ -280,7 +223,7 @@ def _provide(rng: random.Random, names: list[_Name], virtual: _Virtual) -> None:
             provider.role, provider.world, provider.rival = "rival", None, virtual.default
 
 
-def _assign_rivals(rng: random.Random, names: list[_Name], virtuals: list[_Virtual]) -> None:
+def _assign_rivals(rng: random.Random, names: list[Name], virtuals: list[_Virtual]) -> None:
     """About 2% of the names become rivals of a world name in the same layer; half of them
     Conflict with it (a conflict between two alternatives)."""
     providers = {index for virtual in virtuals for index in virtual.providers}
@@ -321,7 +264,7 @@ class _Dependency:
 class _Picker:
     """Dependency targets: a lower layer's names, the more popular the lower their index."""
 
-    def __init__(self, names: list[_Name], virtuals: list[_Virtual]) -> None:
+    def __init__(self, names: list[Name], virtuals: list[_Virtual]) -> None:
         self.names = names
         total, self.cumulative = 0.0, []
         for entry in names:
@@ -335,7 +278,7 @@ class _Picker:
         ]
         self.rivals = [e.index for e in names if e.role == "rival"]
 
-    def below(self, rng: random.Random, entry: _Name) -> int | None:
+    def below(self, rng: random.Random, entry: Name) -> int | None:
         """A targetable name below ``entry`` (layer 0: a base library before it)."""
         end = entry.index if entry.layer == 0 else self.layer_start[entry.layer]
         if end == 0 or self.cumulative[end - 1] == 0.0:
@@ -349,7 +292,7 @@ class _Picker:
         return bisect.bisect_right(self.cumulative, rng.random() * self.cumulative[-1])
 
 
-def _dependencies(rng: random.Random, picker: _Picker, entry: _Name) -> list[_Dependency]:
+def _dependencies(rng: random.Random, picker: _Picker, entry: Name) -> list[_Dependency]:
     mean = DEPENDS_MEAN[entry.layer]
     count = round(rng.gammavariate(2.0, mean / 2.0)) if entry.layer else rng.randint(0, 2)
     chosen: list[_Dependency] = []
@@ -376,7 +319,7 @@ def _span(rng: random.Random, count: int) -> tuple[int, int]:
     return 0, count
 
 
-def _dependency(rng: random.Random, picker: _Picker, entry: _Name) -> _Dependency | None:
+def _dependency(rng: random.Random, picker: _Picker, entry: Name) -> _Dependency | None:
     since, until = _span(rng, len(entry.versions))
     pre = rng.random() < 0.02
     virtuals = picker.virtuals_below[entry.layer]
@@ -393,7 +336,7 @@ def _dependency(rng: random.Random, picker: _Picker, entry: _Name) -> _Dependenc
     return _Dependency(target, None, style, level, since, until, pre, alternative)
 
 
-def _alternative(rng: random.Random, picker: _Picker, entry: _Name, target: int) -> int | None:
+def _alternative(rng: random.Random, picker: _Picker, entry: Name, target: int) -> int | None:
     """`target | other`: always when ``target`` is a rival and ``entry`` is in the world (the
     world needs a way out), else for 7% of the dependencies."""
     chosen = picker.names[target]
@@ -406,7 +349,7 @@ def _alternative(rng: random.Random, picker: _Picker, entry: _Name, target: int)
     return None
 
 
-def _realise(names: list[_Name], entry: _Name, dependency: _Dependency) -> None:
+def _realise(names: list[Name], entry: Name, dependency: _Dependency) -> None:
     """Write ``dependency`` into each version of ``entry`` that has it, world-consistently."""
     for version in range(dependency.since, dependency.until):
         in_world = entry.world == version
@@ -426,7 +369,7 @@ def _level(dependency: _Dependency, version: int, count: int, levels: int) -> in
 
 
 def _clause(
-    names: list[_Name], dependency: _Dependency, version: int, count: int, in_world: bool
+    names: list[Name], dependency: _Dependency, version: int, count: int, in_world: bool
 ) -> Alternatives:
     target = names[dependency.target]
     first = _relation(target, dependency, version, count, in_world)
@@ -436,7 +379,7 @@ def _clause(
 
 
 def _relation(
-    target: _Name, dependency: _Dependency, version: int, count: int, in_world: bool
+    target: Name, dependency: _Dependency, version: int, count: int, in_world: bool
 ) -> Relation:
     arch = "any" if target.multi_arch == "allowed" and dependency.level % 2 else None
     levels = len(target.versions)
@@ -456,7 +399,7 @@ def _relation(
 
 
 def _virtual_clause(
-    names: list[_Name], dependency: _Dependency, version: int, count: int, in_world: bool
+    names: list[Name], dependency: _Dependency, version: int, count: int, in_world: bool
 ) -> Alternatives:
     virtual = dependency.virtual
     assert virtual is not None
@@ -472,7 +415,7 @@ def _virtual_clause(
     return (Relation(virtual.name, ">=", f"{level + 1}.0"),)
 
 
-def _make_dependencies(rng: random.Random, names: list[_Name], picker: _Picker) -> None:
+def _make_dependencies(rng: random.Random, names: list[Name], picker: _Picker) -> None:
     for entry in names:
         if entry.role == "essential":
             continue  # made below, among the base libraries
@@ -485,7 +428,7 @@ def _make_dependencies(rng: random.Random, names: list[_Name], picker: _Picker) 
                 _realise(names, entry, dependency)
 
 
-def _make_cycles(rng: random.Random, names: list[_Name]) -> int:
+def _make_cycles(rng: random.Random, names: list[Name]) -> int:
     """Mutual dependencies between two world names of one layer (layers 2..6)."""
     made = 0
     pools = _by_layer(names)
@@ -504,7 +447,7 @@ def _make_cycles(rng: random.Random, names: list[_Name]) -> int:
 # --- conflicts -------------------------------------------------------------------------------
 
 
-def _make_conflicts(rng: random.Random, names: list[_Name], picker: _Picker) -> None:
+def _make_conflicts(rng: random.Random, names: list[Name], picker: _Picker) -> None:
     for entry in names:
         if entry.role == "essential":
             continue
@@ -520,7 +463,7 @@ def _make_conflicts(rng: random.Random, names: list[_Name], picker: _Picker) -> 
 
 
 def _conflict_with_rival(
-    rng: random.Random, names: list[_Name], entry: _Name, picker: _Picker
+    rng: random.Random, names: list[Name], entry: Name, picker: _Picker
 ) -> None:
     rival = names[rng.choice(picker.rivals)]
     if rival.index == entry.index:
@@ -530,7 +473,7 @@ def _conflict_with_rival(
 
 
 def _versioned_break(
-    rng: random.Random, names: list[_Name], entry: _Name, picker: _Picker, *, field_name: str
+    rng: random.Random, names: list[Name], entry: Name, picker: _Picker, *, field_name: str
 ) -> None:
     """`Breaks: t (<< v)`: only versions of t older than v; the world's version of t is never
     older than v when ``entry``'s world version carries it."""
@@ -547,7 +490,7 @@ def _versioned_break(
         getattr(entry, field_name)[version].append(Relation(target.name, "<<", cap))
 
 
-def _stale_break(names: list[_Name], entry: _Name, target: int) -> None:
+def _stale_break(names: list[Name], entry: Name, target: int) -> None:
     """A Breaks against versions no longer in the archive: matches nothing."""
     if target == entry.index:
         return
@@ -556,7 +499,7 @@ def _stale_break(names: list[_Name], entry: _Name, target: int) -> None:
         entry.breaks[version].append(Relation(other.name, "<<", other.floor))
 
 
-def _make_broken(rng: random.Random, names: list[_Name], broken: list[_Name]) -> int:
+def _make_broken(rng: random.Random, names: list[Name], broken: list[Name]) -> int:
     """One requirement nothing satisfies per broken name (in all its versions): a missing
     name, another architecture, or a version that does not exist. Returns how many."""
     made = 0
@@ -575,77 +518,22 @@ def _make_broken(rng: random.Random, names: list[_Name], broken: list[_Name]) ->
     return made
 
 
-# --- assembly --------------------------------------------------------------------------------
+# --- the whole table -------------------------------------------------------------------------
 
 
-def _packages(rng: random.Random, entry: _Name) -> Iterable[Package]:
-    priority = (
-        "required"
-        if entry.role == "essential"
-        else ("important" if entry.layer == 0 else "optional")
-    )
-    for version, text in enumerate(entry.versions):
-        digest = hashlib.sha256(f"{entry.name}_{text}_{entry.arch}".encode()).hexdigest()
-        yield Package(
-            entry.name,
-            text,
-            entry.arch,
-            depends=tuple(entry.depends[version]),
-            pre_depends=tuple(entry.pre_depends[version]),
-            provides=tuple(entry.provides[version]),
-            conflicts=tuple(entry.conflicts[version]),
-            breaks=tuple(entry.breaks[version]),
-            essential=entry.role == "essential",
-            priority=priority,
-            multi_arch=entry.multi_arch,
-            filename=f"pool/main/{entry.name[0]}/{entry.name}/"
-            f"{entry.name}_{text.split(':')[-1]}_{entry.arch}.deb",
-            sha256=digest,
-            size=rng.randint(2_000, 4_000_000),
-            origin="synthetic",
-            extra={"Section": "libs" if entry.name.startswith("lib") else "misc"},
-        )
+@dataclass
+class Table:
+    """The drawn table, and the counts the generator's Stats report."""
+
+    names: list[Name]  # by index
+    broken: list[Name]  # names with a requirement nothing satisfies
+    virtual_names: int
+    cycles: int
+    unsatisfiable: int  # requirements that nothing satisfies, over all versions
 
 
-def _stats(
-    names: list[_Name],
-    packages: list[Package],
-    virtuals: int,
-    cycles: int,
-    unsatisfiable: int,
-    world: int,
-) -> Stats:
-    clauses = [clause for p in packages for clause in p.requirements()]
-    return Stats(
-        names=len(names),
-        candidates=len(packages),
-        multi_version_names=sum(1 for e in names if len(e.versions) > 1),
-        virtual_names=virtuals,
-        essential=sum(1 for e in names if e.role == "essential"),
-        dependency_clauses=len(clauses),
-        alternatives=sum(1 for clause in clauses if len(clause) > 1),
-        versioned_dependencies=sum(1 for clause in clauses for r in clause if r.op),
-        unsatisfiable_dependencies=unsatisfiable,
-        conflicts=sum(len(p.conflicts) for p in packages),
-        breaks=sum(len(p.breaks) for p in packages),
-        cycles=cycles,
-        world=world,
-    )
-
-
-def choose_wanted(eligible: list[str], count: int) -> list[str]:
-    """The first ``count`` of the eligible names (already in a seeded order): the lists of one
-    repository are nested, 100 inside 500 inside 2000."""
-    if count > len(eligible):
-        raise ValueError(f"{count} wanted, but only {len(eligible)} names are eligible")
-    return eligible[:count]
-
-
-def generate(seed: int, *, names: int = 17_000, wanted: int = 500) -> Synthetic:
-    """A repository of ``names`` names and a shopping list of ``wanted`` of them, feasible."""
-    if names < 200:
-        raise ValueError(f"names={names}: a synthetic repository needs at least 200 names")
-    rng = random.Random(seed)
+def draw_table(rng: random.Random, names: int) -> Table:
+    """A table of ``names`` names, every step drawing from ``rng`` in a fixed order."""
     table = _make_names(rng, names)
     _assign_essentials(table)
     broken = _assign_broken(rng, table)
@@ -656,31 +544,7 @@ def generate(seed: int, *, names: int = 17_000, wanted: int = 500) -> Synthetic:
     cycles = _make_cycles(rng, table)
     _make_conflicts(rng, table, picker)
     unsatisfiable = _make_broken(rng, table, broken)
-    per_name = [list(_packages(rng, entry)) for entry in table]
-    packages = [package for versions in per_name for package in versions]
-    world = [per_name[e.index][e.world] for e in table if e.world is not None]
-    eligible = [e.name for e in table if e.in_world and e.role == "lib" and e.layer >= 2]
-    rng.shuffle(eligible)
-    stats = _stats(table, packages, len(virtuals), cycles, unsatisfiable, len(world))
-    return Synthetic(
-        seed,
-        Repository(packages),
-        choose_wanted(eligible, wanted),
-        stats,
-        world,
-        eligible,
-        [e.name for e in broken],
-    )
+    return Table(table, broken, len(virtuals), cycles, unsatisfiable)
 
 
-def shopping_list(synthetic: Synthetic) -> str:
-    """The wanted names, one per line (the solver's shopping-list format)."""
-    return "".join(f"{name}\n" for name in synthetic.wanted)
-
-
-def write_packages_file(synthetic: Synthetic, path: Path) -> Path:
-    """The repository as a Debian `Packages` file, for external tools (libsolv, dose)."""
-    from lab.build.index import write_packages  # written alongside; imported when needed
-
-    write_packages(synthetic.repository.packages, path)
-    return path
+__all__ = ["LAYERS", "Name", "Table", "draw_table"]

@@ -1,7 +1,8 @@
 """The in-memory model of a package repository, and Debian's rules for what satisfies what.
 
-Index readers (lab/build/index.py) turn Debian `Packages` files or RPM `primary.xml` into a
-Repository; the solver (lab/build/solver.py) asks it which packages satisfy a relation.
+Index readers (lab/packages/debian.py, lab/packages/rpm.py) turn Debian `Packages` files or RPM
+`primary.xml` into a Repository; the solver (lab/packages/solve.py) asks it which packages
+satisfy a relation.
 
 The rules, as dpkg applies them on one architecture:
 - a relation `name (op version)` is satisfied by a real package `name` whose version satisfies

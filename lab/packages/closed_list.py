@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from lab.build.index import version_problem, write_packages
-from lab.build.packages import Compare, Package, Relation, Repository
-from lab.build.solver import Wanted, essential_names
 from lab.messages import clip
+from lab.packages.debian import version_problem, write_packages
+from lab.packages.model import Compare, Package, Relation, Repository
+from lab.packages.solve import Wanted, essential_names
 
 META_PACKAGE = "cernvm-system"
 VERSION_RULE = "a Debian version is [epoch:]upstream[-revision], e.g. 1.0 or 2:1.4-3"

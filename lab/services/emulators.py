@@ -1,8 +1,9 @@
 """Local emulators of remote platforms, for checking the real drivers' API calls here.
 
 Each one binds to 127.0.0.1 only, runs as a child process (so its settings and state are its
-own), and is a context manager: leaving the ``with`` block stops it and leaves nothing behind.
-``ChildServer`` holds that shared life cycle: start, first line within a budget, log, stop.
+own), and is a service (lab.services.base): leaving the ``with`` block stops it and leaves
+nothing behind. ``AnnouncedServer`` is what they share: the child announces its URL with its
+first line, within a budget, and its standard error is kept as its log.
 """
 
 from __future__ import annotations
@@ -14,42 +15,39 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
-from abc import ABC, abstractmethod
-from types import TracebackType
+from abc import abstractmethod
+from pathlib import Path
 from typing import IO, ClassVar
 
+from lab import proc
+from lab.artifacts import ArtifactStore, file_digest
+from lab.services.base import ChildServer, ServiceError
 
-class ChildServer(ABC):
+
+class AnnouncedServer(ChildServer):
     """A child process that serves on 127.0.0.1 and announces itself with its first line on
     standard output; its standard error (its log) is kept in a temporary file.
 
-    ``with server as url:`` starts it (``_spawn``), reads that line within ``START_BUDGET_S``
-    and turns it into ``url`` (``_url_from``), and stops it on leaving: ``_ask_to_stop``
-    (default: SIGTERM), then a kill after ``STOP_BUDGET_S``, then ``_clean_up``.
+    ``start()`` starts it (``_spawn``), reads that line within ``START_BUDGET_S`` and turns it
+    into ``url`` (``_url_from``); ``stop()`` stops it (lab.services.base.ChildServer).
     """
 
     START_BUDGET_S = 30
-    STOP_BUDGET_S = 10
-    NAME = "the server"  # for the error "<NAME> did not start: ..."
 
     def __init__(self) -> None:
-        self.url = ""
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__()
+        self._url = ""
         self._stderr: IO[bytes] | None = None
 
     @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+    def url(self) -> str:
+        """The URL the child announced ("" before it did); it stays known once stopped."""
+        return self._url
 
-    def __enter__(self) -> str:
-        self._stderr = tempfile.TemporaryFile()
-        try:
-            self._process = self._spawn(self._stderr)
-            self.url = self._url_from_first_line()
-        except BaseException:
-            self.stop()
-            raise
-        return self.url
+    def _launch(self) -> None:
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  # closed by _clean_up
+        self._process = self._spawn(self._stderr)
+        self._url = self._url_from_first_line()
 
     @abstractmethod
     def _spawn(self, stderr: IO[bytes]) -> subprocess.Popen[bytes]:
@@ -67,7 +65,7 @@ class ChildServer(ABC):
         url = self._url_from(line)
         if url is None:
             problem = self.log()[-2000:] or line or "no output"
-            raise RuntimeError(f"{self.NAME} did not start: {problem}")
+            raise ServiceError(f"{self.NAME} did not start: {problem}")
         return url
 
     def log(self) -> str:
@@ -77,40 +75,16 @@ class ChildServer(ABC):
         self._stderr.seek(0)
         return self._stderr.read().decode("utf-8", "replace").strip()
 
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None:
-            self._ask_to_stop(process)
-            try:
-                process.wait(timeout=self.STOP_BUDGET_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            process.stdout.close()  # type: ignore[union-attr]
+    def _clean_up(self) -> None:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
-        self._clean_up()
-
-    def _ask_to_stop(self, process: subprocess.Popen[bytes]) -> None:
-        process.terminate()  # SIGTERM
-
-    def _clean_up(self) -> None:  # noqa: B027  # a hook: most children leave nothing else
-        """What else to remove once the child has stopped (or failed to start)."""
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
-class MotoServer(ChildServer):
+class MotoServer(AnnouncedServer):
     """moto's server (EC2, EBS direct APIs, ...) on 127.0.0.1, with request validation on.
 
-    ``with MotoServer() as endpoint_url:`` gives the URL to hand boto3 as ``endpoint_url``.
+    ``with MotoServer() as moto:`` serves at ``moto.url``, the ``endpoint_url`` for boto3.
     """
 
     NAME = "moto's server"
@@ -158,16 +132,16 @@ server.stop()
             process.stdin.close()  # type: ignore[union-attr]
 
 
-class Vcsim(ChildServer):
-    """govmomi's vCenter simulator (lab/targets/vcsim/main.go) on 127.0.0.1: the simulator
+class Vcsim(AnnouncedServer):
+    """govmomi's vCenter simulator (lab/services/vcsim/main.go) on 127.0.0.1: the simulator
     package's vCenter model (datacenter DC0, a host, a cluster, datastore LocalDS_0, a few VMs).
 
-    ``with Vcsim(user, password) as url:`` gives the SDK URL (``https://127.0.0.1:PORT/sdk``),
-    which accepts that login only. Its certificate is Go's self-signed test certificate. The
-    program is built once with Debian's Go, offline, into the artifact store, keyed by main.go
-    and the versions of the Go and govmomi packages. The model's datastore lives in a private
-    temporary directory (``tmpdir``), removed when the simulator stops (on SIGTERM it closes
-    its server and removes its datastore).
+    ``with Vcsim(user, password) as vcsim:`` serves the SDK at ``vcsim.url``
+    (``https://127.0.0.1:PORT/sdk``), which accepts that login only. Its certificate is Go's
+    self-signed test certificate. The program is built once with Debian's Go, offline, into
+    the artifact store, keyed by main.go and the versions of the Go and govmomi packages. The
+    model's datastore lives in a private temporary directory (``tmpdir``), removed when the
+    simulator stops (on SIGTERM it closes its server and removes its datastore).
     """
 
     NAME = "the vCenter simulator"
@@ -189,11 +163,6 @@ class Vcsim(ChildServer):
     def build(cls, store_root: str | None = None) -> str:
         """The simulator's binary, built with Debian's Go unless this input was built before
         (in the artifact store at ``store_root``, default: the lab's)."""
-        # Imported here so that this class stays self-contained within the module.
-        from pathlib import Path
-
-        from lab.artifacts import ArtifactStore, file_digest
-
         store = ArtifactStore(Path(store_root) if store_root else None)
         inputs = {"main_go": file_digest(Path(cls.SOURCE)), "packages": cls._package_versions()}
         built = store.get("vcsim", inputs, lambda out: cls._go_build(str(out / "vcsim")))
@@ -201,16 +170,16 @@ class Vcsim(ChildServer):
 
     @classmethod
     def _package_versions(cls) -> str:
-        query = subprocess.run(
-            ["dpkg-query", "-W", "-f", "${Package}=${Version}\n", *cls.GO_PACKAGES],
-            capture_output=True,
-            text=True,
-        )
-        if query.returncode != 0:
-            raise RuntimeError(
+        try:
+            query = proc.run(
+                "dpkg-query", "-W", "-f", "${Package}=${Version}\n", *cls.GO_PACKAGES,
+                error=ServiceError,
+            )  # fmt: skip
+        except ServiceError as error:
+            raise ServiceError(
                 f"the vCenter simulator needs Debian's {', '.join(cls.GO_PACKAGES)}: "
-                f"{query.stderr.strip()} (scripts/setup.sh installs them)"
-            )
+                f"{error} (scripts/setup.sh installs them)"
+            ) from error
         return query.stdout.strip()
 
     @classmethod
@@ -224,15 +193,14 @@ class Vcsim(ChildServer):
                 "GO111MODULE": "off",  # offline: no module proxy, only the packages above
                 "CGO_ENABLED": "0",
             }
-            command = ["go", "build", "-trimpath", "-o", output, cls.SOURCE]
-            result = subprocess.run(command, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr.strip()}")
+            proc.run(
+                "go", "build", "-trimpath", "-o", output, cls.SOURCE, env=env, error=ServiceError
+            )
 
-    def __enter__(self) -> str:
+    def _launch(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="ucvm-vcsim-")
         self.tmpdir = self._tmp.name
-        return super().__enter__()
+        super()._launch()
 
     def _spawn(self, stderr: IO[bytes]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -252,6 +220,7 @@ class Vcsim(ChildServer):
         return line if line.startswith("https://") else None
 
     def _clean_up(self) -> None:
+        super()._clean_up()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -1,0 +1,315 @@
+"""The evidence vocabulary: what a result says, written by the suites and read by the report.
+
+Every cell test of suites/boot labels its allure result (``ucvm.check``, ``ucvm.platform``, ...,
+see ``Label``); the support table and the release gate read those labels back as ``Result``s.
+The two sides meet only in the allure-results files, so the contract between them (the label
+names, the platforms in the table's order, the kinds of evidence, the console attachment's
+name) is written here, once, and both sides name it through this module.
+
+A foundation any layer may import: it imports nothing of the lab. The platforms are kept here
+as data, each with its profile; lab/targets/profiles.py names each profile's platform, and
+tests/test_evidence.py checks that the two agree both ways.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+# --- the platforms ------------------------------------------------------------------------------
+
+PLATFORM_PROFILES: dict[str, str] = {
+    "VirtualBox": "virtualbox",
+    "VMware": "vmware",
+    "KVM": "kvm",
+    "Xen": "xen",
+    "Microsoft Hyper-V": "hyperv",
+    "Parallels": "parallels",
+    "OpenStack": "openstack",
+    "OpenNebula": "opennebula",
+    "Amazon EC2": "ec2",
+    "Google Compute Engine": "gce",
+}
+"""Each platform (a row of the support table, in the table's order) and its profile's name."""
+
+PLATFORMS: tuple[str, ...] = tuple(PLATFORM_PROFILES)
+
+# --- the kinds of evidence ----------------------------------------------------------------------
+
+EVIDENCE_TITLES: dict[str, str] = {"profile": "profile run here", "real": "real platform"}
+"""``profile``: booted here in QEMU on the platform's virtual hardware; ``real``: on the
+platform itself. Each kind is a column of the support table, titled so."""
+
+EVIDENCE: tuple[str, ...] = tuple(EVIDENCE_TITLES)
+
+# --- the labels ---------------------------------------------------------------------------------
+
+LABEL_PREFIX = "ucvm."
+BOOT_CHECK, CONTEXT_CHECK = "boot", "context"
+"""Values of the ``check`` label the report treats specially (the context column of boot)."""
+CONSOLE_ATTACHMENT = "console.log"
+"""The name of the attachment holding the guest's console; the table links to it."""
+
+
+class Label(StrEnum):
+    """The name (after ``ucvm.``) of each label a cell test's allure result carries."""
+
+    CHECK = "check"  # the matrix check: boot, reboot, image_size, context
+    TARGET = "target"  # the matrix target's name
+    PLATFORM = "platform"  # one of PLATFORMS
+    VERSION = "version"  # the OS version asked for (newest, previous, a tag, ...)
+    EVIDENCE = "evidence"  # one of EVIDENCE
+    TIER = "tier"  # the target's tier, 1, 2 or 3
+    CHANNEL = "channel"  # the contextualization channel (check ``context``)
+    ACCEL = "accel"  # the accelerator that ran the guest (kvm, tcg)
+    FAILED_PHASE = "failed_phase"  # the boot phase that failed
+    TOOK_EFFECT = "context_took_effect"  # context steps that took effect, comma-separated
+    MISSING = "context_missing"  # context steps that did not, comma-separated
+
+    @property
+    def key(self) -> str:
+        """The label's name on the wire: ``ucvm.`` and the name."""
+        return LABEL_PREFIX + self.value
+
+
+REQUIRED_LABELS: tuple[Label, ...] = (
+    Label.CHECK,
+    Label.TARGET,
+    Label.PLATFORM,
+    Label.VERSION,
+    Label.EVIDENCE,
+    Label.TIER,
+)
+"""Every result with a ``ucvm.check`` label must carry these."""
+
+
+# --- writing labels (the suites) ----------------------------------------------------------------
+
+
+def cell_labels(
+    *,
+    check: str,
+    target: str,
+    platform: str,
+    version: str,
+    evidence: str,
+    tier: int,
+    channel: str | None = None,
+) -> dict[str, str]:
+    """The labels a cell test carries from its start (so that a skip still lands in its cell),
+    by their names on the wire. A platform or kind of evidence the report would refuse is
+    refused here, where the mistake is made."""
+    for label, value, allowed in (
+        (Label.PLATFORM, platform, PLATFORMS),
+        (Label.EVIDENCE, evidence, EVIDENCE),
+    ):
+        if value not in allowed:
+            raise ValueError(f"label {label.key}={value!r}: expected one of: {', '.join(allowed)}")
+    labels = {
+        Label.CHECK: check,
+        Label.TARGET: target,
+        Label.PLATFORM: platform,
+        Label.VERSION: version,
+        Label.EVIDENCE: evidence,
+        Label.TIER: str(tier),
+    }
+    if channel is not None:
+        labels[Label.CHANNEL] = channel
+    return _on_the_wire(labels)
+
+
+def boot_labels(*, accel: str, failed_phase: str | None) -> dict[str, str]:
+    """What a boot record adds: the accelerator, and the failed phase when one failed."""
+    labels = {Label.ACCEL: accel}
+    if failed_phase:
+        labels[Label.FAILED_PHASE] = failed_phase
+    return _on_the_wire(labels)
+
+
+def context_labels(*, took_effect: Iterable[str], missing: Iterable[str]) -> dict[str, str]:
+    """What a context test adds: the steps that took effect and those that did not."""
+    return _on_the_wire(
+        {Label.TOOK_EFFECT: ",".join(took_effect), Label.MISSING: ",".join(missing)}
+    )
+
+
+def _on_the_wire(labels: Mapping[Label, str]) -> dict[str, str]:
+    return {label.key: value for label, value in labels.items()}
+
+
+# --- reading results (the report) ---------------------------------------------------------------
+
+
+class ResultsError(ValueError):
+    """An allure result of the boot suite is unreadable or mislabelled (names file and label)."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """One boot-suite test result, from the ``ucvm.*`` labels of an allure result."""
+
+    check: str
+    target: str
+    platform: str
+    version: str
+    evidence: str
+    tier: int
+    status: str
+    message: str
+    stop: datetime
+    accel: str | None = None
+    failed_phase: str | None = None
+    console: Path | None = None
+    channel: str | None = None  # the contextualization channel (check ``context``)
+    took_effect: tuple[str, ...] = ()  # context steps that took effect inside the guest
+    missing: tuple[str, ...] = ()  # context steps that did not
+
+    @property
+    def ran(self) -> bool:
+        return self.status != "skipped"
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    @property
+    def failed(self) -> bool:
+        """failed, broken, or any status that is neither passed nor skipped."""
+        return self.ran and not self.passed
+
+    @property
+    def rerun_key(self) -> tuple[str, str, str, str | None]:
+        return (self.target, self.version, self.check, self.channel)
+
+    @property
+    def skip_reason(self) -> str:
+        reason = self.message.strip().removeprefix("Skipped:").strip()
+        return reason or "skipped without a reason"
+
+    @property
+    def first_message_line(self) -> str:
+        lines = self.message.strip().splitlines()
+        return lines[0].strip() if lines else ""
+
+    def describe(self) -> str:
+        channel = f" {self.channel}" if self.channel else ""
+        return f"{self.target} {self.version} {self.check}{channel}"
+
+
+def read_results(dirs: Sequence[Path]) -> list[Result]:
+    """All boot-suite results of these allure-results directories (CI shards), merged.
+
+    Results without a ``ucvm.check`` label (ordinary unit tests) are left out. Reruns are
+    kept: ``latest_results`` (used by the support table and the gate) picks the newest.
+    """
+    results: list[Result] = []
+    for directory in dirs:
+        if not directory.is_dir():
+            raise ResultsError(f"{directory}: no such directory of allure results")
+        for path in sorted(directory.glob("*-result.json")):
+            result = _read_result(path)
+            if result is not None:
+                results.append(result)
+    return results
+
+
+def latest_results(results: Iterable[Result]) -> list[Result]:
+    """One result per (target, version, check, channel): the one with the newest ``stop``."""
+    newest: dict[tuple[str, str, str, str | None], Result] = {}
+    for result in results:
+        kept = newest.get(result.rerun_key)
+        if kept is None or result.stop > kept.stop:
+            newest[result.rerun_key] = result
+    return list(newest.values())
+
+
+def read_labels(data: Mapping[str, Any]) -> dict[str, str]:
+    """The ``ucvm.*`` labels of one allure result (its parsed JSON), by name without ``ucvm.``."""
+    labels: dict[str, str] = {}
+    for label in data.get("labels") or []:
+        name = str(label.get("name", ""))
+        if name.startswith(LABEL_PREFIX):
+            labels[name.removeprefix(LABEL_PREFIX)] = str(label.get("value", ""))
+    return labels
+
+
+def _read_result(path: Path) -> Result | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResultsError(f"{path}: unreadable allure result: {error}") from error
+    labels = read_labels(data)
+    if Label.CHECK not in labels:
+        return None
+    missing = [label.key for label in REQUIRED_LABELS if label not in labels]
+    if missing:
+        raise ResultsError(f"{path}: missing label(s): {', '.join(missing)}")
+    return Result(
+        check=labels[Label.CHECK],
+        target=labels[Label.TARGET],
+        platform=_label_choice(path, labels, Label.PLATFORM, PLATFORMS),
+        version=labels[Label.VERSION],
+        evidence=_label_choice(path, labels, Label.EVIDENCE, EVIDENCE),
+        tier=_tier(path, labels[Label.TIER]),
+        status=str(data.get("status") or "unknown"),
+        message=str((data.get("statusDetails") or {}).get("message") or ""),
+        stop=_stop(path, data),
+        accel=labels.get(Label.ACCEL),
+        failed_phase=labels.get(Label.FAILED_PHASE),
+        console=_console(path.parent, data),
+        channel=labels.get(Label.CHANNEL) or None,
+        took_effect=_steps(labels.get(Label.TOOK_EFFECT)),
+        missing=_steps(labels.get(Label.MISSING)),
+    )
+
+
+def _steps(value: str | None) -> tuple[str, ...]:
+    """A comma-separated label value as a tuple; empty or absent gives ()."""
+    return tuple(step.strip() for step in (value or "").split(",") if step.strip())
+
+
+def _label_choice(
+    path: Path, labels: Mapping[str, str], label: Label, allowed: Sequence[str]
+) -> str:
+    value = labels[label]
+    if value not in allowed:
+        raise ResultsError(
+            f"{path}: label {label.key}={value!r}: expected one of: {', '.join(allowed)}"
+        )
+    return value
+
+
+def _tier(path: Path, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        message = f"{path}: label {Label.TIER.key}={value!r}: expected 1, 2 or 3"
+        raise ResultsError(message) from None
+
+
+def _stop(path: Path, data: Mapping[str, Any]) -> datetime:
+    millis = data.get("stop") or data.get("start")
+    if not isinstance(millis, int | float):
+        raise ResultsError(f"{path}: no 'stop' time (epoch milliseconds)")
+    return datetime.fromtimestamp(millis / 1000, tz=UTC)
+
+
+def _console(directory: Path, data: Mapping[str, Any]) -> Path | None:
+    for attachment in _attachments(data):
+        if attachment.get("name") == CONSOLE_ATTACHMENT and attachment.get("source"):
+            path = directory / str(attachment["source"])
+            if path.is_file():
+                return path
+    return None
+
+
+def _attachments(node: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Attachments of a result and of its steps, depth first."""
+    yield from node.get("attachments") or []
+    for step in node.get("steps") or []:
+        yield from _attachments(step)

@@ -1,0 +1,164 @@
+"""lab.evidence: the labels the suites write are the labels the report reads, on the wire."""
+
+from __future__ import annotations
+
+import ast
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from lab import evidence
+from lab.evidence import (
+    CONSOLE_ATTACHMENT,
+    EVIDENCE,
+    PLATFORM_PROFILES,
+    PLATFORMS,
+    Label,
+    boot_labels,
+    cell_labels,
+    context_labels,
+    read_results,
+)
+from lab.targets.profiles import PROFILES
+
+T0 = datetime(2025, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def test_every_profile_names_a_platform_of_the_vocabulary_and_each_platform_its_profile():
+    assert {name: profile.platform for name, profile in PROFILES.items()} == {
+        profile: platform for platform, profile in PLATFORM_PROFILES.items()
+    }
+    assert len(PLATFORMS) == len(set(PLATFORMS)) == len(PROFILES)
+
+
+def test_the_labels_on_the_wire_are_the_ucvm_names():
+    assert cell_labels(
+        check="context",
+        target="openstack",
+        platform="OpenStack",
+        version="newest",
+        evidence="profile",
+        tier=1,
+        channel="config-drive",
+    ) == {
+        "ucvm.check": "context",
+        "ucvm.target": "openstack",
+        "ucvm.platform": "OpenStack",
+        "ucvm.version": "newest",
+        "ucvm.evidence": "profile",
+        "ucvm.tier": "1",
+        "ucvm.channel": "config-drive",
+    }
+    without_channel = cell_labels(
+        check="boot", target="kvm", platform="KVM", version="1.0", evidence="real", tier=3
+    )
+    assert "ucvm.channel" not in without_channel and without_channel["ucvm.tier"] == "3"
+    assert boot_labels(accel="kvm", failed_phase=None) == {"ucvm.accel": "kvm"}
+    assert boot_labels(accel="tcg", failed_phase="network") == {
+        "ucvm.accel": "tcg",
+        "ucvm.failed_phase": "network",
+    }
+    assert context_labels(took_effect=["channel", "cloud_init"], missing=[]) == {
+        "ucvm.context_took_effect": "channel,cloud_init",
+        "ucvm.context_missing": "",
+    }
+    assert CONSOLE_ATTACHMENT == "console.log"
+    assert {label.key for label in Label} == {
+        "ucvm.check", "ucvm.target", "ucvm.platform", "ucvm.version", "ucvm.evidence",
+        "ucvm.tier", "ucvm.channel", "ucvm.accel", "ucvm.failed_phase",
+        "ucvm.context_took_effect", "ucvm.context_missing",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"platform": "kvm"}, r"label ucvm\.platform='kvm': expected one of: VirtualBox, VMware"),
+        ({"evidence": "emulated"}, r"label ucvm\.evidence='emulated': expected one of: profile"),
+    ],
+)
+def test_a_label_the_report_would_refuse_is_refused_when_written(changes, expected):
+    labels = dict(
+        check="boot", target="kvm", platform="KVM", version="newest", evidence="profile", tier=1
+    )
+    with pytest.raises(ValueError, match=expected):
+        cell_labels(**{**labels, **changes})  # type: ignore[arg-type]
+
+
+def test_what_the_suites_write_the_report_reads_back(tmp_path: Path):
+    labels = {
+        **cell_labels(
+            check="context",
+            target="vmware",
+            platform="VMware",
+            version="previous",
+            evidence="profile",
+            tier=2,
+            channel="ovf",
+        ),
+        **boot_labels(accel="tcg", failed_phase="mount-os"),
+        **context_labels(took_effect=["channel", "loader_hostname"], missing=["runcmd"]),
+    }
+    (tmp_path / "console.txt").write_text("ucvm: phase=start t=0.1\n")
+    result = {
+        "name": "test_contextualizes_on_channel[vmware-previous-ovf]",
+        "status": "failed",
+        "statusDetails": {"message": "did not take effect: runcmd"},
+        "stop": int(T0.timestamp() * 1000),
+        "attachments": [{"name": CONSOLE_ATTACHMENT, "source": "console.txt"}],
+        "labels": [{"name": "suite", "value": "test_context"}]
+        + [{"name": name, "value": value} for name, value in labels.items()],
+    }
+    (tmp_path / "a-result.json").write_text(json.dumps(result))
+    [read] = read_results([tmp_path])
+    assert (read.check, read.target, read.platform, read.version) == (
+        "context",
+        "vmware",
+        "VMware",
+        "previous",
+    )
+    assert (read.evidence, read.tier, read.channel, read.accel) == ("profile", 2, "ovf", "tcg")
+    assert (read.failed_phase, read.took_effect, read.missing) == (
+        "mount-os",
+        ("channel", "loader_hostname"),
+        ("runcmd",),
+    )
+    assert read.status == "failed" and read.stop == T0
+    assert read.console == tmp_path / "console.txt"
+
+
+def test_the_evidence_kinds_are_the_matrix_targets_kinds():
+    assert EVIDENCE == ("profile", "real")
+    assert set(evidence.EVIDENCE_TITLES) == set(EVIDENCE)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The absolute modules a source file imports (``from lab import x`` gives lab and lab.x)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def of_the_lab(names: set[str], *packages: str) -> set[str]:
+    return {name for name in names for p in packages if name == p or name.startswith(f"{p}.")}
+
+
+def test_the_vocabulary_imports_nothing_of_the_lab():
+    assert of_the_lab(imported_modules(Path(evidence.__file__)), "lab") == set()
+
+
+def test_the_report_imports_neither_the_matrix_nor_the_drivers():
+    report = Path(evidence.__file__).parent / "report"
+    sources = [*sorted(report.glob("*.py")), report.parent / "known_issues.py"]
+    assert len(sources) >= 6
+    for source in sources:
+        imported = imported_modules(source)
+        assert of_the_lab(imported, "lab.matrix", "lab.targets", "lab.cli") == set(), source
+    assert of_the_lab(imported_modules(report.parent / "known_issues.py"), "lab.report") == set()
