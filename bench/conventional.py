@@ -37,7 +37,6 @@ from lab.build.rootfs import (
     solve_list,
     source_date_epoch,
     timed,
-    tool_versions,
     write_closed_list,
 )
 from lab.packages import closed_list, solve
@@ -78,7 +77,7 @@ def conventional_image(release: Release, store: ArtifactStore | None = None) -> 
         "image": "conventional",
         "kernel": [package, version],
         "cmdline": CONVENTIONAL_CMDLINE,
-        "image_tools": tool_versions("e2fsprogs", "qemu-utils"),
+        "image_tools": proc.package_versions("e2fsprogs", "qemu-utils"),
         "image_code": file_digest(Path(__file__)),
     }
 

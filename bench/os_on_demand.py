@@ -60,11 +60,8 @@ from lab.observe import BootRecord, observe_boot, settled_fetch_counts
 from lab.run import Run, new_run_id
 from lab.services.repo import RepoServer
 from lab.targets.base import TargetError
-from lab.targets.libvirt import (
-    LibvirtInstance,
-    LibvirtTarget,
-    base_virtual_size,
-)
+from lab.targets.libvirt import LibvirtInstance, LibvirtTarget
+from lab.targets.libvirt.disks import base_virtual_size
 from lab.targets.profiles import PROFILES
 
 RUN_ROOT = Path("/var/tmp/ucvm-lab")

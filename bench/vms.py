@@ -12,7 +12,8 @@ from pathlib import Path
 import libvirt
 
 from lab.run import Run
-from lab.targets.libvirt import LibvirtTarget, connect, undefine
+from lab.targets.libvirt import LibvirtTarget
+from lab.targets.libvirt.host import connect, undefine
 
 LIBVIRT_URI = "qemu:///system"  # LibvirtTarget's default
 

@@ -189,6 +189,7 @@ def cmd_run(args: argparse.Namespace, lab: matrix.Matrix) -> int:
     if chosen:
         command.append("--targets=" + ",".join(chosen))
     out.print(f"[bold]ucvm-lab run[/]: {' '.join(command[3:])}")
+    # not proc.run: pytest's output streams live to the user's terminal, it is not captured
     tests = subprocess.run(command, cwd=REPO, env=os.environ | {"UCVM_RUN_ID": new_run_id()})
     report = write_report([results], lab)  # failed cells are what a report is most wanted for
     return tests.returncode or report

@@ -10,6 +10,7 @@ kinds of evidence are those of lab/evidence.py.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,7 +21,6 @@ from pydantic_core import ErrorDetails
 from lab import config
 from lab.evidence import EVIDENCE, PLATFORMS
 
-KINDS = ("issue", "note")
 KEYS = ("platform", "kind", "version", "evidence", "summary", "link")
 
 
@@ -101,14 +101,14 @@ EXPECTED_WHEN_MISSING = {
 """What a missing required key should hold, added to "required key is missing"."""
 
 
-def load_known_issues(path: Path) -> list[KnownIssue]:
+def load_known_issues(path: Path, env: Mapping[str, str] | None = None) -> list[KnownIssue]:
     """Read and validate known-issues.yaml: a list of mappings with the keys in ``KEYS``.
 
     An empty file (or one of comments only) has no known issues. Raises KnownIssuesError with
     every problem of the file, one line each, in file order.
     """
     document = config.read(
-        path, error=KnownIssuesError, item_key="platform", yaml_label="invalid YAML"
+        path, error=KnownIssuesError, env=env, item_key="platform", yaml_label="invalid YAML"
     )
     if document.tree is None:
         return []

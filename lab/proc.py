@@ -14,6 +14,7 @@ import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 LOG = logging.getLogger("lab.proc")
 TAIL_CHARS = 2000  # of stderr in an error message: the end of it says what went wrong
@@ -38,32 +39,59 @@ def run(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
-    input: str | None = None,
+    input: str | bytes | None = None,
+    stdout: IO[Any] | None = None,
+    merge_stderr: bool = False,
+    text: bool = True,
+    check: bool = True,
     error: type[Exception] = CommandError,
     what: str | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``args`` to completion and return it (stdout and stderr captured as text). Raise
-    ``error`` (CommandError by default) when it exits non-zero, cannot be started or outlives
-    ``timeout`` seconds; the message starts with ``what`` if given, else the command line."""
+) -> subprocess.CompletedProcess[Any]:
+    """Run ``args`` to completion and return it, stdout and stderr captured (as text, or as
+    bytes with ``text=False``). ``stdout`` sends the output to an open file instead (a build
+    log; with ``merge_stderr`` stderr goes there too). Raise ``error`` (CommandError by
+    default) when the command cannot be started, outlives ``timeout`` seconds, or, unless
+    ``check`` is false (the caller reads a failing command's output itself), exits non-zero.
+    The message starts with ``what`` if given, else the command line."""
     argv = [str(arg) for arg in args]
     shown = what or command_line(argv)
     LOG.debug("run: %s", command_line(argv))
+    streams: dict[str, Any] = {"stdout": stdout, "stderr": subprocess.PIPE}
+    if stdout is None:
+        streams["stdout"] = subprocess.PIPE
+    elif merge_stderr:
+        streams["stderr"] = subprocess.STDOUT
     try:
         done = subprocess.run(
             argv,
             cwd=cwd,
             env=dict(env) if env is not None else None,
             input=input,
-            capture_output=True,
-            text=True,
+            text=text,
             timeout=timeout,
             check=False,
+            **streams,
         )
     except FileNotFoundError as missing:
         raise error(f"{shown}: cannot run {argv[0]} ({missing.strerror})") from missing
     except subprocess.TimeoutExpired as expired:
         raise error(f"{shown}: did not finish within {timeout:g} s") from expired
-    if done.returncode != 0:
-        output = tail(done.stderr or done.stdout)
-        raise error(f"{shown} failed (exit {done.returncode}): {output}")
+    if check and done.returncode != 0:
+        raise error(f"{shown} failed (exit {done.returncode}): {output_tail(done)}")
     return done
+
+
+def output_tail(done: subprocess.CompletedProcess[Any]) -> str:
+    """The end of what a finished command said: its stderr, else its stdout."""
+    said = done.stderr or done.stdout or ""
+    if isinstance(said, bytes):
+        said = said.decode(errors="replace")
+    return tail(said)
+
+
+def package_versions(*packages: str) -> dict[str, str]:
+    """The installed version of each Debian package named (dpkg-query), for an artifact's
+    input hash: a tool upgraded on the host rebuilds what it made. A package that is not
+    installed is left out (dpkg-query exits 1 then, and still lists the others)."""
+    query = run("dpkg-query", "-W", *packages, check=False)
+    return dict(line.split("\t", 1) for line in query.stdout.splitlines() if "\t" in line)

@@ -154,3 +154,29 @@ def test_a_driver_must_say_why_it_limits_an_option() -> None:
 
         class Misspelt(FakeTarget):
             REFUSALS: ClassVar[dict[str, str]] = {"kernel_arg": "no"}
+
+
+class RawOnlyTarget(FakeTarget):
+    IMAGE_FORMATS: ClassVar[frozenset[str] | None] = frozenset({"raw"})
+    REFUSALS: ClassVar[dict[str, str]] = {
+        "image_format": "{driver} boots raw, not {image_format!r}"
+    }
+
+
+def test_the_format_is_asked_else_the_matrix_s_else_the_driver_s_only_one_else_the_profile_s(
+    run: Run,
+) -> None:
+    local = LocalTarget(run)
+    assert local.format_for() == "qcow2"  # the kvm profile's own
+    assert local.format_for(PROFILES["virtualbox"]) == "iso"
+    local.image_format = "raw"  # matrix.yaml: {name: kvm-b, ..., image_format: raw}
+    assert local.format_for() == "raw"
+    assert local.format_for(asked="vmdk") == "vmdk"
+    local.launch(LOADER)
+    assert local.started[-1][1].image_format == "raw"
+    raw_only = RawOnlyTarget(run)
+    assert raw_only.format_for(PROFILES["kvm"]) == "raw"  # EC2 takes raw whatever the profile
+    raw_only.launch(LOADER, profile=PROFILES["virtualbox"])
+    assert raw_only.started[-1][1].image_format == "raw"
+    with pytest.raises(TargetError, match=r"^RawOnlyTarget boots raw, not 'iso'$"):
+        raw_only.launch(LOADER, image_format="iso")

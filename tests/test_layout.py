@@ -49,7 +49,9 @@ REPORT_MAY_NOT = ("lab.matrix", "lab.packages", "lab.build", "lab.services", "la
                   "lab.observe", "lab.cli")  # fmt: skip
 # What starts or serves at run time: none of it belongs in a builder.
 SERVING_NAMES = {"Popen", "HTTPServer", "ThreadingHTTPServer", "TCPServer", "socketserver",
-                 "http.server", "listen", "serve_forever"}  # fmt: skip
+                 "http.server", "listen", "serve_forever", "bind", "fork", "posix_spawn",
+                 "spawnv", "Thread", "Process", "start_server", "create_server",
+                 "nginx"}  # fmt: skip
 LINE_BUDGET = 650  # "about 600 lines": one subject per file
 
 
@@ -80,17 +82,39 @@ def layer_of(module: str) -> str:
     return max(matches, key=len)
 
 
-def imports_of(path: Path) -> list[tuple[int, str, list[str]]]:
+def type_checking_only(tree: ast.Module) -> ast.Module:
+    """``tree`` without its ``if TYPE_CHECKING:`` blocks: imports for annotations, which
+    never run (an Instance names its Target's class that way)."""
+    for node in ast.walk(tree):
+        for field in ("body", "orelse"):
+            block = getattr(node, field, None)
+            if isinstance(block, list):
+                setattr(node, field, [n for n in block if not is_type_checking(n)])
+    return tree
+
+
+def is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and dotted_name(node.test) in (
+        "TYPE_CHECKING",
+        "typing.TYPE_CHECKING",
+    )
+
+
+def imports_of(path: Path, *, at_run_time: bool = False) -> list[tuple[int, str, list[str]]]:
     """(line, imported module, names imported from it) for every lab import in ``path``,
-    including those inside functions (a deferred import is still an arrow)."""
+    including those inside functions (a deferred import is still an arrow); ``at_run_time``
+    leaves out those for annotations only (under ``if TYPE_CHECKING:``)."""
     found = []
+    tree = ast.parse(path.read_text(), str(path))
+    if at_run_time:
+        tree = type_checking_only(tree)
     if not path.is_relative_to(ROOT):
         package = ""
     elif path.name == "__init__.py":
         package = module_name(path)
     else:
         package = module_name(path.parent)
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name, []) for a in node.names if a.name.startswith("lab")]
         elif isinstance(node, ast.ImportFrom):
@@ -106,6 +130,89 @@ def imports_of(path: Path) -> list[tuple[int, str, list[str]]]:
                 else:
                     found.append((node.lineno, base, names))
     return found
+
+
+def dynamic_imports(path: Path) -> list[str]:
+    """importlib.import_module() and __import__(): imports the arrow check cannot follow."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            called = node.func
+            name = called.attr if isinstance(called, ast.Attribute) else getattr(called, "id", "")
+            if name in ("import_module", "__import__"):
+                found.append(f"{shown(path)}:{node.lineno}: {name}()")
+    return found
+
+
+def test_no_module_imports_by_name_at_run_time() -> None:
+    """A module named in a string escapes the arrow check: the lab has none; write the import."""
+    assert [use for path in lab_modules() for use in dynamic_imports(path)] == []
+
+
+def test_the_dynamic_import_check_can_fail(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("import importlib\nimportlib.import_module('lab.targets.base')\n")
+    assert dynamic_imports(probe) == [f"{probe}:2: import_module()"]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the lab modules it imports when it runs."""
+    return {
+        module_name(path): {imported for _, imported, _ in imports_of(path, at_run_time=True)}
+        for path in lab_modules()
+    }
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph``: its strongly connected components of two or more
+    modules, or a module that imports itself (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in sorted(graph.get(node, ())):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while (member := stack.pop()) != node:
+                component.append(member)
+            component.append(node)
+            if len(component) > 1 or node in graph.get(node, ()):
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    """Within one layer too: two modules that need each other are one subject, or share a
+    third that both should import."""
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_check_can_fail() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert cycles(graph) == [["a", "b", "c"], ["e"]]
+
+
+def test_annotations_only_imports_are_no_cycle(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from lab.targets import base\n"
+        "from lab.build import rootfs\n"
+    )
+    assert sorted(m for _, m, _ in imports_of(probe)) == ["lab.build.rootfs", "lab.targets.base"]
+    assert [m for _, m, _ in imports_of(probe, at_run_time=True)] == ["lab.build.rootfs"]
 
 
 def arrow_breaks() -> list[str]:
@@ -148,23 +255,32 @@ def private_uses(path: Path) -> list[str]:
     modules = set()  # the local names bound to lab modules
     uses = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lab"):
+        if isinstance(node, ast.ImportFrom) and (
+            node.level or (node.module or "").startswith("lab")
+        ):
             for alias in node.names:
                 if is_private(alias.name):
                     uses.append(f"{shown(path)}:{node.lineno}: {alias.name} from {node.module}")
                 elif is_module(f"{node.module}.{alias.name}"):
                     modules.add(alias.asname or alias.name)
         elif isinstance(node, ast.Import):
-            modules |= {a.asname for a in node.names if a.asname and a.name.startswith("lab")}
+            modules |= {a.asname or a.name for a in node.names if a.name.startswith("lab")}
     for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Name)
-            and node.value.id in modules
-            and is_private(node.attr)
-        ):
-            uses.append(f"{shown(path)}:{node.lineno}: {node.value.id}.{node.attr}")
+        if isinstance(node, ast.Attribute) and is_private(node.attr):
+            dotted = dotted_name(node.value)
+            if dotted in modules:
+                uses.append(f"{shown(path)}:{node.lineno}: {dotted}.{node.attr}")
     return uses
+
+
+def dotted_name(node: ast.expr) -> str | None:
+    """``lab.matrix`` for the expression lab.matrix; None for anything but names and dots."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = dotted_name(node.value)
+        return f"{base}.{node.attr}" if base else None
+    return None
 
 
 def test_no_module_uses_another_modules_private_names() -> None:
@@ -173,11 +289,19 @@ def test_no_module_uses_another_modules_private_names() -> None:
 
 def test_the_private_check_can_fail(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
-    probe.write_text("from lab import matrix\nfrom lab.matrix import _x\nmatrix._read_yaml()\n")
-    assert private_uses(probe) == [
-        f"{probe}:2: _x from lab.matrix",
-        f"{probe}:3: matrix._read_yaml",
-    ]
+    probe.write_text(
+        "from lab import matrix\nfrom lab.matrix import _x\nmatrix._read_yaml()\n"
+        "import lab.matrix\nlab.matrix._Schema\nfrom .rootfs import _run\n"
+    )
+    found = private_uses(probe)
+    assert sorted(found) == sorted(
+        [
+            f"{probe}:2: _x from lab.matrix",
+            f"{probe}:6: _run from rootfs",
+            f"{probe}:3: matrix._read_yaml",
+            f"{probe}:5: lab.matrix._Schema",
+        ]
+    )
 
 
 def serving_uses(path: Path) -> list[str]:
@@ -199,6 +323,8 @@ def test_no_builder_starts_or_serves_anything() -> None:
     """lab/build only builds: servers, emulators and guests live in lab/services, lab/targets."""
     build = [p for p in lab_modules() if p.is_relative_to(LAB / "build")]
     assert build, "lab/build has moved: update this test"
+    below = [p for p in lab_modules() if LAYERS[layer_of(module_name(p))] <= LAYERS["lab.packages"]]
+    build += below
     assert [use for path in build for use in serving_uses(path)] == []
 
 

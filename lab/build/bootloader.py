@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import zlib
 from collections.abc import Iterable
@@ -178,7 +177,7 @@ def stage_initramfs(kernel: kernel_pkg.Kernel, stage: Path, repo_public_key: str
     for directory in ("bin", "dev", "etc/ucvm", "proc", "sys", "run", "tmp", "scratch"):
         (stage / directory).mkdir(parents=True, exist_ok=True)
     shutil.copy2(BUSYBOX, stage / "bin" / "busybox")
-    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True)
+    applets = proc.run(BUSYBOX, "--list", error=BuildError)
     for applet in applets.stdout.split():
         if applet != "busybox":
             (stage / "bin" / applet).symlink_to("busybox")
@@ -208,18 +207,13 @@ def stage_initramfs(kernel: kernel_pkg.Kernel, stage: Path, repo_public_key: str
 
 def pack_initramfs(stage: Path, output: Path) -> None:
     """newc cpio, xz-compressed with the CRC32 check the kernel's decompressor wants."""
-    files = subprocess.run(
-        ["find", ".", "-mindepth", "1"], cwd=stage, capture_output=True, check=True
-    ).stdout
-    cpio = subprocess.run(
-        ["cpio", "--quiet", "-o", "-H", "newc", "--owner=0:0", "--reproducible"],
-        cwd=stage,
-        input=files,
-        capture_output=True,
-        check=True,
-    ).stdout
-    compressed = subprocess.run(
-        ["xz", "-9", "--check=crc32", "--threads=1"], input=cpio, capture_output=True, check=True
+    files = proc.run("find", ".", "-mindepth", "1", cwd=stage, text=False, error=BuildError).stdout
+    cpio = proc.run(
+        "cpio", "--quiet", "-o", "-H", "newc", "--owner=0:0", "--reproducible",
+        cwd=stage, input=files, text=False, error=BuildError,
+    ).stdout  # fmt: skip
+    compressed = proc.run(
+        "xz", "-9", "--check=crc32", "--threads=1", input=cpio, text=False, error=BuildError
     ).stdout
     output.write_bytes(compressed)
 
@@ -267,9 +261,7 @@ def build_raw(out: Path, work: Path) -> Path:
     with disk.open("wb") as stream:
         stream.truncate(MiB + fat_size)
     layout = "label: dos\nstart=2048, type=1, bootable\n"  # type 1: FAT12, what mkfs made
-    subprocess.run(
-        ["sfdisk", "-q", str(disk)], input=layout, text=True, check=True, capture_output=True
-    )
+    proc.run("sfdisk", "-q", disk, input=layout, error=BuildError)
     with disk.open("r+b") as stream:
         stream.write(SYSLINUX_MBR.read_bytes()[:440])
         stream.seek(MiB)
@@ -515,8 +507,7 @@ def tool_versions() -> dict[str, str]:
         "busybox-static", "syslinux-common", "isolinux", "qemu-utils", "xorriso",
         "libsodium-dev", "musl-tools",  # linked into the block client
     )  # fmt: skip
-    query = subprocess.run(["dpkg-query", "-W", *packages], capture_output=True, text=True)
-    return dict(line.split("\t", 1) for line in query.stdout.splitlines() if "\t" in line)
+    return proc.package_versions(*packages)
 
 
 def build(store: ArtifactStore | None = None, repo_public_key: str | None = None) -> BootLoader:

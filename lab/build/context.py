@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Literal
 from xml.sax.saxutils import escape
 
+from lab import proc
 from lab.build.userdata import UCERNVM_BEGIN, UCERNVM_END, check_key_value, valid_hostname
 from lab.build.userdata import BlockProblem as BlockProblem
 from lab.build.userdata import UcernvmBlock as UcernvmBlock
@@ -530,7 +530,7 @@ def _make_iso(staging: Path, volume_id: str, out: Path) -> None:
     command = ["xorriso", "-as", "mkisofs", "-quiet", "-V", volume_id, "-J", "-r"]
     command += ["-o", str(out), str(staging)]
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(ISO_EPOCH)}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    result = proc.run(*command, env=env, check=False, error=ContextError)
     if result.returncode != 0:
         raise ContextError(
             f"xorriso failed making the {volume_id} ISO ({result.returncode}): "

@@ -8,10 +8,10 @@ The .deb is fetched with ``apt-get download`` (never installed: nothing touches 
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab import proc
 from lab.artifacts import ArtifactStore, file_digest
 
 META_PACKAGE = "linux-image-amd64"
@@ -39,10 +39,7 @@ class Kernel:
 
 
 def _apt(*args: str) -> str:
-    result = subprocess.run(args, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise KernelError(f"{' '.join(args)} failed: {result.stderr.strip()}")
-    return result.stdout
+    return str(proc.run(*args, error=KernelError).stdout)
 
 
 def resolve_package(meta: str = META_PACKAGE) -> tuple[str, str]:
@@ -67,21 +64,16 @@ def fetch(store: ArtifactStore) -> Kernel:
     release = package.removeprefix("linux-image-")
 
     def download(work: Path) -> None:
-        subprocess.run(
-            ["apt-get", "download", "-q", f"{package}={version}"],
-            cwd=work,
-            check=True,
-            capture_output=True,
-        )
+        proc.run("apt-get", "download", "-q", f"{package}={version}", cwd=work, error=KernelError)
 
     debs = store.get("kernel-deb", {"package": package, "version": version}, download)
     deb = next(debs.glob("*.deb"))
     deb_sha256 = file_digest(deb)
 
     def unpack(work: Path) -> None:
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(work / "root")], check=True)
+        proc.run("dpkg-deb", "-x", deb, work / "root", error=KernelError)
         # The package ships no module index; make it here, inside the artifact's build.
-        subprocess.run(["depmod", "-b", str(work / "root"), release], check=True)
+        proc.run("depmod", "-b", work / "root", release, error=KernelError)
 
     root = (
         store.get("kernel-tree", {"deb_sha256": deb_sha256, "indexed": "depmod"}, unpack) / "root"

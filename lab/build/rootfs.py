@@ -29,7 +29,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -125,7 +124,7 @@ def apt_lists(store: ArtifactStore, folder: Path = APT_LISTS) -> AptLists:
     except RootfsError:
         if folder != APT_LISTS or os.geteuid() != 0:
             raise
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True)
+        proc.run("apt-get", "update", "-q", check=False, error=RootfsError)
         files = find_apt_lists(folder)  # still missing: the error says what
     digests = {p.name: file_digest(p) for p in files}
 
@@ -139,7 +138,7 @@ def apt_lists(store: ArtifactStore, folder: Path = APT_LISTS) -> AptLists:
             if "_Packages" in path.name:
                 plain = work / "packages" / re.sub(r"_Packages.*", "_Packages", path.name)
                 with plain.open("wb") as out:
-                    subprocess.run([APT_HELPER, "cat-file", str(path)], stdout=out, check=True)
+                    proc.run(APT_HELPER, "cat-file", path, stdout=out, error=RootfsError)
 
     directory = store.get("apt-lists", {"apt_lists": digests}, build)
     packages = tuple(sorted((directory / "packages").iterdir()))
@@ -317,7 +316,9 @@ def install(
     command = mmdebstrap_command(entries, lists, root, stage, out, customize)
     env = os.environ | {"SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C.UTF-8"}
     with log.open("w") as stream:
-        run = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
+        run = proc.run(
+            *command, stdout=stream, merge_stderr=True, env=env, check=False, error=RootfsError
+        )
     if run.returncode != 0:
         kept = store.root / "failed" / f"{work.name}.log"  # the build's directory goes away
         kept.parent.mkdir(exist_ok=True)
@@ -448,11 +449,6 @@ class ReleaseArtifact:
     info: dict[str, Any] = field(hash=False)  # build.json: sizes, counts, timings
 
 
-def tool_versions(*packages: str) -> dict[str, str]:
-    query = subprocess.run(["dpkg-query", "-W", *packages], capture_output=True, text=True)
-    return dict(line.split("\t", 1) for line in query.stdout.splitlines() if "\t" in line)
-
-
 def release_inputs(release: Release, lists: AptLists, epoch: int) -> dict[str, Any]:
     """Everything a release's root depends on; its hash names the artifact."""
     return {
@@ -465,7 +461,7 @@ def release_inputs(release: Release, lists: AptLists, epoch: int) -> dict[str, A
         "os_files": os_files.tree_digest(os_files.OS_FILES),
         "apt_lists": lists.digests,
         "source_date_epoch": epoch,
-        "tools": tool_versions("mmdebstrap", "squashfs-tools"),
+        "tools": proc.package_versions("mmdebstrap", "squashfs-tools"),
     }
 
 

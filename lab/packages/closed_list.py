@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from lab import proc
 from lab.messages import clip
 from lab.packages.debian import version_problem, write_packages
 from lab.packages.model import Compare, Package, Relation, Repository
@@ -121,19 +121,14 @@ def build_meta_package(
         (Path(work) / "DEBIAN").mkdir()
         (Path(work) / "DEBIAN" / "control").write_text(control)
         deb = out_dir / f"{name}_{version}_all.deb"
-        subprocess.run(
-            ["dpkg-deb", "--root-owner-group", "--build", work, str(deb)],
-            check=True,
-            capture_output=True,
-        )
+        # OSError: the CLI's solve reports it as incomplete results, like a full disk
+        proc.run("dpkg-deb", "--root-owner-group", "--build", work, deb, error=OSError)
     return deb
 
 
 def meta_package_depends(deb: Path) -> list[tuple[str, str]]:
     """(name, version) pairs of the .deb's Depends, read back with dpkg-deb."""
-    field = subprocess.run(
-        ["dpkg-deb", "--field", str(deb), "Depends"], check=True, capture_output=True, text=True
-    ).stdout
+    field = proc.run("dpkg-deb", "--field", deb, "Depends", error=OSError).stdout
     return re.findall(r"([^\s,(]+) \(= ([^)]+)\)", field)
 
 
@@ -230,9 +225,10 @@ def dose_distcheck(packages: Sequence[Package], arch: str = "amd64") -> DoseRepo
     with tempfile.TemporaryDirectory(prefix="ucvm-dose-") as work:
         index = Path(work) / "Packages"
         write_packages([*packages, pinning_stanza(packages)], index)
-        run = subprocess.run(
-            ["dose-distcheck", f"--deb-native-arch={arch}", "-f", "-e", f"deb://{index}"],
-            capture_output=True, text=True,
+        run = proc.run(
+            "dose-distcheck", f"--deb-native-arch={arch}", "-f", "-e", f"deb://{index}",
+            check=False,  # it exits non-zero when a package is broken: the report says which
+            error=FileNotFoundError,
         )  # fmt: skip
     total = re.search(r"total-packages: (\d+)", run.stdout)
     broken = re.search(r"broken-packages: (\d+)", run.stdout)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import gzip
 import lzma
-import subprocess
 import zlib
 from pathlib import Path
 from typing import IO
 
+from lab import proc
 from lab.messages import clip
 
 
@@ -65,9 +65,6 @@ def read_bytes(path: Path) -> bytes:
         raise IndexFileError(
             path, f"not a valid {kind} file ({clip(str(error), quote=False)}); give {_KINDS}"
         ) from error
-    except subprocess.CalledProcessError as error:
-        said = clip(error.stderr.decode(errors="replace").strip(), quote=False)
-        raise IndexFileError(path, f"zstd cannot decompress it ({said}); give {_KINDS}") from error
 
 
 def _decompressed(path: Path) -> bytes:
@@ -78,7 +75,12 @@ def _decompressed(path: Path) -> bytes:
         with lzma.open(path) as stream:
             return stream.read()
     if path.suffix == ".zst":  # no zstd module in the standard library before Python 3.14
-        return subprocess.run(["zstd", "-dc", str(path)], check=True, capture_output=True).stdout
+        # FileNotFoundError (no zstd) is an OSError: read_bytes() reports it with the others
+        done = proc.run("zstd", "-dc", path, text=False, check=False, error=FileNotFoundError)
+        if done.returncode != 0:
+            said = clip(done.stderr.decode(errors="replace").strip(), quote=False)
+            raise IndexFileError(path, f"zstd cannot decompress it ({said}); give {_KINDS}")
+        return bytes(done.stdout)
     return path.read_bytes()
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 import highspy
 import numpy as np
 
+from lab import proc
 from lab.messages import clip
 from lab.packages.model import Package, Relation, Repository
 
@@ -384,10 +384,11 @@ def solve_glpk(model: Model, time_limit: float) -> Solution:
         mps, solution = Path(work) / "model.mps", Path(work) / "solution.txt"
         highs_model(model).writeModel(str(mps))
         started = time.perf_counter()
-        run = subprocess.run(
-            ["glpsol", "--freemps", str(mps), "--min", "--cuts", "--tmlim",
-             str(max(1, int(time_limit))), "-w", str(solution)],
-            capture_output=True, text=True,
+        run = proc.run(
+            "glpsol", "--freemps", mps, "--min", "--cuts", "--tmlim",
+            str(max(1, int(time_limit))), "-w", solution,
+            check=False,  # the solution file, not the exit code, says how it went
+            error=FileNotFoundError,  # no glpsol: an OSError, as the CLI expects
         )  # fmt: skip
         elapsed = time.perf_counter() - started
         if not solution.exists():

@@ -10,9 +10,10 @@ Analytics tag that no option removes; the ``allure2`` (classic-looking) plugin h
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+
+from lab import proc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ALLURE_BIN = REPO_ROOT / "node_modules" / ".bin" / "allure"
@@ -70,19 +71,11 @@ def allure_command(
 def _run(command: list[str], *, cwd: Path) -> None:
     env = {**os.environ, "ALLURE_NO_ANALYTICS": "true", "NO_COLOR": "1"}
     try:
-        done = subprocess.run(
-            command,
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-            check=False,
-        )
-    except FileNotFoundError as error:  # e.g. node itself is missing
-        raise AllureError(f"cannot run {command[0]}: {error}; run scripts/setup.sh") from error
-    except subprocess.TimeoutExpired as error:
-        raise AllureError(f"allure did not finish within {TIMEOUT_S} s") from error
-    if done.returncode != 0:
-        output = (done.stderr or done.stdout).strip()[-2000:]
-        raise AllureError(f"allure failed (exit {done.returncode}): {' '.join(command)}\n{output}")
+        proc.run(*command, cwd=cwd, env=env, timeout=TIMEOUT_S, error=AllureError)
+    except AllureError as error:  # a failed allure keeps proc.run's wording; these two, ours
+        cause = error.__cause__
+        if isinstance(cause, FileNotFoundError):  # e.g. node itself is missing
+            raise AllureError(f"cannot run {command[0]}: {cause}; run scripts/setup.sh") from cause
+        if cause is not None:  # the only other cause: it outlived TIMEOUT_S
+            raise AllureError(f"allure did not finish within {TIMEOUT_S} s") from cause
+        raise

@@ -14,6 +14,7 @@ child, set ``_process`` as soon as it exists, and return once it serves.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -135,3 +136,12 @@ class ChildServer(Service):
 
     def _clean_up(self) -> None:  # a hook: most children leave nothing else
         """What else to remove once the child has stopped (or failed to start)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at ``host`` now (a service binds it next; one that loses
+    the race retries, as RepoServer does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -27,7 +26,7 @@ from pathlib import Path
 from lab.build.osrepo.keys import RepoError, default_key_path
 from lab.build.osrepo.manifest import MANIFEST, SNAPSHOTS
 from lab.run import dead_run_dirs
-from lab.services.base import ChildServer, end_process
+from lab.services.base import ChildServer, end_process, free_port
 
 NGINX = "/usr/sbin/nginx"
 PID_FILE = "nginx.pid"
@@ -122,13 +121,6 @@ class TransferTotals(Transfer):
             by_kind[record.kind] = by_kind.get(record.kind, Transfer()) + one
         total = sum(by_kind.values(), Transfer())
         return cls(total.requests, total.body_bytes, total.total_bytes, by_kind)
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def conf_path_value(path: Path) -> str:

@@ -277,6 +277,21 @@ class Target(ABC, Generic[InstanceT]):
         self.profile = profile
         self.settings = settings
         self.run = run
+        self.image_format: str | None = None
+        """The matrix target's ``image_format:`` (lab.targets.registry sets it); None: the
+        profile's own."""
+
+    def format_for(self, profile: Profile | None = None, asked: str | None = None) -> str:
+        """The image format a launch boots, settled here only: the one asked for, else the
+        matrix target's, else the driver's one format (EC2 takes raw, vSphere an OVA,
+        whatever the profile), else the profile's."""
+        if asked:
+            return asked
+        if self.image_format:
+            return self.image_format
+        if self.IMAGE_FORMATS is not None and len(self.IMAGE_FORMATS) == 1:
+            return next(iter(self.IMAGE_FORMATS))
+        return (profile or self.profile).image_format
 
     @abstractmethod
     def available(self) -> tuple[bool, str]:
@@ -327,7 +342,7 @@ class Target(ABC, Generic[InstanceT]):
         return self.launch_request(
             LaunchRequest(
                 image=image,
-                image_format=image_format or settled.image_format,
+                image_format=self.format_for(settled, image_format),
                 profile=settled,
                 run_id=self.run.id,
                 context=context,

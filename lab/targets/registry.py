@@ -68,7 +68,7 @@ def load_matrix(path: Path, env: Mapping[str, str] | None = None) -> matrix.Matr
         env=env,
     )
     try:
-        known_issues.load_known_issues(lab.gate.known_issues)
+        known_issues.load_known_issues(lab.gate.known_issues, env)
     except known_issues.KnownIssuesError as error:
         where = f"(gate.known_issues of {path})"
         raise matrix.MatrixError(*(f"{line} {where}" for line in error.problems)) from error
@@ -76,4 +76,6 @@ def load_matrix(path: Path, env: Mapping[str, str] | None = None) -> matrix.Matr
 
 
 def make_target(spec: matrix.Target, settings: matrix.Settings, run: Run) -> Target:
-    return DRIVERS[spec.driver](spec, settings, run)
+    target = DRIVERS[spec.driver](spec, settings, run)
+    target.image_format = spec.image_format
+    return target

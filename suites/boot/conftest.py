@@ -41,12 +41,12 @@ def cell_labels(request: pytest.FixtureRequest) -> None:
     for name, value in labels.items():
         allure.dynamic.label(name, value)
     profile = PROFILES[cell.target.profile]
+    image_format = request.getfixturevalue("lab_targets")[cell.target.name].format_for()
     allure.dynamic.tag(profile.name)
     allure.dynamic.parent_suite(profile.platform)
     allure.dynamic.description(
         f"{profile.platform} profile: machine {profile.machine}, {profile.disk_bus} disk, "
-        f"{profile.nic_model} NIC, {cell.target.image_format or profile.image_format} image. "
-        + (profile.notes or profile.not_emulated)
+        f"{profile.nic_model} NIC, {image_format} image. " + (profile.notes or profile.not_emulated)
     )
     lab_matrix: matrix.Matrix = request.getfixturevalue("lab_matrix")
     if check.args[0] not in lab_matrix.checks:
@@ -93,7 +93,6 @@ def launch_os(
     def launch(**options: object) -> Instance:
         return target.launch(
             boot_loader,
-            image_format=cell.target.image_format or target.profile.image_format,
             boot_args=[f"ucvm.version={cell.version}"],
             host_services={GUEST_REPO_ADDRESS: repo_server.port},
             **options,

@@ -25,7 +25,7 @@ def test_boots_version_to_ready(
     lab_matrix: matrix.Matrix,
     attach_boot,
 ) -> None:
-    image_format = cell.target.image_format or target.profile.image_format
+    image_format = target.format_for()
     record = cache = None
     with launch_os() as instance:
         try:

@@ -193,7 +193,7 @@ def test_contextualizes_on_channel(
         ssh_public_keys=(public_key,),
     )
     allure.attach(context.user_data, "user-data", allure.attachment_type.TEXT)
-    image_format = cell.target.image_format or target.profile.image_format
+    image_format = target.format_for()
     effects, record = Effects(), None
     with target.launch(
         boot_loader,

@@ -25,7 +25,7 @@ def test_reboot_keeps_scratch_root_and_cache(
     lab_matrix: matrix.Matrix,
     attach_boot,
 ) -> None:
-    image_format = cell.target.image_format or target.profile.image_format
+    image_format = target.format_for()
     budget = lab_matrix.settings.boot_budget_s
     first = second = None
     with launch_os() as instance:

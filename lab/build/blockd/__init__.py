@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
+
+from lab import proc
 
 BLOCKD_SOURCE = Path(__file__).with_name("ucvm-blockd.c")
 BINARY_NAME = "ucvm-blockd"
@@ -27,9 +28,7 @@ def _host_include_dirs() -> list[str]:
     musl-gcc searches only musl's headers; <sodium.h> and <linux/nbd.h> (with its <asm/...>)
     live in the host's /usr/include. -idirafter keeps musl's libc headers first.
     """
-    multiarch = subprocess.run(
-        ["gcc", "-print-multiarch"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    multiarch = proc.run("gcc", "-print-multiarch", check=False, error=RuntimeError).stdout.strip()
     dirs = ["/usr/include"]
     if multiarch:
         dirs.append(f"/usr/include/{multiarch}")
@@ -39,8 +38,8 @@ def _host_include_dirs() -> list[str]:
 def _libsodium_archive() -> str:
     """The absolute path of libsodium.a: with musl-gcc a -L to the host's library directory
     would also make -lc pick glibc's libc.a."""
-    found = subprocess.run(
-        ["gcc", "-print-file-name=libsodium.a"], capture_output=True, text=True, check=False
+    found = proc.run(
+        "gcc", "-print-file-name=libsodium.a", check=False, error=RuntimeError
     ).stdout.strip()
     return str(Path(found).resolve()) if found and Path(found).is_file() else "libsodium.a"
 
@@ -66,9 +65,7 @@ def build_blockd(out_dir: Path) -> Path:
     partial = out_dir / f".{BINARY_NAME}.{os.getpid()}.part"
     failures = []
     for compiler, command in _commands(BLOCKD_SOURCE, partial):
-        result = subprocess.run(
-            command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False
-        )
+        result = proc.run(*command, timeout=COMPILE_TIMEOUT_S, check=False, error=RuntimeError)
         if result.returncode == 0:
             partial.replace(final)
             return final

@@ -14,9 +14,8 @@ a profile QEMU cannot emulate at all (Xen, Parallels) says why in its ``not_emul
 - ``host``: the connection, the host's facts, the sweeper.
 """
 
-from lab.targets.libvirt.disks import base_virtual_size
-from lab.targets.libvirt.host import connect, sweep, undefine
+from lab.targets.libvirt.host import sweep
 from lab.targets.libvirt.instance import LibvirtInstance
 from lab.targets.libvirt.target import LibvirtTarget
 
-__all__ = ["LibvirtInstance", "LibvirtTarget", "base_virtual_size", "connect", "sweep", "undefine"]
+__all__ = ["LibvirtInstance", "LibvirtTarget", "sweep"]

@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from lab.build import context as ctx
+from lab.services.base import free_port
 from lab.services.metadata import MetadataService
 from lab.targets.base import TargetError
-from lab.targets.libvirt.network import GuestNetwork, free_local_port
+from lab.targets.libvirt.network import GuestNetwork
 from lab.targets.profiles import Profile
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class ContextDelivery:
         """Make the medium or start the service; returns the host services with the
         metadata service's forward added."""
         services = dict(host_services or {})
-        instance.network = GuestNetwork(ssh_port=free_local_port())
+        instance.network = GuestNetwork(ssh_port=free_port())
         if "system.uuid" in ctx.SMBIOS_IDENTITY.get(self.channel, {}):
             instance.uuid = ctx.ec2_domain_uuid(instance.uuid)  # EC2's UUIDs begin with ec2
         for key, value in ctx.smbios_sysinfo(self.channel, instance.uuid).items():

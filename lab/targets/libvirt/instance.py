@@ -17,7 +17,6 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import libvirt
 
+from lab import proc
 from lab.services.metadata import MetadataService
 from lab.targets.base import CommandResult, Instance, TargetError, WaitTimeout
 from lab.targets.libvirt.host import undefine
@@ -119,15 +119,14 @@ class LibvirtInstance(Instance):
         args = ["ssh", "-i", str(key), "-p", str(self.network.ssh_port)]
         for name, value in options.items():
             args += ["-o", f"{name}={value}"]
-        try:
-            done = subprocess.run(
-                [*args, f"{user}@127.0.0.1", command],
-                capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired as error:
-            raise WaitTimeout(
-                f"ssh {user}@{self.name} {command!r}: no end in {timeout:g} s"
-            ) from error
+        done = proc.run(
+            *args, f"{user}@127.0.0.1", command,
+            input="",  # an empty stdin, as /dev/null: ssh must not read the lab's terminal
+            timeout=timeout,
+            check=False,  # the command's exit code is the result
+            error=WaitTimeout,
+            what=f"ssh {user}@{self.name} {command!r}",
+        )  # fmt: skip
         return CommandResult(command, done.returncode, done.stdout + done.stderr)
 
     def _send(self, line: str) -> socket.socket:

@@ -8,7 +8,6 @@ only addresses inside it). Nothing listens beyond the host's 127.0.0.1.
 from __future__ import annotations
 
 import secrets
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -47,9 +46,3 @@ def user_network(
     bus = "pcie.0" if profile.machine == "q35" else "pci.0"
     nic = f"{device},netdev=ucvm-net0,bus={bus},addr={NIC_SLOT:#x},mac={network.mac}"
     return ["-netdev", netdev, "-device", nic]
-
-
-def free_local_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
