@@ -2,7 +2,7 @@
 
 ``write_report`` reads the results, builds the support table, writes it as Markdown and HTML and
 generates the Allure report beside it; ``judge`` gives the release gate's verdict. Both take
-plain data (paths, versions, planned cells): the command line (lab/cli.py) turns matrix.yaml
+plain data (paths, versions, planned cells): the command line (lab/cli/) turns matrix.yaml
 into that data, so the report imports neither the matrix nor the drivers and can be rebuilt
 from a directory of results alone.
 """
