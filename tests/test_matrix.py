@@ -745,7 +745,10 @@ def test_the_known_checks_are_the_suites() -> None:
     marked = {m for text in sources.values() for m in re.findall(r"mark\.check\(\"(\w+)\"\)", text)}
     read = {
         m
-        for text in [*sources.values(), (root / "lab" / "cli.py").read_text()]
+        for text in [
+            *sources.values(),
+            *(p.read_text() for p in (root / "lab" / "cli").glob("*.py")),
+        ]
         for m in re.findall(r"checks\[\"(\w+)\"\]", text)
     }
     assert marked | read == set(registry.CHECKS)
