@@ -312,7 +312,11 @@ def test_not_utf8(tmp_path: Path) -> None:
     ("name", "content", "problem"),
     [
         ("Packages.gz", GOOD.encode(), "not a valid gzip file (Not a gzipped file"),
-        ("Packages.gz", gzip.compress(GOOD.encode(), mtime=0)[:20], "not a valid gzip file (Compressed"),
+        (
+            "Packages.gz",
+            gzip.compress(GOOD.encode(), mtime=0)[:20],
+            "not a valid gzip file (Compressed",
+        ),
         ("Packages.xz", lzma.compress(GOOD.encode())[:30], "not a valid xz file (Compressed"),
         ("Packages.xz", b"not xz at all", "not a valid xz file (Input format not supported"),
         ("Packages.zst", b"not zstd", "zstd cannot decompress it ("),
