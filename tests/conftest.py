@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,7 @@ from lab import matrix
 from lab.run import Run
 from lab.targets.libvirt import LibvirtTarget
 from lab.targets.profiles import PROFILES
+from tests.guest_shell import Guest
 
 
 @pytest.fixture
@@ -31,3 +33,9 @@ def make_local_target(
         return target
 
     return make
+
+
+@pytest.fixture
+def guest(tmp_path: Path) -> Guest:
+    """The boot loader's shell functions in busybox sh, under ``tmp_path``."""
+    return Guest(tmp_path)

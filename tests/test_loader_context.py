@@ -162,6 +162,8 @@ def test_user_data_that_is_not_base64_is_rejected(guest_bin: Path, tmp_path: Pat
         ("cvmfs_tag=1.1", "step=cvmfs_tag status=applied value=1.1 line=2"),
         ("cvmfs_tag=1.1;reboot", "characters outside"),
         ("resize_rootfs=maybe", 'reason="expected on or off"'),
+        ("update_policy=stay", "step=update_policy status=applied value=stay line=2"),
+        ("update_policy=never", 'reason="expected stay, rebase or diverge"'),
         ("colour=blue", 'key=colour reason="unknown key; known: cvmfs_server,cvmfs_tag,'),
         ("cvmfs_tag=", 'reason="empty value"'),
         ("cvmfs_tag 1.1", 'reason="not key=value: cvmfs_tag 1.1"'),

@@ -126,8 +126,14 @@ CASES = [
             "cvmfs_tag=1.1\xe9",
             "cvmfs_tag=" + "7" * 256,
             "cvmfs_tag=" + "7" * 255,
+            "update_policy=never",
+            "update_policy=diverge",
         ),
-        applied=((4, "cvmfs_branch", "team/x"), (10, "cvmfs_tag", "7" * 255)),
+        applied=(
+            (4, "cvmfs_branch", "team/x"),
+            (10, "cvmfs_tag", "7" * 255),
+            (12, "update_policy", "diverge"),
+        ),
         rejected=tuple(
             ("ucernvm", line, key)
             for line, key in (
@@ -138,6 +144,7 @@ CASES = [
                 (7, "cvmfs_tag"),
                 (8, "cvmfs_tag"),
                 (9, "cvmfs_tag"),
+                (11, "update_policy"),
             )
         ),
     ),

@@ -45,6 +45,11 @@ UCERNVM_KEYS: dict[str, tuple[Callable[[str], object], str]] = {
     "cvmfs_tag": (_TAG.fullmatch, "an OS version: a tag (e.g. 1.2), newest or previous"),
     "cvmfs_branch": (_BRANCH.fullmatch, "a branch name of the OS repository (e.g. devel)"),
     "resize_rootfs": (lambda value: value in ("on", "off"), "on or off"),
+    "update_policy": (
+        lambda value: value in ("stay", "rebase", "diverge"),
+        "stay (never leave the pinned version), rebase (follow the pinned branch when asked) "
+        "or diverge (keep the local root, never rebase)",
+    ),
 }
 
 

@@ -48,7 +48,7 @@ def test_reboot_keeps_scratch_root_and_cache(
                 settle_s=0,
             )
             kept = instance.run("cat /root/witness")
-            pinned = instance.run("cat /.ucvm/scratch/ucvm/pinned")
+            pin = instance.run("cat /.ucvm/scratch/ucvm/pin")
         finally:  # the evidence, whatever happened: both boots' console
             attach_boot(second or first, instance.console(), image_format)
 
@@ -57,7 +57,12 @@ def test_reboot_keeps_scratch_root_and_cache(
     assert scratch["boots"] == "2"
     assert kept.output.strip() == witness.output.strip(), "the union root's upper layer was lost"
     assert second.os_version == expected_snapshot.tag
-    assert pinned.output.strip() == expected_snapshot.tag
+    pinned = dict(line.split("=", 1) for line in pin.output.splitlines() if "=" in line)
+    assert (pinned.get("tag"), pinned.get("snapshot")) == (
+        expected_snapshot.tag,
+        expected_snapshot.image_sha256,
+    ), pin.output
+    assert pinned.get("generation") == "1", "the same snapshot again: the same writable layer"
     # The second boot reads its blocks from the cache on scratch: the server sends at most a
     # fraction of what the first boot needed (new reads: first-boot-only services differ).
     assert after.guest_fetched <= after.server_image_bytes
