@@ -50,6 +50,14 @@ READY = LINE_START + r"ucvm: phase=ready t=" + UPTIME + r"(?:\s|$)"
 LOADER_PHASES = ("start", "modules", "network", "context", "scratch")
 OS_PHASES = ("repo", "mount", "switch_root")
 PHASES = (*LOADER_PHASES, *OS_PHASES, "ready")
+# Phases only some boots have: a two-phase boot's kexec (phase 1 prints start ... scratch and
+# `kexec step=load`, phase 2 start ... scratch again and `kexec from=`), and the rebase onto a
+# new snapshot. They are outside PHASES, so a plain boot's phases are exactly PHASES.
+OPTIONAL_PHASES = ("kexec", "rebase")
+# The OS's `ucvm-update --check --notify` finding (lab/build/os-files/usr/sbin/ucvm-update)
+UPDATE = re.compile(
+    LINE_START + r"ucvm: update status=(?P<status>[\w-]+)(?=\s|$)(?P<rest>.*)", re.MULTILINE
+)
 
 
 @dataclass
@@ -93,7 +101,12 @@ class BootRecord:
         return self.outcome == "ready"
 
     def phase(self, name: str) -> Phase | None:
-        return next((p for p in self.phases if p.name == name), None)
+        """The phase's last marker: a two-phase boot prints start ... scratch twice, and the
+        second is the boot that went on."""
+        return next((p for p in reversed(self.phases) if p.name == name), None)
+
+    def phases_named(self, name: str) -> list[Phase]:
+        return [p for p in self.phases if p.name == name]
 
     @property
     def host_to_ready_s(self) -> float | None:
@@ -198,12 +211,21 @@ def parse_context_steps(lines: list[tuple[float | None, str]]) -> list[ContextSt
 
 
 def next_phase_after(phases: list[Phase]) -> str:
-    if not phases:
+    known = [p.name for p in phases if p.name in PHASES]
+    if not known:
         return PHASES[0]
-    last = phases[-1].name
-    if last in PHASES and PHASES.index(last) + 1 < len(PHASES):
+    last = known[-1]
+    if PHASES.index(last) + 1 < len(PHASES):
         return PHASES[PHASES.index(last) + 1]
     return last
+
+
+def update_findings(console: str) -> list[dict[str, str]]:
+    """Each `ucvm: update status=...` line: its status and fields, in order."""
+    return [
+        {"status": match["status"], **parse_fields(match["rest"])}
+        for match in UPDATE.finditer(console)
+    ]
 
 
 def judge(

@@ -19,7 +19,8 @@ from lab import observe
 INITRAMFS = Path(observe.__file__).parent / "build" / "initramfs"
 FUNCTIONS = INITRAMFS / "functions"
 CONTEXT_FUNCTIONS = INITRAMFS / "context"
-PIN_FUNCTIONS = INITRAMFS / "pin"  # /init sources all three
+PIN_FUNCTIONS = INITRAMFS / "pin"
+KEXEC_FUNCTIONS = INITRAMFS / "kexec"  # /init sources all four
 
 # --- the markers as the guest's shell functions print them -------------------------------------
 
@@ -32,12 +33,16 @@ GUEST_PATHS = {
     "/sys/firmware/dmi/entries": "dmi",
     "/sys/class/dmi/id/product_uuid": "product_uuid",
     "/scratch/ucvm": "scratch/ucvm",
+    "/etc/ucvm/version": "loader-version",
 }
-# Not a real boot: stay_up returns instead of sleeping forever, no console channel, no sync.
+# Not a real boot: stay_up returns instead of sleeping forever, no console channel, no sync;
+# unmounting and taking the NICs down (before a kexec) are only recorded: the host's stay up.
 GUEST_PRELUDE = """
 stay_up() { exit 0; }
 start_console_channel() { :; }
 sync() { :; }
+umount() { echo "umount $*" >>"$FAKE_CALLS"; }
+network_down() { echo "network_down" >>"$FAKE_CALLS"; }
 """
 # A stand-in for the boot loader's block client: `get` copies $FAKE_MANIFEST (or fails as the
 # real one does when the server does not answer: exit 2), `verify` drops the signature line
@@ -52,6 +57,7 @@ get)
 		exit 2
 	fi
 	cp "$FAKE_MANIFEST" "$3" ;;
+kexec) echo "ucvm-blockd: kexec_file_load: Operation not permitted" >&2; exit 1 ;;
 verify)
 	if [ -n "$FAKE_BAD_SIGNATURE" ] && [ "$3" = "$FAKE_BAD_SIGNATURE" ]; then
 		echo "ucvm-blockd: $3: the signature does not verify" >&2
@@ -122,11 +128,13 @@ class Guest:
         for directory in ("bin", "run/ucvm", "dmi", "scratch/ucvm"):
             (root / directory).mkdir(parents=True)
         (root / "product_uuid").write_text(f"{INSTANCE_UUID}\n")
+        (root / "loader-version").write_text("0.1\n")
         blockd = root / "bin" / "ucvm-blockd"
         blockd.write_text(FAKE_BLOCKD)
         blockd.chmod(0o755)
         self.source = "\n".join(
-            path.read_text() for path in (FUNCTIONS, CONTEXT_FUNCTIONS, PIN_FUNCTIONS)
+            path.read_text()
+            for path in (FUNCTIONS, CONTEXT_FUNCTIONS, PIN_FUNCTIONS, KEXEC_FUNCTIONS)
         )
         for path, replacement in GUEST_PATHS.items():
             new = replacement if replacement.startswith("/") else str(root / replacement)

@@ -1441,3 +1441,53 @@ def test_guest_refuses_a_manifest_older_than_one_seen_before(guest: Guest) -> No
 def test_a_garbled_uptime_is_no_marker_rather_than_a_crash(uptime: str) -> None:
     record = record_from_console(f"ucvm: phase=start t={uptime}\nucvm: phase=ready t=2.5 os=x\n")
     assert [p.name for p in record.phases] == ["ready"]
+
+
+# --- a two-phase boot (kexec) and the update notice ---------------------------------------------
+
+KEXEC_LOAD = (
+    "ucvm: phase=kexec t=5.01 status=ok step=load from=0.1 to=0.2 kernel=0123456789ab "
+    "initrd=ba9876543210"
+)
+KEXEC_DONE = "ucvm: phase=kexec t=4.95 status=ok from=0.1 to=0.2"
+PHASE_2_START = START.replace("loader_version=0.1", "loader_version=0.2").replace("1.63", "1.70")
+
+
+def two_phase_console() -> str:
+    loader = [MARKERS[name] for name in ("start", "modules", "network", "context", "scratch")]
+    phase_2 = [PHASE_2_START, *loader[1:]]
+    os_side = [MARKERS[name] for name in ("repo", "mount", "switch_root", "ready")]
+    return "\n".join([*loader, KEXEC_LOAD, *phase_2, KEXEC_DONE, *os_side]) + "\n"
+
+
+def test_a_two_phase_boot_is_recorded_with_both_kexec_markers() -> None:
+    record = record_from_console(two_phase_console())
+    assert record.ready
+    assert [p.fields for p in record.phases_named("kexec")] == [
+        {"step": "load", "from": "0.1", "to": "0.2", "kernel": "0123456789ab",
+         "initrd": "ba9876543210"},
+        {"from": "0.1", "to": "0.2"},
+    ]  # fmt: skip
+    start = record.phase("start")
+    assert start is not None and start.fields["loader_version"] == "0.2"  # the boot that went on
+    assert len(record.phases_named("start")) == 2
+
+
+def test_a_hang_after_the_kexec_is_pending_at_the_next_plain_phase() -> None:
+    loader = [MARKERS[name] for name in ("start", "modules", "network", "context", "scratch")]
+    record = record_from_console("\n".join([*loader, KEXEC_LOAD]) + "\n", waited="timeout")
+    assert (record.outcome, record.failed_phase) == ("hang", "repo")
+    assert "kexec" in observe.OPTIONAL_PHASES and "kexec" not in PHASES
+
+
+def test_update_findings_are_parsed_from_the_console() -> None:
+    console = (
+        "noise\nucvm: update status=available pinned=1.1 newest=1.2 loader=0.1->0.2 "
+        "policy=rebase\nucvm: update status=unreachable server=http://169.254.169.100/\n"
+        "echo ucvm: update status=forged\n"
+    )
+    assert observe.update_findings(console) == [
+        {"status": "available", "pinned": "1.1", "newest": "1.2", "loader": "0.1->0.2",
+         "policy": "rebase"},
+        {"status": "unreachable", "server": "http://169.254.169.100/"},
+    ]  # fmt: skip

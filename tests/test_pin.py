@@ -5,6 +5,8 @@ boot mounts, the request honoured once, the update policy and where it came from
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from lab.observe import BootRecord, record_from_console
@@ -287,3 +289,110 @@ def test_a_staged_update_that_does_not_verify_is_moved_aside(guest: Guest, fault
     assert guest.file("scratch/ucvm/pin").read_text() == before
     assert guest.file("scratch/ucvm/staged.refused/pin").exists()
     assert not guest.file("scratch/ucvm/staged").exists()
+
+
+# --- the two-phase boot (lab/build/initramfs/kexec) -------------------------------------------
+
+KERNEL, INITRD = b"staged kernel 0.2\n", b"staged initrd 0.2\n"
+
+
+def stage_loader(guest: Guest, version: str = "0.2", **apply: str) -> None:
+    staged = guest.file(f"scratch/ucvm/kexec/{version}")
+    staged.mkdir(parents=True)
+    (staged / "kernel").write_bytes(KERNEL)
+    (staged / "initrd").write_bytes(INITRD)
+    values = {
+        "version": version,
+        "kernel": "kernel",
+        "kernel_sha256": hashlib.sha256(KERNEL).hexdigest(),
+        "initrd": "initrd",
+        "initrd_sha256": hashlib.sha256(INITRD).hexdigest(),
+        "cmdline": "",
+    } | apply
+    (staged / "apply").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+
+
+def kexec_phases(text: str) -> list[dict[str, str]]:
+    record = record_from_console(text)
+    return [{"status": p.status, **p.fields} for p in record.phases if p.name == "kexec"]
+
+
+def trial_on_loader(guest: Guest, loader: str) -> None:
+    """A trial pin on 2.0-dev (its snapshot here 1.3-rc1's) that wants ``loader``, the
+    confirmed 1.2 before it as pin.prev."""
+    pinned_at(guest, "1.2", generation="2")
+    guest.file("scratch/ucvm/pin").rename(guest.file("scratch/ucvm/pin.prev"))
+    write_pin(guest, tag="2.0-dev", snapshot=sha("1.3-rc1.img"), loader=loader, state="trial",
+              tries="1", generation="3")  # fmt: skip
+
+
+def test_phase_1_kexecs_into_the_staged_loader_the_pin_names(guest: Guest) -> None:
+    trial_on_loader(guest, "0.2")
+    stage_loader(guest)
+    text = guest.prints("boot_args; phase_kexec")
+    (load, failed) = kexec_phases(text)
+    assert load == {
+        "status": "ok",
+        "step": "load",
+        "from": "0.1",
+        "to": "0.2",
+        "kernel": hashlib.sha256(KERNEL).hexdigest()[:12],
+        "initrd": hashlib.sha256(INITRD).hexdigest()[:12],
+    }
+    calls = guest.calls()
+    assert calls[-3:-1] == ["umount /scratch", "network_down"]  # scratch clean, NICs quiet
+    run = guest.file("run/ucvm/kexec")
+    assert calls[-1] == f"kexec {run}/kernel {run}/initrd console=ttyS0 ucvm.kexec_from=0.1"
+    assert (run / "initrd").read_bytes() == INITRD
+    # A kexec that returns did not happen: the boot stops and says why.
+    assert (failed["status"], failed["reason"]) == ("failed", "load-failed")
+    assert "Operation not permitted" in failed["detail"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason", "file"),
+    [
+        pytest.param("flip", "hash-mismatch", "initrd", id="hash-mismatch"),
+        pytest.param("delete", "missing", "kernel", id="missing"),
+        pytest.param("escape", "missing", "kernel", id="path-outside-its-directory"),
+    ],
+)
+def test_a_staged_loader_that_does_not_match_is_refused_and_the_old_pin_boots(
+    guest: Guest, damage: str, reason: str, file: str
+) -> None:
+    trial_on_loader(guest, "0.2")
+    stage_loader(guest, kernel="../kernel" if damage == "escape" else "kernel")
+    staged = guest.file("scratch/ucvm/kexec/0.2")
+    if damage == "flip":
+        (staged / "initrd").write_bytes(b"Staged initrd 0.2\n")
+    elif damage == "delete":
+        (staged / "kernel").unlink()
+    text = guest.prints("boot_args; phase_kexec; phase_repo")
+    (refused,) = kexec_phases(text)
+    assert refused == {"status": "refused", "reason": reason, "to": "0.2", "file": file}
+    assert not any(call.startswith("kexec ") for call in guest.calls())
+    assert guest.file("scratch/ucvm/kexec/0.2.refused/apply").exists()
+    repo = record_from_console(text).phase("repo")
+    assert repo is not None
+    assert (repo.fields["tag"], repo.fields["rollback"]) == ("1.2", "1")
+    assert repo.fields["reason"] == "loader-refused"
+
+
+def test_phase_2_says_where_it_came_from_and_never_kexecs_again(guest: Guest) -> None:
+    trial_on_loader(guest, "0.2")
+    stage_loader(guest)
+    guest.file("loader-version").write_text("0.2\n")
+    guest.cmdline = "console=ttyS0 ucvm.kexec_from=0.1"
+    text = guest.prints("boot_args; phase_pin; phase_kexec")
+    assert kexec_phases(text) == [{"status": "ok", "from": "0.1", "to": "0.2"}]
+    assert not any(call.startswith("kexec ") for call in guest.calls())
+
+
+@pytest.mark.parametrize("staged", [True, False])
+def test_no_kexec_without_another_staged_loader(guest: Guest, staged: bool) -> None:
+    trial_on_loader(guest, "0.1" if staged else "0.2")
+    if staged:
+        stage_loader(guest)  # staged, but the pin wants the image's own loader
+    text = guest.prints("boot_args; phase_kexec")
+    assert kexec_phases(text) == []
+    assert guest.calls() == []

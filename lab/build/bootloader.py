@@ -185,7 +185,16 @@ def stage_initramfs(kernel: kernel_pkg.Kernel, stage: Path, repo_public_key: str
     os.mknod(stage / "dev" / "console", 0o600 | 0o020000, os.makedev(5, 1))
 
     guest = resources.files("lab.build") / "initramfs"
-    for name in ("init", "functions", "context", "pin", "udhcpc.script", "always-modules"):
+    guest_files = (
+        "init",
+        "functions",
+        "context",
+        "pin",
+        "kexec",
+        "udhcpc.script",
+        "always-modules",
+    )
+    for name in guest_files:
         target = stage / ("init" if name == "init" else f"etc/ucvm/{name}")
         target.write_bytes((guest / name).read_bytes())
         target.chmod(0o755)
