@@ -396,3 +396,15 @@ def test_no_kexec_without_another_staged_loader(guest: Guest, staged: bool) -> N
     text = guest.prints("boot_args; phase_kexec")
     assert kexec_phases(text) == []
     assert guest.calls() == []
+
+
+def test_a_trial_stays_a_trial_until_the_os_is_ready(guest: Guest) -> None:
+    pinned_at(guest, "1.1", generation="2")
+    stage(guest, "1.2")
+    guest.file("scratch/ucvm/staged/pin").write_text(
+        guest.file("scratch/ucvm/staged/pin").read_text().replace("branch=prod", "branch=lts")
+    )
+    guest.prints("boot_args; phase_pin; phase_repo; pin_write")
+    pin = read_pin(guest)
+    assert (pin["tag"], pin["state"], pin["tries"]) == ("1.2", "trial", "1")
+    assert pin["branch"] == "lts"  # the branch it follows, not where the tag was published

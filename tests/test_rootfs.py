@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.build import os_files, rootfs
+from lab.build import bootloader, os_files, rootfs
 from lab.build.releases import ReleaseError, load_release_set, load_releases
 from lab.observe import ContextStep, record_from_console
 from lab.packages import closed_list
@@ -91,6 +91,40 @@ def test_the_real_releases_file_loads() -> None:
     for old, new in zip(releases.releases, releases.releases[1:], strict=False):
         assert old.shopping_list.read_text() != new.shopping_list.read_text()
         assert old.overlay != new.overlay
+
+
+def test_the_real_releases_want_loaders_the_lab_builds() -> None:
+    wants = {r.tag: r.loader for r in load_release_set(REPO / "releases.yaml").releases}
+    assert set(wants.values()) <= set(bootloader.LOADER_VERSIONS)
+    assert wants["2.0-dev"] == "0.2" and wants["1.2"] == bootloader.IMAGE_LOADER
+
+
+def test_a_release_wants_the_image_loader_unless_it_names_another(tmp_path: Path) -> None:
+    text = GOOD.replace("    shopping_list: lists/b.list\n", "    shopping_list: lists/b.list\n"
+                        '    loader: "0.2"\n')  # fmt: skip
+    first, second = load_release_set(write_releases(tmp_path, text)).releases
+    assert (first.loader, second.loader) == (bootloader.IMAGE_LOADER, "0.2")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('"0.3"', "loader '0.3' is not a boot loader version the lab builds; expected one of: "
+                  f"{', '.join(bootloader.LOADER_VERSIONS)} (LOADER_VERSIONS in "
+                  "lab/build/bootloader.py), or leave the key out for 0.1"),
+        ("0.2", "expected a string; found number 0.2 (put it in quotes to make it a string)"),
+    ],
+)  # fmt: skip
+def test_a_loader_the_lab_does_not_build_is_refused_naming_the_release(
+    tmp_path: Path, value: str, expected: str
+) -> None:
+    text = GOOD.replace("    shopping_list: lists/b.list\n", "    shopping_list: lists/b.list\n"
+                        f"    loader: {value}\n")  # fmt: skip
+    (message,) = problems(tmp_path, text)
+    assert (
+        message
+        == f"{tmp_path / 'releases.yaml'}:12:13: releases[1] (tag '2.0-dev').loader: {expected}"
+    )
 
 
 def test_a_good_file_gives_releases(tmp_path: Path) -> None:
@@ -209,7 +243,7 @@ def test_a_mistyped_key_is_located_with_a_suggestion_and_the_key_it_lacks(tmp_pa
     assert unknown == (
         f"{path}:5:5: releases[0] (tag '1.0').shoping_list: unknown key 'shoping_list' "
         "(did you mean shopping_list?); allowed keys: tag, branch, shopping_list, description, "
-        "overlay"
+        "overlay, loader"
     )
 
 
@@ -287,6 +321,22 @@ UCVM_CACHE_STATS=/scratch/ucvm/cache/abc/stats
 UCVM_REPO=http://169.254.169.100/
 """
 STATS = "cached_bytes 7340032\nfetched_bytes 9437184\nevicted_blocks 12\nverify_failures 0\n"
+
+
+@pytest.mark.parametrize("state", ["trial", "confirmed"])
+def test_ready_confirms_a_trial_pin(tmp_path: Path, state: str) -> None:
+    root = fake_root(tmp_path, BOOT_ENV, STATS)
+    pin = root / ".ucvm/scratch/ucvm/pin"
+    pin.parent.mkdir(parents=True)
+    pin.write_text(f"tag=1.2\nstate={state}\ntries=1\ngeneration=3\n")
+    (pin.parent / "pin.prev").write_text("tag=1.1\nstate=confirmed\n")
+    ready_line(root, failed_units=0)
+    if state == "trial":
+        assert pin.read_text() == "tag=1.2\nstate=confirmed\ntries=0\ngeneration=3\n"
+        assert not (pin.parent / "pin.prev").exists()
+    else:  # nothing to confirm: nothing touched
+        assert pin.read_text() == "tag=1.2\nstate=confirmed\ntries=1\ngeneration=3\n"
+        assert (pin.parent / "pin.prev").exists()
 
 
 def test_the_ready_marker_from_boot_env_and_the_cache_stats(tmp_path: Path) -> None:
@@ -653,7 +703,7 @@ def test_os_files_are_installed_with_their_modes(tmp_path: Path) -> None:
     for path in os_files.lab_paths():
         installed = tmp_path / path.lstrip("/")
         mode = installed.stat().st_mode & 0o777
-        assert mode == (0o755 if path.startswith("/usr/lib/ucvm/") else 0o644), path
+        assert mode == (0o755 if path.startswith(("/usr/lib/ucvm/", "/usr/sbin/")) else 0o644), path
         assert installed.read_bytes() == (OS_FILES / path.lstrip("/")).read_bytes()
     assert os_files.tree_digest(OS_FILES) == os_files.tree_digest(OS_FILES)
     assert len(os_files.tree_digest(OS_FILES)) == 64

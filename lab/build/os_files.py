@@ -35,6 +35,7 @@ UNITS_ENABLED = (
     "ucvm-ssh-hostkeys.service",
     "systemd-networkd.service",
     "systemd-resolved.service",
+    "ucvm-update-check.timer",
 )
 # an appliance has no interactive first boot: with an empty /etc/machine-id, systemd-firstboot
 # would ask for a locale and a time zone on the console and wait for an answer forever
