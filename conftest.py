@@ -159,15 +159,37 @@ def os_releases(pytestconfig: pytest.Config) -> list[rootfs.ReleaseArtifact]:
 
 
 @pytest.fixture(scope="session")
-def os_repo(lab_run: Run, os_releases: list[rootfs.ReleaseArtifact]) -> Repository:
-    """This run's OS repository: every release published in releases.yaml's order. Workers of
-    one run share it; the first publishes, the others find the same tags already there."""
+def boot_loaders(boot_loader: bootloader.BootLoader) -> dict[str, bootloader.BootLoader]:
+    """Every loader version the repository publishes; the others than the image's are a
+    kernel and an initramfs only (cached by input hash, as the image's loader is)."""
+    return {
+        version: boot_loader
+        if version == boot_loader.version
+        else bootloader.build(loader_version=version)
+        for version in bootloader.LOADER_VERSIONS
+    }
+
+
+@pytest.fixture(scope="session")
+def os_repo(
+    lab_run: Run,
+    os_releases: list[rootfs.ReleaseArtifact],
+    boot_loaders: dict[str, bootloader.BootLoader],
+) -> Repository:
+    """This run's OS repository: every loader version, then every release with the loader it
+    wants, in releases.yaml's order. Workers of one run share it; the first publishes, the
+    others find the same loaders and tags already there."""
     repository = Repository(lab_run.dir / "osrepo")
+    wants = {release.tag: release.loader for release in load_releases(HERE / "releases.yaml")}
     with FileLock(str(lab_run.dir / "osrepo.publish.lock")):
         if not (repository.root / "manifest").exists():
             repository.init("ucvm-lab", default_branch="prod")
+        for version, loader in boot_loaders.items():
+            repository.publish_loader(version, loader.vmlinuz, loader.initrd)
         for release in os_releases:
-            repository.publish(release.squashfs, tag=release.tag, branch=release.branch)
+            repository.publish(
+                release.squashfs, tag=release.tag, branch=release.branch, loader=wants[release.tag]
+            )
     return repository
 
 

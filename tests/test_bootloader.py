@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import lzma
 import re
 import subprocess
 import tarfile
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from lab import cli
 from lab.artifacts import ArtifactStore, file_digest
 from lab.build import bootloader
 from lab.build.bootloader import (
@@ -156,6 +158,101 @@ def test_initramfs_modules_dep_is_closed(loader: BootLoader, initrd_files: set[s
     assert len(named) == loader.manifest["modules"]["count"]
     prefix = f"lib/modules/{loader.kernel_release}/"
     assert {prefix + path for path in named} <= initrd_files
+
+
+# --- the other loader versions (kernel and initramfs only) ----------------------------------
+
+
+def cpio_entries(initrd: Path) -> dict[str, tuple[int, int, int, int, int, bytes]]:
+    """name -> (mode, uid, gid, rdev major, rdev minor, content) of an xz'd newc cpio; the
+    mtimes are those of the staging tree, so they are left out."""
+    data, offset = lzma.decompress(initrd.read_bytes()), 0
+    entries: dict[str, tuple[int, int, int, int, int, bytes]] = {}
+    while True:
+        header = data[offset : offset + 110]
+        assert header[:6] == b"070701", f"no newc header at {offset}"
+        fields = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
+        mode, uid, gid, size, rdev_major, rdev_minor, name_size = (
+            fields[i] for i in (1, 2, 3, 6, 9, 10, 11)
+        )
+        name = data[offset + 110 : offset + 110 + name_size - 1].decode()
+        start = -(-(offset + 110 + name_size) // 4) * 4
+        offset = -(-(start + size) // 4) * 4
+        if name == "TRAILER!!!":
+            return entries
+        entries[name] = (mode, uid, gid, rdev_major, rdev_minor, data[start : start + size])
+
+
+@pytest.fixture(scope="module")
+def other_loaders(loader: BootLoader) -> dict[str, BootLoader]:
+    """Every loader version but the image's, built as ``ucvm-lab build`` builds them."""
+    others = [v for v in bootloader.LOADER_VERSIONS if v != bootloader.IMAGE_LOADER]
+    assert others, "LOADER_VERSIONS has one version: the kexec path has nothing to load"
+    return {version: bootloader.build(loader_version=version) for version in others}
+
+
+def test_the_image_loader_is_one_of_the_versions(loader: BootLoader) -> None:
+    assert loader.version == bootloader.IMAGE_LOADER in bootloader.LOADER_VERSIONS
+    assert loader.manifest["loader_version"] == bootloader.IMAGE_LOADER
+    assert loader.manifest["initrd_sha256"] == file_digest(loader.initrd)
+
+
+def test_another_loader_version_is_a_kernel_and_an_initramfs_only(
+    loader: BootLoader, other_loaders: dict[str, BootLoader]
+) -> None:
+    for version, other in other_loaders.items():
+        assert other.version == other.manifest["loader_version"] == version
+        assert other.root != loader.root  # cached under its own input hash
+        assert other.manifest["images"] == {}
+        assert sorted(p.name for p in other.root.iterdir()) == [
+            "initrd.img", "inputs.json", "manifest.json", "vmlinuz",
+        ]  # fmt: skip
+        assert other.manifest["vmlinuz_sha256"] == file_digest(other.vmlinuz)
+        assert other.manifest["initrd_sha256"] == file_digest(other.initrd)
+        with pytest.raises(BuildError, match=f"loader {version} has no disk images"):
+            other.image("raw")
+        assert bootloader.build(loader_version=version).root == other.root  # built once
+
+
+def test_another_loader_version_differs_only_in_its_version_file(
+    loader: BootLoader, other_loaders: dict[str, BootLoader]
+) -> None:
+    image_entries = cpio_entries(loader.initrd)
+    assert image_entries["etc/ucvm/version"][-1] == f"{bootloader.IMAGE_LOADER}\n".encode()
+    for version, other in other_loaders.items():
+        assert other.vmlinuz.read_bytes() == loader.vmlinuz.read_bytes()
+        entries = cpio_entries(other.initrd)
+        assert entries.keys() == image_entries.keys()
+        differ = sorted(name for name in entries if entries[name] != image_entries[name])
+        assert differ == ["etc/ucvm/version"]
+        assert entries["etc/ucvm/version"][-1] == f"{version}\n".encode()
+
+
+def test_ucvm_lab_build_shows_every_loader_version(
+    loader: BootLoader,
+    other_loaders: dict[str, BootLoader],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cli.build_loader_versions(loader)
+
+    rows = {
+        cells[1].strip(): line
+        for line in capsys.readouterr().out.splitlines()
+        if len(cells := line.split("│")) > 2
+    }
+    assert sorted(rows) == sorted(bootloader.LOADER_VERSIONS)
+    for version, built in {bootloader.IMAGE_LOADER: loader, **other_loaders}.items():
+        row = rows[version]
+        assert f"{built.manifest['initrd_bytes']:,}" in row
+        assert built.manifest["initrd_sha256"][:16] in row
+        assert (f"{len(IMAGE_FORMATS)} formats" in row) is (version == bootloader.IMAGE_LOADER)
+
+
+def test_an_unknown_loader_version_is_refused() -> None:
+    with pytest.raises(BuildError) as error:
+        bootloader.build(loader_version="9.9")
+    known = ", ".join(bootloader.LOADER_VERSIONS)
+    assert str(error.value) == f"unknown loader version '9.9'; known: {known}"
 
 
 # --- raw disk --------------------------------------------------------------------------------

@@ -13,6 +13,10 @@ Built once per input hash (see artifacts.py), in every format a platform takes:
 
 The kernel carries the drivers of every platform the lab knows, and only those (the paper:
 about 100 modules instead of 2,000): PLATFORM_DRIVERS plus what they depend on.
+
+The lab builds every loader version of LOADER_VERSIONS. The images carry IMAGE_LOADER; any
+other version is a kernel and an initramfs only (what the repository publishes for a staged
+update, kexec'd into by the image's loader), and differs from it only in /etc/ucvm/version.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from lab.build import kernel as kernel_pkg
 from lab.build.blockd import BLOCKD_SOURCE, build_blockd
 from lab.build.osrepo.keys import SigningKey, default_key_path
 
-LOADER_VERSION = "0.1"
+LOADER_VERSIONS = ("0.1", "0.2")  # built by `ucvm-lab build`, published by the session
+IMAGE_LOADER = "0.1"  # the version the disk images boot
 KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200 loglevel=4"
 # Where /init looks for the OS repository unless told otherwise (DEFAULT_REPO in
 # initramfs/functions); the lab forwards this guest address to its server on 127.0.0.1.
@@ -99,6 +104,7 @@ class BootLoader:
 
     root: Path
     kernel_release: str
+    version: str = IMAGE_LOADER  # the loader version (/etc/ucvm/version)
 
     @property
     def vmlinuz(self) -> Path:
@@ -116,6 +122,11 @@ class BootLoader:
         if image_format not in IMAGE_FILES:
             raise BuildError(
                 f"unknown image format {image_format!r}; known: {', '.join(IMAGE_FORMATS)}"
+            )
+        if self.version != IMAGE_LOADER:
+            raise BuildError(
+                f"loader {self.version} has no disk images (a kernel and an initramfs only): "
+                f"the images boot loader {IMAGE_LOADER}"
             )
         return self.root / IMAGE_FILES[image_format]
 
@@ -171,7 +182,12 @@ def wanted_modules() -> set[str]:
 # --- initramfs ----------------------------------------------------------------------------
 
 
-def stage_initramfs(kernel: kernel_pkg.Kernel, stage: Path, repo_public_key: str) -> list[str]:
+def stage_initramfs(
+    kernel: kernel_pkg.Kernel,
+    stage: Path,
+    repo_public_key: str,
+    loader_version: str = IMAGE_LOADER,
+) -> list[str]:
     """Lay out the initramfs tree in ``stage``; returns the module paths it carries.
     ``repo_public_key`` is the OS repository's key line: the guest trusts only what it signs."""
     for directory in ("bin", "dev", "etc/ucvm", "proc", "sys", "run", "tmp", "scratch"):
@@ -198,7 +214,7 @@ def stage_initramfs(kernel: kernel_pkg.Kernel, stage: Path, repo_public_key: str
         target = stage / ("init" if name == "init" else f"etc/ucvm/{name}")
         target.write_bytes((guest / name).read_bytes())
         target.chmod(0o755)
-    (stage / "etc/ucvm/version").write_text(LOADER_VERSION + "\n")
+    (stage / "etc/ucvm/version").write_text(loader_version + "\n")
     (stage / "etc/ucvm/repo.pub").write_text(repo_public_key.strip() + "\n")
     build_blockd(stage / "bin")
 
@@ -471,7 +487,11 @@ def gzip_size(path: Path) -> int:
     return size + len(compressor.flush())
 
 
-def write_manifest(out: Path, kernel: kernel_pkg.Kernel, modules: list[str]) -> None:
+def write_manifest(
+    out: Path, kernel: kernel_pkg.Kernel, modules: list[str], loader_version: str
+) -> None:
+    """manifest.json: the parts, their sizes and hashes; the images' only for IMAGE_LOADER."""
+    formats = IMAGE_FORMATS if loader_version == IMAGE_LOADER else ()
     images = {
         fmt: {
             "file": IMAGE_FILES[fmt],
@@ -479,10 +499,10 @@ def write_manifest(out: Path, kernel: kernel_pkg.Kernel, modules: list[str]) -> 
             "gzip_bytes": gzip_size(out / IMAGE_FILES[fmt]),
             "sha256": file_digest(out / IMAGE_FILES[fmt]),
         }
-        for fmt in IMAGE_FORMATS
+        for fmt in formats
     }
     manifest = {
-        "loader_version": LOADER_VERSION,
+        "loader_version": loader_version,
         "kernel": {
             "package": kernel.package,
             "version": kernel.version,
@@ -496,7 +516,9 @@ def write_manifest(out: Path, kernel: kernel_pkg.Kernel, modules: list[str]) -> 
             "names": sorted(module_name(m) for m in modules),
         },
         "vmlinuz_bytes": (out / "vmlinuz").stat().st_size,
+        "vmlinuz_sha256": file_digest(out / "vmlinuz"),
         "initrd_bytes": (out / "initrd.img").stat().st_size,
+        "initrd_sha256": file_digest(out / "initrd.img"),
         "images": images,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -519,15 +541,26 @@ def tool_versions() -> dict[str, str]:
     return proc.package_versions(*packages)
 
 
-def build(store: ArtifactStore | None = None, repo_public_key: str | None = None) -> BootLoader:
+def build(
+    store: ArtifactStore | None = None,
+    repo_public_key: str | None = None,
+    loader_version: str = IMAGE_LOADER,
+) -> BootLoader:
     """The boot loader for the current inputs, built once and cached by their hash.
-    It trusts the OS repository key given, by default the lab's own (see lab.build.osrepo.keys)."""
+    It trusts the OS repository key given, by default the lab's own (see lab.build.osrepo.keys).
+    A ``loader_version`` other than IMAGE_LOADER is built without disk images."""
+    if loader_version not in LOADER_VERSIONS:
+        raise BuildError(
+            f"unknown loader version {loader_version!r}; known: {', '.join(LOADER_VERSIONS)}"
+        )
+    images = loader_version == IMAGE_LOADER
     store = store or ArtifactStore()
     if repo_public_key is None:
         repo_public_key = SigningKey.load_or_create(default_key_path()).public_line()
     kernel = kernel_pkg.fetch(store)
     inputs = {
-        "loader_version": LOADER_VERSION,
+        "loader_version": loader_version,
+        "images": images,
         "kernel_deb_sha256": kernel.deb_sha256,
         "guest_sources": files_digest((Path(__file__).parent / "initramfs").iterdir()),
         "block_client": files_digest([BLOCKD_SOURCE, BLOCKD_SOURCE.with_name("__init__.py")]),
@@ -542,11 +575,12 @@ def build(store: ArtifactStore | None = None, repo_public_key: str | None = None
         work = out / "work"
         work.mkdir()
         shutil.copy2(kernel.vmlinuz, out / "vmlinuz")
-        modules = stage_initramfs(kernel, work / "initramfs", repo_public_key)
+        modules = stage_initramfs(kernel, work / "initramfs", repo_public_key, loader_version)
         pack_initramfs(work / "initramfs", out / "initrd.img")
-        build_images(out, work)
-        write_manifest(out, kernel, modules)
+        if images:
+            build_images(out, work)
+        write_manifest(out, kernel, modules, loader_version)
         shutil.rmtree(work)
 
     root = store.get("bootloader", inputs, make)
-    return BootLoader(root, kernel.release)
+    return BootLoader(root, kernel.release, loader_version)

@@ -1,12 +1,14 @@
 """releases.yaml: the OS releases the nightly publishes, read and validated once, at the edge.
 
-Each release names a tag, a branch, a shopping list and a small configuration overlay (files
-written into the root). The file is read through lab.config, the lab's one YAML loader, so a
-problem is reported as matrix.yaml's are, every one at once: `FILE:LINE:COLUMN: KEY.PATH: what
-is wrong; what to do`. Beyond the schema it checks what pydantic cannot see one item at a time:
-a tag used twice, a shopping list that does not exist or has a malformed line, a default branch
-no release is on, and an overlay path that the lab writes itself (lab.build.os_files). What is
-built from a release is lab.build.rootfs's.
+Each release names a tag, a branch, a shopping list, a small configuration overlay (files
+written into the root) and the boot loader version it wants (lab.build.bootloader's
+LOADER_VERSIONS; the repository lists it on the release's snapshot line). The file is read
+through lab.config, the lab's one YAML loader, so a problem is reported as matrix.yaml's are,
+every one at once: `FILE:LINE:COLUMN: KEY.PATH: what is wrong; what to do`. Beyond the schema
+it checks what pydantic cannot see one item at a time: a tag used twice, a shopping list that
+does not exist or has a malformed line, a default branch no release is on, and an overlay path
+that the lab writes itself (lab.build.os_files). What is built from a release is
+lab.build.rootfs's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pydantic import AfterValidator, Field
 
 from lab import config
 from lab.build import os_files
+from lab.build.bootloader import IMAGE_LOADER, LOADER_VERSIONS
 from lab.config import Document, Name, Problem, Schema
 from lab.packages import debian, solve
 
@@ -41,6 +44,7 @@ class Release:
     shopping_list: Path  # absolute
     overlay: dict[str, str] = field(hash=False)  # absolute path in the root -> content
     description: str = ""
+    loader: str = IMAGE_LOADER  # the boot loader version the release wants
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,16 @@ def _check_overlay_path(path: str) -> str:
     return path
 
 
+def _check_loader(version: str) -> str:
+    if version not in LOADER_VERSIONS:
+        raise ValueError(
+            f"loader {version!r} is not a boot loader version the lab builds; expected one of: "
+            f"{', '.join(LOADER_VERSIONS)} (LOADER_VERSIONS in lab/build/bootloader.py), or "
+            f"leave the key out for {IMAGE_LOADER}"
+        )
+    return version
+
+
 class _ReleaseSchema(Schema):
     tag: Name
     branch: Name
@@ -83,6 +97,7 @@ class _ReleaseSchema(Schema):
     overlay: dict[Annotated[str, AfterValidator(_check_overlay_path)], str] = Field(
         default_factory=dict
     )
+    loader: Annotated[str, AfterValidator(_check_loader)] = IMAGE_LOADER
 
 
 class _ReleasesSchema(Schema):
@@ -108,6 +123,7 @@ def load_release_set(path: Path = RELEASES_FILE) -> ReleaseSet:
             shopping_list=(path.parent / item.shopping_list).resolve(),
             overlay=dict(item.overlay),
             description=item.description,
+            loader=item.loader,
         )
         for item in schema.releases
     )

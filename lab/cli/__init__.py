@@ -1,7 +1,8 @@
 """ucvm-lab: build | targets | run | report | gate | sweep | solve | diff | repo.
 
-ucvm-lab build                 build the boot loader in every format and the OS releases
-                               of releases.yaml (each cached by input hash)
+ucvm-lab build                 build the boot loader in every format, its other versions
+                               (kernel and initramfs), and the OS releases of releases.yaml
+                               (each cached by input hash)
 ucvm-lab targets               every target, whether it can run here, and why not
 ucvm-lab run [--targets a,b] [--shard K/N] [-n WORKERS]
                                run the suites over the matrix, then write the report
@@ -12,7 +13,8 @@ ucvm-lab sweep                 remove what dead runs left (domains, files); what
 ucvm-lab solve LIST --index F [--index F ...] -o DIR [--engine highs|glpk]
                                shopping list -> closed package list + cernvm-system .deb
 ucvm-lab diff OLD.json NEW.json  what changed between two closed lists
-ucvm-lab repo init | publish IMAGE --tag T --branch B | tag EXISTING NEW | branch NAME TAG
+ucvm-lab repo init | publish IMAGE --tag T --branch B [--loader V] | tag EXISTING NEW
+         | publish-loader VERSION --kernel K --initrd I | branch NAME TAG
          | list [--verify] [--json] | serve [--port P]     (each takes --repo DIR)
                                the signed OS repository (default: UCVM_REPO)
 """
@@ -67,7 +69,32 @@ def cmd_build(args: argparse.Namespace, lab: matrix.Matrix) -> int:
         f"kernel {manifest['kernel']['package']} {manifest['kernel']['version']}, "
         f"{manifest['modules']['count']} modules ({manifest['modules']['bytes'] / 1e6:.1f} MB)"
     )
+    build_loader_versions(loader)
     return build_releases()
+
+
+def build_loader_versions(image_loader: bootloader.BootLoader) -> None:
+    """Every loader version of LOADER_VERSIONS (the others: a kernel and an initramfs only),
+    as the repository publishes them."""
+    built = Table(title="boot loader versions (the repository publishes each)")
+    for column in ("loader", "kernel bytes", "initrd bytes", "initrd sha256", "disk images"):
+        built.add_column(column)
+    for version in bootloader.LOADER_VERSIONS:
+        loader = (
+            image_loader
+            if version == image_loader.version
+            else bootloader.build(loader_version=version)
+        )
+        parts = loader.manifest
+        images = parts["images"]
+        built.add_row(
+            version,
+            f"{parts['vmlinuz_bytes']:,}",
+            f"{parts['initrd_bytes']:,}",
+            parts["initrd_sha256"][:16],
+            f"{len(images)} formats" if images else "none: staged on scratch, kexec'd into",
+        )
+    out.print(built)
 
 
 def build_releases() -> int:
@@ -78,7 +105,7 @@ def build_releases() -> int:
         print(f"ucvm-lab build: {error}", file=sys.stderr)
         return 2
     built = Table(title="OS releases (releases.yaml)")
-    for column in ("tag", "branch", "packages", "snapshot bytes", "built in"):
+    for column in ("tag", "branch", "loader", "packages", "snapshot bytes", "built in"):
         built.add_column(column)
     for release in releases:
         started = time.perf_counter()
@@ -86,6 +113,7 @@ def build_releases() -> int:
         built.add_row(
             artifact.tag,
             artifact.branch,
+            release.loader,
             artifact.record.get("packages", "?"),
             f"{artifact.squashfs.stat().st_size:,}",
             f"{time.perf_counter() - started:.1f} s",

@@ -1,4 +1,5 @@
-"""``ucvm-lab repo``: the signed OS repository (init, publish, tag, branch, list, serve)."""
+"""``ucvm-lab repo``: the signed OS repository (init, publish, publish-loader, tag, branch,
+list, serve)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from rich.table import Table
 from lab import matrix
 from lab.build.osrepo import repository as osrepo
 from lab.build.osrepo.keys import RepoError
-from lab.build.osrepo.manifest import Manifest
+from lab.build.osrepo.manifest import Loader, Manifest
 from lab.cli.common import error_exit, os_problem, out
 from lab.run import Run, new_run_id
 from lab.services.repo import RepoServer
@@ -53,13 +54,35 @@ def cmd_repo_init(args: argparse.Namespace, repo: osrepo.Repository) -> int:
 def cmd_repo_publish(args: argparse.Namespace, repo: osrepo.Repository) -> int:
     repo.check_key()  # a repository that `repo init` made, and its own key
     before = repo.manifest().serial
-    snapshot = repo.publish(Path(args.image), args.tag, args.branch, args.block_bytes)
+    snapshot = repo.publish(
+        Path(args.image), args.tag, args.branch, args.block_bytes, loader=args.loader
+    )
     if repo.manifest().serial == before:
         out.print(f"{snapshot.tag} already names this image: nothing to do", highlight=False)
     else:
+        loader = f", loader {snapshot.loader}" if snapshot.loader else ""
         out.print(
             f"published {snapshot.tag} on {snapshot.branch}: {snapshot.image_bytes:,} bytes, "
-            f"{snapshot.block_count} blocks, sha256 {snapshot.image_sha256}",
+            f"{snapshot.block_count} blocks, sha256 {snapshot.image_sha256}{loader}",
+            highlight=False,
+        )
+    return 0
+
+
+def cmd_repo_publish_loader(args: argparse.Namespace, repo: osrepo.Repository) -> int:
+    repo.check_key()
+    before = repo.manifest().serial
+    loader = repo.publish_loader(args.version, Path(args.kernel), Path(args.initrd))
+    if repo.manifest().serial == before:
+        out.print(
+            f"loader {loader.version} already has this kernel and initrd: nothing to do",
+            highlight=False,
+        )
+    else:
+        out.print(
+            f"published loader {loader.version}: kernel {loader.kernel_bytes:,} bytes, sha256 "
+            f"{loader.kernel_sha256}; initrd {loader.initrd_bytes:,} bytes, sha256 "
+            f"{loader.initrd_sha256}",
             highlight=False,
         )
     return 0
@@ -85,6 +108,8 @@ def cmd_repo_list(args: argparse.Namespace, repo: osrepo.Repository) -> int:
         print(json.dumps(repo_json(manifest, problems), indent=2))
     else:
         out.print(repo_table(repo, manifest, problems))
+        if manifest.loaders:
+            out.print(loader_table(manifest.loaders, problems))
     for tag, found in (problems or {}).items():
         for problem in found:
             print(f"ucvm-lab repo list: {tag}: {problem}", file=sys.stderr)
@@ -99,10 +124,17 @@ def repo_json(manifest: Manifest, problems: dict[str, list[str]] | None) -> dict
         if problems is not None:
             row["problems"] = problems[snapshot.tag]
         snapshots.append(row)
+    loaders = []
+    for loader in manifest.loaders:
+        entry = {**dataclasses.asdict(loader), "kernel": loader.kernel_name}
+        entry["initrd"] = loader.initrd_name
+        if problems is not None:
+            entry["problems"] = problems[osrepo.loader_key(loader.version)]
+        loaders.append(entry)
     return {
         "repository": manifest.repository, "serial": manifest.serial,
         "published": manifest.published, "default_branch": manifest.default_branch,
-        "branches": manifest.branches, "snapshots": snapshots,
+        "branches": manifest.branches, "snapshots": snapshots, "loaders": loaders,
     }  # fmt: skip
 
 
@@ -113,17 +145,34 @@ def repo_table(
         title=f"{manifest.repository} in {repo.root}: serial {manifest.serial}, "
         f"published {manifest.published}, default branch {manifest.default_branch}"
     )
-    columns = ["tag", "branch", "published", "size", "image sha256", "head of"]
+    columns = ["tag", "branch", "published", "size", "image sha256", "loader", "head of"]
     for column in columns + (["verified"] if problems is not None else []):
         listing.add_column(column)
     heads = manifest.heads()
     for snapshot in manifest.snapshots:
         row = [
             snapshot.tag, snapshot.branch, snapshot.timestamp, f"{snapshot.image_bytes:,}",
-            snapshot.image_sha256[:16], ", ".join(heads.get(snapshot.tag, [])),
+            snapshot.image_sha256[:16], snapshot.loader or "-",
+            ", ".join(heads.get(snapshot.tag, [])),
         ]  # fmt: skip
         if problems is not None:
             row.append("[red]FAILED[/]" if problems[snapshot.tag] else "ok")
+        listing.add_row(*row)
+    return listing
+
+
+def loader_table(loaders: list[Loader], problems: dict[str, list[str]] | None) -> Table:
+    listing = Table(title="boot loader versions")
+    columns = ["loader", "published", "kernel", "kernel sha256", "initrd", "initrd sha256"]
+    for column in columns + (["verified"] if problems is not None else []):
+        listing.add_column(column)
+    for loader in loaders:
+        row = [
+            loader.version, loader.timestamp, f"{loader.kernel_bytes:,}",
+            loader.kernel_sha256[:16], f"{loader.initrd_bytes:,}", loader.initrd_sha256[:16],
+        ]  # fmt: skip
+        if problems is not None:
+            row.append("[red]FAILED[/]" if problems[osrepo.loader_key(loader.version)] else "ok")
         listing.add_row(*row)
     return listing
 
@@ -165,7 +214,15 @@ def add_repo_commands(commands: argparse._SubParsersAction) -> None:
     publish.add_argument("--tag", required=True)
     publish.add_argument("--branch", required=True)
     publish.add_argument("--block-bytes", type=int, default=osrepo.BLOCK_BYTES)
+    publish.add_argument("--loader", help="the boot loader version the snapshot wants")
     publish.set_defaults(repo_func=cmd_repo_publish)
+    loader = group.add_parser(
+        "publish-loader", parents=[common], help="add a boot loader version (kernel, initrd)"
+    )
+    loader.add_argument("version")
+    loader.add_argument("--kernel", required=True, help="the loader's kernel (vmlinuz)")
+    loader.add_argument("--initrd", required=True, help="the loader's initramfs")
+    loader.set_defaults(repo_func=cmd_repo_publish_loader)
     tag = group.add_parser("tag", parents=[common], help="give a snapshot one more tag")
     tag.add_argument("existing")
     tag.add_argument("new")

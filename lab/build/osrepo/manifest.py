@@ -1,10 +1,11 @@
 """The signed manifest's format (docs/os-on-demand.md): parse, render, sign, verify.
 
-A manifest is text: five header lines, one ``snapshot`` line per tag, one ``branch`` line per
-branch head, and last the Ed25519 signature of every byte before it. ``Manifest.parse``
-refuses, with the line and what is wrong, anything but that; with a public key it also refuses
-a manifest that key did not sign. ``Manifest.resolve`` turns a version the guest asks for
-(newest, previous, a branch, a tag) into its snapshot.
+A manifest is text: five header lines, one ``snapshot`` line per tag, one ``loader`` line per
+boot loader version, one ``branch`` line per branch head, and last the Ed25519 signature of
+every byte before it. ``Manifest.parse`` refuses, with the line and what is wrong, anything
+but that; with a public key it also refuses a manifest that key did not sign.
+``Manifest.resolve`` turns a version the guest asks for (newest, previous, a branch, a tag)
+into its snapshot.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from lab.messages import clip
 FORMAT = "ucvm-manifest 1"
 MANIFEST = "manifest"
 SNAPSHOTS = "snapshots"
+LOADERS = "loaders"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_MAX_CHARS = 64  # a tag or branch is a manifest field: the guest reads at most 1 MiB of it
 NAME_RULE = f"a name is [A-Za-z0-9][A-Za-z0-9._-]*, at most {NAME_MAX_CHARS} characters"
@@ -61,8 +63,12 @@ class Snapshot:
     image_bytes: int
     block_bytes: int
     blocks_sha256: str
+    loader: str | None = None  # the boot loader version the snapshot wants (a loader line)
 
-    FIELDS = "snapshot TAG BRANCH TIMESTAMP IMAGE_SHA256 IMAGE_BYTES BLOCK_BYTES BLOCKS_SHA256"
+    FIELDS = (
+        "snapshot TAG BRANCH TIMESTAMP IMAGE_SHA256 IMAGE_BYTES BLOCK_BYTES BLOCKS_SHA256 "
+        "[LOADER_VERSION]"
+    )
 
     @property
     def image_name(self) -> str:
@@ -78,15 +84,17 @@ class Snapshot:
         return -(-self.image_bytes // self.block_bytes)
 
     def line(self) -> str:
+        loader = f" {self.loader}" if self.loader is not None else ""
         return (
             f"snapshot {self.tag} {self.branch} {self.timestamp} {self.image_sha256} "
-            f"{self.image_bytes} {self.block_bytes} {self.blocks_sha256}"
+            f"{self.image_bytes} {self.block_bytes} {self.blocks_sha256}{loader}"
         )
 
     @classmethod
     def from_fields(cls, fields: list[str]) -> Snapshot:
-        """From a line's fields after ``snapshot``; RepoError names the bad field."""
-        tag, branch, timestamp, image_sha, image_bytes, block_bytes, blocks_sha = fields
+        """From a line's 7 or 8 fields after ``snapshot``; RepoError names the bad field."""
+        tag, branch, timestamp, image_sha, image_bytes, block_bytes, blocks_sha = fields[:7]
+        loader = fields[7] if len(fields) == 8 else None
         return cls(
             check_name("tag", tag),
             check_name("branch", branch),
@@ -95,6 +103,57 @@ class Snapshot:
             check_count("IMAGE_BYTES", image_bytes),
             check_count("BLOCK_BYTES", block_bytes),
             check_sha("BLOCKS_SHA256", blocks_sha),
+            None if loader is None else check_name("LOADER_VERSION", loader),
+        )
+
+
+@dataclass(frozen=True)
+class Loader:
+    """A boot loader version: a kernel and an initramfs, served content-addressed as
+    ``loaders/KERNEL_SHA256.kernel`` and ``loaders/INITRD_SHA256.initrd``."""
+
+    version: str
+    timestamp: str
+    kernel_sha256: str
+    kernel_bytes: int
+    initrd_sha256: str
+    initrd_bytes: int
+
+    FIELDS = "loader VERSION TIMESTAMP KERNEL_SHA256 KERNEL_BYTES INITRD_SHA256 INITRD_BYTES"
+
+    @property
+    def kernel_name(self) -> str:
+        """The kernel's path relative to REPO (and to the server's URL)."""
+        return f"{LOADERS}/{self.kernel_sha256}.kernel"
+
+    @property
+    def initrd_name(self) -> str:
+        return f"{LOADERS}/{self.initrd_sha256}.initrd"
+
+    def files(self) -> tuple[tuple[str, str, int], ...]:
+        """(path relative to REPO, sha256, bytes) of the kernel and the initramfs."""
+        return (
+            (self.kernel_name, self.kernel_sha256, self.kernel_bytes),
+            (self.initrd_name, self.initrd_sha256, self.initrd_bytes),
+        )
+
+    def line(self) -> str:
+        return (
+            f"loader {self.version} {self.timestamp} {self.kernel_sha256} {self.kernel_bytes} "
+            f"{self.initrd_sha256} {self.initrd_bytes}"
+        )
+
+    @classmethod
+    def from_fields(cls, fields: list[str]) -> Loader:
+        """From a line's 6 fields after ``loader``; RepoError names the bad field."""
+        version, timestamp, kernel_sha, kernel_bytes, initrd_sha, initrd_bytes = fields
+        return cls(
+            check_name("loader version", version),
+            check_timestamp(timestamp),
+            check_sha("KERNEL_SHA256", kernel_sha),
+            check_count("KERNEL_BYTES", kernel_bytes),
+            check_sha("INITRD_SHA256", initrd_sha),
+            check_count("INITRD_BYTES", initrd_bytes),
         )
 
 
@@ -140,6 +199,7 @@ class Manifest:
     default_branch: str
     snapshots: list[Snapshot] = field(default_factory=list)
     branches: dict[str, str] = field(default_factory=dict)  # branch name -> head tag
+    loaders: list[Loader] = field(default_factory=list)  # in publish order
 
     def render(self) -> str:
         """The manifest's text without its signature line."""
@@ -150,6 +210,7 @@ class Manifest:
             f"published {self.published}",
             f"default-branch {self.default_branch}",
             *(s.line() for s in self.snapshots),
+            *(loader.line() for loader in self.loaders),
             *(f"branch {name} {tag}" for name, tag in self.branches.items()),
         ]
         return "\n".join(lines) + "\n"
@@ -175,6 +236,12 @@ class Manifest:
 
     def snapshot(self, tag: str) -> Snapshot | None:
         return next((s for s in self.snapshots if s.tag == tag), None)
+
+    def loader(self, version: str) -> Loader | None:
+        return next((x for x in self.loaders if x.version == version), None)
+
+    def loader_versions(self) -> list[str]:
+        return [x.version for x in self.loaders]
 
     def heads(self) -> dict[str, list[str]]:
         """Tag -> the branches whose head it is."""
@@ -327,14 +394,9 @@ def parse_header(line: str, line_no: int, source: str) -> str:
 def parse_record(manifest: Manifest, line: str, line_no: int, source: str) -> None:
     keyword, *fields = line.split(" ")
     if keyword == "snapshot":
-        if manifest.branches:
-            raise line_error(source, line_no, "snapshot lines come before the branch lines")
-        if len(fields) != 7:
-            raise line_error(source, line_no, f"expected '{Snapshot.FIELDS}', got {line!r}")
-        snapshot = check_line(source, line_no, Snapshot.from_fields, fields)
-        if manifest.snapshot(snapshot.tag):
-            raise line_error(source, line_no, f"tag {snapshot.tag!r} is listed twice")
-        manifest.snapshots.append(snapshot)
+        parse_snapshot(manifest, line, fields, line_no, source)
+    elif keyword == "loader":
+        parse_loader(manifest, line, fields, line_no, source)
     elif keyword == "branch":
         if len(fields) != 2:
             raise line_error(source, line_no, f"expected 'branch NAME HEAD_TAG', got {line!r}")
@@ -349,12 +411,54 @@ def parse_record(manifest: Manifest, line: str, line_no: int, source: str) -> No
         raise line_error(source, line_no, "the signature line must be the last line")
     else:
         raise line_error(
-            source, line_no, f"unknown record {keyword!r}: expected snapshot, branch, signature"
+            source,
+            line_no,
+            f"unknown record {keyword!r}: expected snapshot, loader, branch, signature",
         )
 
 
+def parse_snapshot(
+    manifest: Manifest, line: str, fields: list[str], line_no: int, source: str
+) -> None:
+    if manifest.branches or manifest.loaders:
+        later = "loader" if manifest.loaders else "branch"
+        raise line_error(source, line_no, f"snapshot lines come before the {later} lines")
+    if len(fields) not in (7, 8):
+        raise line_error(source, line_no, f"expected '{Snapshot.FIELDS}', got {line!r}")
+    snapshot = check_line(source, line_no, Snapshot.from_fields, fields)
+    if manifest.snapshot(snapshot.tag):
+        raise line_error(source, line_no, f"tag {snapshot.tag!r} is listed twice")
+    manifest.snapshots.append(snapshot)
+
+
+def parse_loader(
+    manifest: Manifest, line: str, fields: list[str], line_no: int, source: str
+) -> None:
+    if manifest.branches:
+        raise line_error(source, line_no, "loader lines come before the branch lines")
+    if len(fields) != 6:
+        raise line_error(source, line_no, f"expected '{Loader.FIELDS}', got {line!r}")
+    loader = check_line(source, line_no, Loader.from_fields, fields)
+    if manifest.loader(loader.version):
+        raise line_error(source, line_no, f"loader {loader.version!r} is listed twice")
+    manifest.loaders.append(loader)
+
+
 def check_consistent(manifest: Manifest, source: str) -> None:
-    """Tags that name the same image agree on its size, blocks and block hashes."""
+    """Tags that name the same image agree on its size, blocks and block hashes; the loader
+    a snapshot names is listed; loader versions are unique."""
+    versions = manifest.loader_versions()
+    if len(set(versions)) != len(versions):
+        twice = sorted({v for v in versions if versions.count(v) > 1})
+        raise RepoError(f"{source}: loader {', '.join(map(repr, twice))} is listed twice")
+    for line_no, snapshot in enumerate(manifest.snapshots, len(HEADER) + 1):
+        if snapshot.loader is not None and snapshot.loader not in versions:
+            raise line_error(
+                source,
+                line_no,
+                f"tag {snapshot.tag!r} names loader {snapshot.loader!r}, which no loader line "
+                f"lists (loaders: {', '.join(versions) or 'none'}): publish that loader first",
+            )
     seen: dict[str, Snapshot] = {}
     for snapshot in manifest.snapshots:
         first = seen.setdefault(snapshot.image_sha256, snapshot)

@@ -1,11 +1,12 @@
 """The versioned, signed OS repository (docs/os-on-demand.md): a directory and its writes.
 
 ``Repository`` publishes squashfs snapshots under ``REPO/snapshots/SHA.img`` with their block
-hashes in ``SHA.blocks``, and keeps the signed ``REPO/manifest`` (manifest.py) that lists
-them, their tags and the branch heads. Every write holds ``REPO/.lock`` and swaps the manifest
-in with a rename, after the snapshot files it mentions are complete and fsync'd: a publish
-killed at any point leaves the previous manifest in force. Reading the manifest verifies its
-Ed25519 signature. What serves the directory to guests is lab.services.repo.
+hashes in ``SHA.blocks``, boot loader versions as ``REPO/loaders/SHA.kernel`` and
+``SHA.initrd``, and keeps the signed ``REPO/manifest`` (manifest.py) that lists them, their
+tags and the branch heads. Every write holds ``REPO/.lock`` and swaps the manifest in with a
+rename, after the files it mentions are complete and fsync'd: a publish killed at any point
+leaves the previous manifest in force. Reading the manifest verifies its Ed25519 signature.
+What serves the directory to guests is lab.services.repo.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import hashlib
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -25,8 +26,10 @@ from lab.artifacts import default_root
 from lab.build.osrepo.files import TEMP_PREFIX, fsync_dir, temp_path, write_atomic
 from lab.build.osrepo.keys import PublicKey, RepoError, SigningKey, default_key_path
 from lab.build.osrepo.manifest import (
+    LOADERS,
     MANIFEST,
     SNAPSHOTS,
+    Loader,
     Manifest,
     Snapshot,
     check_name,
@@ -151,6 +154,10 @@ class Repository:
     def snapshots_dir(self) -> Path:
         return self.root / SNAPSHOTS
 
+    @property
+    def loaders_dir(self) -> Path:
+        return self.root / LOADERS
+
     def image_path(self, snapshot: Snapshot) -> Path:
         return self.root / snapshot.image_name
 
@@ -185,13 +192,32 @@ class Repository:
         )
 
     def verify(self) -> dict[str, list[str]]:
-        """Tag -> what is wrong with its snapshot files (empty when they match the manifest).
+        """Tag -> what is wrong with its snapshot files (empty when they match the manifest),
+        then ``loader VERSION`` -> what is wrong with that loader's kernel and initramfs.
         Each image is re-hashed once, however many tags name it."""
         manifest, checked = self.manifest(), {}
         for snapshot in manifest.snapshots:
             if snapshot.image_sha256 not in checked:
                 checked[snapshot.image_sha256] = self.verify_snapshot(snapshot)
-        return {s.tag: checked[s.image_sha256] for s in manifest.snapshots}
+        found = {s.tag: checked[s.image_sha256] for s in manifest.snapshots}
+        for loader in manifest.loaders:
+            found[loader_key(loader.version)] = self.verify_loader(loader)
+        return found
+
+    def verify_loader(self, loader: Loader) -> list[str]:
+        problems = []
+        for name, sha256, size in loader.files():
+            try:
+                found = hash_image(self.root / name, 1 << 20)
+            except OSError as error:
+                problems.append(f"{error.filename}: {error.strerror}")
+                continue
+            if (found.sha256, found.size) != (sha256, size):
+                problems.append(
+                    f"{self.root / name}: {found.size} bytes with sha256 {found.sha256[:16]}…, "
+                    f"not the manifest's {size} bytes"
+                )
+        return problems
 
     def verify_snapshot(self, snapshot: Snapshot) -> list[str]:
         image, blocks = self.image_path(snapshot), self.blocks_path(snapshot)
@@ -238,21 +264,25 @@ class Repository:
         branch: str,
         block_bytes: int = BLOCK_BYTES,
         timestamp: str | datetime | None = None,
+        loader: str | None = None,
     ) -> Snapshot:
-        """Add ``image`` (a squashfs file) as ``tag`` and make it the head of ``branch``.
-        Tags are immutable: the same tag with the same image is a no-op, with another image an
-        error. The image is copied into the repository (never linked: editing the source
-        later must not change what was published) and hashed from what was copied."""
+        """Add ``image`` (a squashfs file) as ``tag`` and make it the head of ``branch``; with
+        ``loader``, the tag names that published boot loader version.
+        Tags are immutable: the same tag with the same image (and loader) is a no-op, with
+        another image an error. The image is copied into the repository (never linked:
+        editing the source later must not change what was published) and hashed from what
+        was copied."""
         stamp = timestamp if isinstance(timestamp, str) else utc_timestamp(timestamp)
         check_timestamp(stamp)
         check_block_bytes(block_bytes)
         check_squashfs(image)
         with self._writing() as (key, current), self._staged(image, block_bytes) as staged:
             check_new_names(current, tag=tag, branch=branch)
+            check_loader_published(current, loader)
             temp, hashes = staged
             snapshot = Snapshot(
                 tag, branch, stamp, hashes.sha256, hashes.size, block_bytes,
-                hashlib.sha256(hashes.blocks).hexdigest(),
+                hashlib.sha256(hashes.blocks).hexdigest(), loader,
             )  # fmt: skip
             if existing := republished(current, snapshot):
                 return existing
@@ -261,6 +291,38 @@ class Repository:
             branches = {**current.branches, branch: tag}
             self._write(key, current, [*current.snapshots, snapshot], branches)
             return snapshot
+
+    def publish_loader(
+        self,
+        version: str,
+        kernel: Path,
+        initrd: Path,
+        timestamp: str | datetime | None = None,
+    ) -> Loader:
+        """Add boot loader ``version``: its kernel and initramfs, copied into ``loaders/``
+        under their sha256. Versions are immutable, like tags: the same files again are a
+        no-op, other files an error."""
+        stamp = timestamp if isinstance(timestamp, str) else utc_timestamp(timestamp)
+        check_timestamp(stamp)
+        check_writable_name("loader version", version)
+        check_loader_file("kernel", kernel, kernel_problem)
+        check_loader_file("initrd", initrd, initrd_problem)
+        with self._writing() as (key, current), contextlib.ExitStack() as stack:
+            self.loaders_dir.mkdir(exist_ok=True)
+            kernel_temp, kernel_hashes = stack.enter_context(self._copied(kernel))
+            initrd_temp, initrd_hashes = stack.enter_context(self._copied(initrd))
+            loader = Loader(
+                version, stamp, kernel_hashes.sha256, kernel_hashes.size,
+                initrd_hashes.sha256, initrd_hashes.size,
+            )  # fmt: skip
+            if existing := republished_loader(current, loader):
+                return existing
+            self._place_loader_file(kernel_temp, loader.kernel_name)
+            self._place_loader_file(initrd_temp, loader.initrd_name)
+            self._write(
+                key, current, current.snapshots, current.branches, [*current.loaders, loader]
+            )
+            return loader
 
     def tag(self, existing: str, new: str) -> Snapshot:
         """Give the snapshot tagged ``existing`` the further tag ``new`` (on its branch)."""
@@ -320,7 +382,7 @@ class Repository:
 
     def _remove_temps(self) -> None:
         """What writers killed before their rename left (we hold the lock: none is live)."""
-        for directory in (self.root, self.snapshots_dir):
+        for directory in (self.root, self.snapshots_dir, self.loaders_dir):
             for temp in directory.glob(TEMP_PREFIX + "*"):
                 temp.unlink(missing_ok=True)
 
@@ -337,6 +399,23 @@ class Repository:
         finally:
             temp.unlink(missing_ok=True)
 
+    @contextlib.contextmanager
+    def _copied(self, source: Path) -> Iterator[tuple[Path, ImageHashes]]:
+        """A copy of ``source`` in a temporary file of loaders/ and the sha256 of what was
+        copied; the file is gone afterwards unless _place_loader_file() renamed it."""
+        temp = temp_path(self.loaders_dir)
+        try:
+            yield temp, hash_image(source, 1 << 20, copy_to=temp)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def _place_loader_file(self, temp: Path, name: str) -> None:
+        """loaders/SHA.kernel or SHA.initrd, complete and fsync'd, before a manifest names it."""
+        final = self.root / name
+        if not final.exists():  # content-addressed: an existing one is this file
+            os.replace(temp, final)
+        fsync_dir(self.loaders_dir)
+
     def _place(self, temp: Path, hashes: ImageHashes) -> None:
         """snapshots/SHA.img and SHA.blocks, complete and fsync'd, before a manifest names them."""
         final = self.snapshots_dir / f"{hashes.sha256}.img"
@@ -351,6 +430,7 @@ class Repository:
         current: Manifest,
         snapshots: list[Snapshot],
         branches: dict[str, str],
+        loaders: list[Loader] | None = None,
     ) -> None:
         manifest = replace(
             current,
@@ -358,6 +438,7 @@ class Repository:
             published=utc_timestamp(),
             snapshots=snapshots,
             branches=branches,
+            loaders=current.loaders if loaders is None else loaders,
         )
         write_atomic(self.manifest_path, manifest.sign(key))
 
@@ -420,9 +501,90 @@ def republished(current: Manifest, snapshot: Snapshot) -> Snapshot | None:
         return None
     if existing.image_sha256 != snapshot.image_sha256:
         raise immutable_tag(existing, snapshot.image_sha256)
+    if existing.loader != snapshot.loader:
+        raise RepoError(
+            f"tag {existing.tag!r} was published with loader {loader_text(existing.loader)}, "
+            f"not {loader_text(snapshot.loader)}: tags are immutable; publish under a new tag"
+        )
     if existing.branch != snapshot.branch:
         raise RepoError(
             f"tag {existing.tag!r} was published on branch {existing.branch!r}: to make it the "
             f"head of {snapshot.branch!r}: ucvm-lab repo branch {snapshot.branch} {existing.tag}"
+        )
+    return existing
+
+
+# --- boot loader versions -----------------------------------------------------------------
+
+LINUX_BOOT_HEADER = (0x202, b"HdrS")  # x86 Linux boot protocol: bzImage's setup header magic
+INITRD_MAGICS = {
+    b"\xfd7zXZ\x00": "xz", b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd",
+    b"\x02\x21\x4c\x18": "lz4", b"\x04\x22\x4d\x18": "lz4", b"BZh": "bzip2",
+    b"\x89LZO": "lzo", b"070701": "cpio", b"070702": "cpio",
+}  # fmt: skip
+
+
+def loader_key(version: str) -> str:
+    """verify()'s key for a loader (tags have no spaces, so it never collides with one)."""
+    return f"loader {version}"
+
+
+def loader_text(version: str | None) -> str:
+    return "none" if version is None else repr(version)
+
+
+def kernel_problem(head: bytes) -> str | None:
+    offset, magic = LINUX_BOOT_HEADER
+    if head[offset : offset + len(magic)] != magic:
+        return f"no {magic.decode()!r} boot header at {offset:#x}: not a Linux bzImage"
+    return None
+
+
+def initrd_problem(head: bytes) -> str | None:
+    if any(head.startswith(magic) for magic in INITRD_MAGICS):
+        return None
+    kinds = ", ".join(sorted(set(INITRD_MAGICS.values())))
+    return f"not an initramfs (expected a {kinds} archive, found {head[:6]!r})"
+
+
+def check_loader_file(kind: str, path: Path, problem_of: Callable[[bytes], str | None]) -> None:
+    """RepoError unless ``path`` is a readable, non-empty file that looks like a ``kind``."""
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(4096)
+    except OSError as error:
+        raise RepoError(f"{path}: cannot read the {kind} ({error.strerror})") from error
+    if not head:
+        raise RepoError(f"{path}: the {kind} is empty")
+    if problem := problem_of(head):
+        option = "--kernel" if kind == "kernel" else "--initrd"
+        raise RepoError(f"{path}: {problem}; give {option} the loader's {kind}")
+
+
+def check_loader_published(current: Manifest, version: str | None) -> None:
+    if version is None or current.loader(version):
+        return
+    check_name("loader version", version)
+    published = ", ".join(current.loader_versions()) or "none"
+    raise RepoError(
+        f"loader {version!r} is not published (loaders: {published}): publish it first: "
+        f"ucvm-lab repo publish-loader {version} --kernel KERNEL --initrd INITRD"
+    )
+
+
+def republished_loader(current: Manifest, loader: Loader) -> Loader | None:
+    """The existing loader if this publish repeats it, None if the version is new."""
+    existing = current.loader(loader.version)
+    if existing is None:
+        return None
+    if (existing.kernel_sha256, existing.initrd_sha256) != (
+        loader.kernel_sha256,
+        loader.initrd_sha256,
+    ):
+        raise RepoError(
+            f"loader {existing.version!r} already has kernel {existing.kernel_sha256[:16]}… and "
+            f"initrd {existing.initrd_sha256[:16]}…, not {loader.kernel_sha256[:16]}… and "
+            f"{loader.initrd_sha256[:16]}…: loader versions are immutable; publish under a new "
+            "version"
         )
     return existing
