@@ -16,6 +16,7 @@ import os
 import random
 import shlex
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -633,6 +634,135 @@ def test_a_cache_in_use_is_refused(client: Client):
         result = client.cat(0, 10)
     assert result.returncode == EXIT_LOCAL
     assert "is in use by another ucvm-blockd" in errors(result)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# kexec and disconnect: on the host, only what fails before the kernel would act
+#
+# kexec is never called here with a real kernel: only with files that cannot load (the kernel
+# refuses them before anything is loaded) and always with --load-only, so even a load that
+# succeeded could not reboot the host. disconnect is only given devices that are not nbd
+# devices, which it refuses from stat() without opening them.
+
+KEXEC_USAGE = "(ucvm-blockd kexec KERNEL INITRD CMDLINE [--load-only])"
+
+
+@pytest.fixture
+def not_a_kernel(tmp_path: Path) -> tuple[Path, Path]:
+    """A 'kernel' of random bytes (no bzImage header) and a small 'initrd'."""
+    kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.img"
+    kernel.write_bytes(random.Random(12).randbytes(8192))
+    initrd.write_bytes(b"not a cpio archive\n")
+    return kernel, initrd
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param([], f"kexec: expected 3 arguments, got 0 {KEXEC_USAGE}", id="nothing"),
+        pytest.param(["k", "i"], f"kexec: expected 3 arguments, got 2 {KEXEC_USAGE}", id="two"),
+        pytest.param(["k", "i", "c", "d"], "kexec: unexpected argument 'd'", id="four"),
+        pytest.param(["k", "i", "c", "--load-only=yes"], "--load-only takes no value", id="value"),
+        pytest.param(["k", "i", "c", "--load-only", "--load-only"], "--load-only given twice"),
+        pytest.param(["k", "i", "c", "--nbd", "/dev/nbd0"], "kexec: unknown option --nbd"),
+    ],
+)
+def test_kexec_usage_errors(blockd: Path, args: list[str], message: str):
+    result = run(blockd, "kexec", *args)
+    assert result.returncode == EXIT_LOCAL
+    [line] = errors(result)
+    assert message in line
+    assert result.stdout == b""
+
+
+@pytest.mark.parametrize("missing", ["kernel", "initrd"])
+def test_kexec_names_a_missing_file(
+    blockd: Path, not_a_kernel: tuple[Path, Path], tmp_path: Path, missing: str
+):
+    kernel, initrd = not_a_kernel
+    gone = tmp_path / f"no-{missing}"
+    args = (gone, initrd) if missing == "kernel" else (kernel, gone)
+    result = run(blockd, "kexec", *args, "console=ttyS0", "--load-only")
+    assert result.returncode == EXIT_LOCAL
+    [line] = errors(result)
+    assert line == f"ucvm-blockd: kexec: cannot open the {missing} {gone}: {os.strerror(2)}"
+    assert result.stdout == b""
+
+
+def test_kexec_refuses_a_file_that_is_not_a_regular_file(
+    blockd: Path, not_a_kernel: tuple[Path, Path], tmp_path: Path
+):
+    kernel, _ = not_a_kernel
+    empty = tmp_path / "empty.img"
+    empty.touch()
+    for initrd in (Path("/dev/null"), tmp_path, empty):
+        result = run(blockd, "kexec", kernel, initrd, "console=ttyS0", "--load-only")
+        assert result.returncode == EXIT_LOCAL
+        [line] = errors(result)
+        assert f"the initrd {initrd} is not a regular non-empty file" in line
+
+
+def test_kexec_refuses_a_command_line_the_kernel_cannot_take(
+    blockd: Path, not_a_kernel: tuple[Path, Path]
+):
+    cmdline = "x" * 2048
+    result = run(blockd, "kexec", *not_a_kernel, cmdline, "--load-only")
+    assert result.returncode == EXIT_LOCAL
+    [line] = errors(result)
+    assert "CMDLINE has 2048 bytes, more than the 2047 the kernel takes" in line
+
+
+def test_kexec_of_a_file_that_is_not_a_kernel_fails_with_the_kernel_s_reason(
+    blockd: Path, not_a_kernel: tuple[Path, Path]
+):
+    # The kernel refuses it: ENOEXEC where kexec_file_load exists and root may call it, EPERM
+    # elsewhere, ENOSYS on a kernel without it. The message names the files and the errno.
+    kernel, initrd = not_a_kernel
+    result = run(blockd, "kexec", kernel, initrd, "console=ttyS0", "--load-only")
+    assert result.returncode == EXIT_LOCAL
+    assert b"loaded" not in result.stdout
+    [line] = errors(result)
+    assert f"kexec: kexec_file_load of {kernel} with {initrd} failed: " in line
+    reasons = {
+        "Exec format error": "not a bzImage",
+        "Operation not permitted": "needs root",
+        "Function not implemented": "CONFIG_KEXEC_FILE",
+    }
+    assert any(f"{errno_text} (" in line and hint in line for errno_text, hint in reasons.items())
+
+
+def test_disconnect_needs_the_device(blockd: Path):
+    result = run(blockd, "disconnect")
+    assert result.returncode == EXIT_LOCAL
+    [line] = errors(result)
+    assert "disconnect: missing --nbd (ucvm-blockd disconnect --nbd /dev/nbdN)" in line
+
+
+def test_disconnect_refuses_what_is_not_an_nbd_device(blockd: Path, tmp_path: Path):
+    regular = tmp_path / "nbd0"
+    regular.touch()
+    refusals = {
+        tmp_path / "missing": "cannot find {dev}: No such file or directory",
+        regular: "{dev} is not a block device, so not an nbd device",
+        Path("/dev/null"): "{dev} is not a block device, so not an nbd device",
+    }
+    if os.geteuid() == 0:  # a loop device's node, never opened: refused from stat() alone
+        loop = tmp_path / "loop"
+        os.mknod(loop, 0o600 | stat.S_IFBLK, os.makedev(7, 250))
+        refusals[loop] = "{dev} is not an nbd device (block device 7:250; nbd devices have major"
+    for dev, message in refusals.items():
+        result = run(blockd, "disconnect", "--nbd", dev)
+        assert result.returncode == EXIT_LOCAL, dev
+        [line] = errors(result)
+        assert message.format(dev=dev) in line
+
+
+def test_help_and_the_unknown_command_name_kexec_and_disconnect(blockd: Path):
+    usage = run(blockd, "--help").stdout.decode()
+    assert "ucvm-blockd kexec KERNEL INITRD CMDLINE [--load-only]" in usage
+    assert "ucvm-blockd disconnect --nbd /dev/nbdN" in usage
+    [line] = errors(run(blockd, "reboot"))
+    assert "expected get, verify, serve, cat, disconnect or kexec" in line
 
 
 def test_a_build_failure_names_the_compiler_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -5,6 +5,8 @@
  *   ucvm-blockd verify PUBKEY_FILE SIGNED_MANIFEST OUT_BODY
  *   ucvm-blockd serve --nbd /dev/nbdN COMMON
  *   ucvm-blockd cat --offset O --length L COMMON
+ *   ucvm-blockd disconnect --nbd /dev/nbdN
+ *   ucvm-blockd kexec KERNEL INITRD CMDLINE [--load-only]
  *   COMMON: --url URL_OF_IMG --size IMAGE_BYTES --block BLOCK_BYTES --hashes BLOCKS_FILE
  *           --cache DIR [--cache-max BYTES] [--header 'K: V']... [--retries N] [--name LABEL]
  *
@@ -13,7 +15,7 @@
  *
  * The program runs in the initramfs before any OS exists, so it depends on nothing but the
  * kernel: a numeric-IPv4 HTTP/1.1 client, libsodium (SHA-256, Ed25519) linked statically, and
- * the kernel's NBD ioctls. All buffers are allocated once at start, sized from the arguments.
+ * the kernel's NBD ioctls and kexec_file_load(2). All buffers are allocated once at start, sized from the arguments.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -23,6 +25,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <linux/falloc.h>
+#include <linux/major.h>
 #include <linux/nbd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -38,8 +41,10 @@
 #include <strings.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <time.h>
@@ -79,6 +84,13 @@ enum exit_code {
 #define HASH_BYTES crypto_hash_sha256_BYTES
 #define KEYID_BYTES 8
 #define NIL UINT32_MAX
+#if !defined(SYS_kexec_file_load) && defined(__x86_64__)
+#define SYS_kexec_file_load 320
+#endif
+#ifndef RB_KEXEC
+#define RB_KEXEC 0x45584543 /* LINUX_REBOOT_CMD_KEXEC */
+#endif
+#define KEXEC_CMDLINE_MAX 2048 /* x86's COMMAND_LINE_SIZE, with the terminating NUL */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Logging and small helpers                                                                   */
@@ -297,15 +309,18 @@ enum opt_id {
     O_LENGTH,
     O_MAX_BYTES,
     O_METHOD,
+    O_LOAD_ONLY,
     O_COUNT,
 };
 
 static const char *const opt_names[O_COUNT] = {
     "header", "retries", "nbd", "url", "size", "block",
     "hashes", "cache", "cache-max", "name", "offset", "length", "max-bytes", "method",
+    "load-only",
 };
 
 #define BIT(o) (1u << (o))
+#define OPTS_FLAGS BIT(O_LOAD_ONLY) /* options that take no value */
 #define OPTS_COMMON                                                                            \
     (BIT(O_URL) | BIT(O_SIZE) | BIT(O_BLOCK) | BIT(O_HASHES) | BIT(O_CACHE) | BIT(O_CACHE_MAX) | \
      BIT(O_HEADER) | BIT(O_RETRIES) | BIT(O_NAME))
@@ -336,6 +351,10 @@ static const char *const USAGE =
     "  ucvm-blockd verify PUBKEY_FILE SIGNED_MANIFEST OUT_BODY\n"
     "  ucvm-blockd serve --nbd /dev/nbdN COMMON\n"
     "  ucvm-blockd cat --offset O --length L COMMON\n"
+    "  ucvm-blockd disconnect --nbd /dev/nbdN   (NBD_DISCONNECT, then NBD_CLEAR_SOCK)\n"
+    "  ucvm-blockd kexec KERNEL INITRD CMDLINE [--load-only]\n"
+    "                  (kexec_file_load, then reboot into it; --load-only: load, print\n"
+    "                  `loaded` and exit)\n"
     "COMMON: --url URL_OF_IMG --size IMAGE_BYTES --block BLOCK_BYTES --hashes BLOCKS_FILE\n"
     "        --cache DIR [--cache-max BYTES] [--header 'K: V']... [--retries N] [--name LABEL]\n"
     "exit codes: 0 ok, 1 usage or local error, 2 server unreachable, 3 HTTP error status,\n"
@@ -390,6 +409,13 @@ static int parse_one_option(struct options *o, int argc, char **argv, int i)
             continue;
         if (!(o->cmd->allowed & BIT(id)))
             break;
+        if (OPTS_FLAGS & BIT(id)) {
+            if (eq != NULL) {
+                logmsg("%s: --%s takes no value", o->cmd->name, opt_names[id]);
+                return -1;
+            }
+            return add_option(o, id, "") == EXIT_OK ? 1 : -1;
+        }
         if (eq == NULL && i + 1 >= argc) {
             logmsg("%s: --%s needs a value (see ucvm-blockd --help)", o->cmd->name, opt_names[id]);
             return -1;
@@ -2087,6 +2113,164 @@ static int cmd_serve(int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* disconnect: let go of an nbd device (its serving daemon sees NBD_CMD_DISC and exits)        */
+
+#ifndef NBD_MAJOR
+#define NBD_MAJOR 43
+#endif
+
+static const struct command_spec CMD_DISCONNECT = {
+    "disconnect", BIT(O_NBD), BIT(O_NBD), 0, "ucvm-blockd disconnect --nbd /dev/nbdN"};
+
+/* The device is checked by stat() before it is opened: another kind of device is never touched. */
+static int check_nbd_device(const char *dev)
+{
+    struct stat st;
+    if (stat(dev, &st) != 0) {
+        logmsg("disconnect: cannot find %s: %s", dev, strerror(errno));
+        return EXIT_LOCAL;
+    }
+    if (!S_ISBLK(st.st_mode)) {
+        logmsg("disconnect: %s is not a block device, so not an nbd device (/dev/nbdN)", dev);
+        return EXIT_LOCAL;
+    }
+    if (major(st.st_rdev) != NBD_MAJOR) {
+        logmsg("disconnect: %s is not an nbd device (block device %u:%u; nbd devices have "
+               "major %d)",
+               dev, major(st.st_rdev), minor(st.st_rdev), NBD_MAJOR);
+        return EXIT_LOCAL;
+    }
+    return EXIT_OK;
+}
+
+static int cmd_disconnect(int argc, char **argv)
+{
+    static struct options o;
+    if (parse_args(&CMD_DISCONNECT, argc, argv, &o) != EXIT_OK)
+        return EXIT_LOCAL;
+    struct nbd_session s = {.dev = o.value[O_NBD], .nbd_fd = -1};
+    if (check_nbd_device(s.dev) != EXIT_OK)
+        return EXIT_LOCAL;
+    s.nbd_fd = open(s.dev, O_RDWR | O_CLOEXEC);
+    if (s.nbd_fd < 0) {
+        logmsg("disconnect: cannot open %s: %s; is the nbd module loaded?", s.dev,
+               strerror(errno));
+        return EXIT_LOCAL;
+    }
+    int rc = nbd_ioctl(&s, NBD_DISCONNECT, 0, "NBD_DISCONNECT");
+    if (rc == EXIT_OK)
+        rc = nbd_ioctl(&s, NBD_CLEAR_SOCK, 0, "NBD_CLEAR_SOCK");
+    close(s.nbd_fd);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* kexec: load another kernel and initramfs with kexec_file_load(2), then reboot into it       */
+
+static const struct command_spec CMD_KEXEC = {
+    "kexec", BIT(O_LOAD_ONLY), 0, 3, "ucvm-blockd kexec KERNEL INITRD CMDLINE [--load-only]"};
+
+/* A regular, non-empty file, opened for the kernel to read; -1 once logged. */
+static int open_boot_file(const char *path, const char *what)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        logmsg("kexec: cannot open the %s %s: %s", what, path, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) {
+        logmsg("kexec: the %s %s is not a regular non-empty file", what, path);
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* What an errno of kexec_file_load(2) means here, in words. */
+static const char *kexec_error_hint(int err)
+{
+    switch (err) {
+    case EPERM:
+        return "needs root (CAP_SYS_BOOT); kexec may also be disabled by "
+               "kernel.kexec_load_disabled, kernel lockdown or a seccomp filter";
+    case ENOEXEC:
+        return "the kernel file is not a bzImage this kernel can load";
+    case EKEYREJECTED:
+    case EKEYREVOKED:
+    case EKEYEXPIRED:
+    case ENOKEY:
+    case EBADMSG:
+    case ENODATA:
+    case ENOPKG:
+        return "the kernel's signature was refused (KEXEC_SIG / lockdown): boot a signed kernel";
+    case ENOSYS:
+        return "this kernel has no kexec_file_load (CONFIG_KEXEC_FILE)";
+    case EBUSY:
+        return "another kexec load is in progress";
+    case ENOMEM:
+        return "not enough memory for the kernel and initrd";
+    case EINVAL:
+        return "the kernel refused the arguments (a command line too long, or a file it cannot "
+               "read)";
+    default:
+        return "see the kernel log (dmesg)";
+    }
+}
+
+static int kexec_load(const char *kernel, const char *initrd, const char *cmdline)
+{
+#ifdef SYS_kexec_file_load
+    size_t cmdline_len = strlen(cmdline) + 1;
+    if (cmdline_len > KEXEC_CMDLINE_MAX) {
+        logmsg("kexec: CMDLINE has %zu bytes, more than the %d the kernel takes", cmdline_len - 1,
+               KEXEC_CMDLINE_MAX - 1);
+        return EXIT_LOCAL;
+    }
+    int kernel_fd = open_boot_file(kernel, "kernel");
+    if (kernel_fd < 0)
+        return EXIT_LOCAL;
+    int initrd_fd = open_boot_file(initrd, "initrd");
+    if (initrd_fd < 0) {
+        close(kernel_fd);
+        return EXIT_LOCAL;
+    }
+    long rc = syscall(SYS_kexec_file_load, kernel_fd, initrd_fd, cmdline_len, cmdline, 0UL);
+    int err = errno;
+    close(kernel_fd);
+    close(initrd_fd);
+    if (rc != 0) {
+        logmsg("kexec: kexec_file_load of %s with %s failed: %s (%s)", kernel, initrd,
+               strerror(err), kexec_error_hint(err));
+        return EXIT_LOCAL;
+    }
+    return EXIT_OK;
+#else
+    (void)kernel, (void)initrd, (void)cmdline;
+    logmsg("kexec: this build of ucvm-blockd has no kexec_file_load (not x86_64)");
+    return EXIT_LOCAL;
+#endif
+}
+
+static int cmd_kexec(int argc, char **argv)
+{
+    static struct options o;
+    if (parse_args(&CMD_KEXEC, argc, argv, &o) != EXIT_OK)
+        return EXIT_LOCAL;
+    if (kexec_load(o.positional[0], o.positional[1], o.positional[2]) != EXIT_OK)
+        return EXIT_LOCAL;
+    if (o.value[O_LOAD_ONLY] != NULL) {
+        puts("loaded");
+        return fflush(stdout) == 0 ? EXIT_OK : EXIT_LOCAL;
+    }
+    sync();
+    reboot(RB_KEXEC); /* returns only on failure */
+    logmsg("kexec: reboot(LINUX_REBOOT_CMD_KEXEC) failed: %s; the new kernel stays loaded",
+           strerror(errno));
+    return EXIT_LOCAL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 
 #ifndef __GLIBC__
 /*
@@ -2126,7 +2310,12 @@ int main(int argc, char **argv)
         return cmd_serve(argc - 2, argv + 2);
     if (strcmp(argv[1], "cat") == 0)
         return cmd_cat(argc - 2, argv + 2);
-    logmsg("unknown command '%s'; expected get, verify, serve or cat (see ucvm-blockd --help)",
+    if (strcmp(argv[1], "disconnect") == 0)
+        return cmd_disconnect(argc - 2, argv + 2);
+    if (strcmp(argv[1], "kexec") == 0)
+        return cmd_kexec(argc - 2, argv + 2);
+    logmsg("unknown command '%s'; expected get, verify, serve, cat, disconnect or kexec (see "
+           "ucvm-blockd --help)",
            argv[1]);
     return EXIT_LOCAL;
 }
