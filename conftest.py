@@ -93,8 +93,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         cells = selected_cells(metafunc.config)
         check = metafunc.definition.get_closest_marker("check")
         known = metafunc.config.ucvm_matrix.checks  # type: ignore[attr-defined]
-        if check and check.args[0] in known:  # a check may cover only some versions
-            cells = [c for c in cells if known[check.args[0]].covers(c.version)]
+        chosen = known.get(check.args[0]) if check else None
+        if chosen:  # a check may cover only some versions and targets
+            cells = [
+                c for c in cells if chosen.covers(c.version) and chosen.covers_target(c.target.name)
+            ]
+        if "rebase_from" in metafunc.fixturenames:  # a cell per (target, from -> version)
+            metafunc.parametrize(
+                "cell,rebase_from",
+                [
+                    pytest.param(c, source, id=f"{c.target.name}-{source}-to-{c.version}",
+                                 marks=[*host_group(c), *nightly_only(chosen, c)])
+                    for c in cells
+                    for source in (chosen.rebase_from if chosen else ())
+                ],
+            )  # fmt: skip
+            return
         if "channel" in metafunc.fixturenames:  # a cell per (target, version, channel)
             metafunc.parametrize(
                 "cell,channel",
@@ -106,6 +120,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             )
             return
         metafunc.parametrize("cell", [pytest.param(c, id=c.id, marks=host_group(c)) for c in cells])
+
+
+def nightly_only(check: matrix.Check | None, cell: matrix.Cell) -> list[pytest.MarkDecorator]:
+    """A cell outside the check's quick_targets is the nightly's (the default run skips it)."""
+    return [pytest.mark.nightly] if check and check.nightly_only(cell.target.name) else []
 
 
 def host_group(cell: matrix.Cell) -> list[pytest.MarkDecorator]:

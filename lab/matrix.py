@@ -80,9 +80,19 @@ class Check:
     budget_mb: float | None = None
     versions: tuple[str, ...] | None = None  # None: every version of the matrix
     boot_budget_s: float | None = None  # None: settings.boot_budget_s
+    rebase_from: tuple[str, ...] = ()  # rebase: the versions a cell's version is reached from
+    targets: tuple[str, ...] | None = None  # None: every target of the matrix
+    quick_targets: tuple[str, ...] | None = None  # None: all of them in the quick run
 
     def covers(self, version: str) -> bool:
         return self.versions is None or version in self.versions
+
+    def covers_target(self, name: str) -> bool:
+        return self.targets is None or name in self.targets
+
+    def nightly_only(self, name: str) -> bool:
+        """A cell the default test run leaves to the nightly (quick_targets names the others)."""
+        return self.quick_targets is not None and name not in self.quick_targets
 
 
 @dataclass(frozen=True)
@@ -203,6 +213,9 @@ class _CheckSchema(Schema):
     budget_mb: PositiveNumber | None = None
     versions: Annotated[list[Name], Field(min_length=1)] | None = None
     boot_budget_s: PositiveNumber | None = None
+    rebase_from: Annotated[list[Name], Field(min_length=1)] | None = None
+    targets: Annotated[list[Name], Field(min_length=1)] | None = None
+    quick_targets: list[Name] | None = None
 
 
 class _GateSchema(Schema):
@@ -337,6 +350,9 @@ def _build_matrix(
                 check.budget_mb,
                 tuple(check.versions) if check.versions else None,
                 check.boot_budget_s,
+                tuple(check.rebase_from or ()),
+                tuple(check.targets) if check.targets else None,
+                tuple(check.quick_targets) if check.quick_targets is not None else None,
             )
             for name, check in schema.checks.items()
         },

@@ -22,6 +22,7 @@ def problems(
         *_duplicate_target_names(document),
         *_duplicate_versions(document),
         *_unknown_check_versions(document),
+        *_unknown_check_targets(document),
         *_unknown_check_names(document, checks, required_checks),
         *_unknown_target_settings(document, drivers),
     ]
@@ -49,14 +50,34 @@ def _unknown_check_versions(document: Document) -> Iterator[Problem]:
     tree = document.tree
     checks = tree.get("checks") if isinstance(tree, dict) else None
     for name, check in (checks or {}).items():
-        listed = check.get("versions") if isinstance(check, dict) else None
-        for index, version in enumerate(listed if isinstance(listed, list) else []):
-            if str(version) not in versions:
-                message = (
-                    f"check {name!r} names version {version!r}, which the top-level "
-                    f"`versions:` does not list; add it there or remove it here"
-                )
-                yield Problem(("checks", name, "versions", index), message)
+        for key in ("versions", "rebase_from"):
+            listed = check.get(key) if isinstance(check, dict) else None
+            for index, version in enumerate(listed if isinstance(listed, list) else []):
+                if str(version) not in versions:
+                    message = (
+                        f"check {name!r} names version {version!r}, which the top-level "
+                        f"`versions:` does not list; add it there or remove it here"
+                    )
+                    yield Problem(("checks", name, key, index), message)
+
+
+def _unknown_check_targets(document: Document) -> Iterator[Problem]:
+    tree = document.tree
+    targets = tree.get("targets") if isinstance(tree, dict) else None
+    names = {
+        t["name"] for t in targets or [] if isinstance(t, dict) and isinstance(t.get("name"), str)
+    }
+    checks = tree.get("checks") if isinstance(tree, dict) else None
+    for name, check in (checks or {}).items():
+        for key in ("targets", "quick_targets"):
+            listed = check.get(key) if isinstance(check, dict) else None
+            for index, target in enumerate(listed if isinstance(listed, list) else []):
+                if target not in names:
+                    message = (
+                        f"check {name!r} names target {target!r}, which `targets:` does not "
+                        f"define{did_you_mean(target, names)}"
+                    )
+                    yield Problem(("checks", name, key, index), message)
 
 
 def _unknown_check_names(

@@ -1,5 +1,6 @@
-"""Evidence for the report: every cell test carries the labels the support table is built
-from, and attaches its console, phase table and boot record."""
+"""Fixtures of the suites that boot cells (boot, rebase). Evidence for the report: every cell
+test carries the labels the support table is built from, and attaches its console, phase
+table and boot record."""
 
 from __future__ import annotations
 

@@ -20,7 +20,10 @@ INITRAMFS = Path(observe.__file__).parent / "build" / "initramfs"
 FUNCTIONS = INITRAMFS / "functions"
 CONTEXT_FUNCTIONS = INITRAMFS / "context"
 PIN_FUNCTIONS = INITRAMFS / "pin"
-KEXEC_FUNCTIONS = INITRAMFS / "kexec"  # /init sources all four
+KEXEC_FUNCTIONS = INITRAMFS / "kexec"
+REBASE_FUNCTIONS = tuple(
+    INITRAMFS / name for name in ("rebase", "rebase-accounts", "rebase-dpkg", "carry")
+)  # /init sources them all
 
 # --- the markers as the guest's shell functions print them -------------------------------------
 
@@ -134,7 +137,13 @@ class Guest:
         blockd.chmod(0o755)
         self.source = "\n".join(
             path.read_text()
-            for path in (FUNCTIONS, CONTEXT_FUNCTIONS, PIN_FUNCTIONS, KEXEC_FUNCTIONS)
+            for path in (
+                FUNCTIONS,
+                CONTEXT_FUNCTIONS,
+                PIN_FUNCTIONS,
+                KEXEC_FUNCTIONS,
+                *REBASE_FUNCTIONS,
+            )
         )
         for path, replacement in GUEST_PATHS.items():
             new = replacement if replacement.startswith("/") else str(root / replacement)

@@ -207,6 +207,10 @@ def stage_initramfs(
         "context",
         "pin",
         "kexec",
+        "rebase",
+        "rebase-accounts",
+        "rebase-dpkg",
+        "carry",
         "udhcpc.script",
         "always-modules",
     )

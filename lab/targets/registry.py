@@ -48,7 +48,7 @@ SETTINGS: dict[str, frozenset[str]] = {
 }
 """The settings keys each driver takes (its Target class says)."""
 
-CHECKS = ("boot", "reboot", "image_size", "context")
+CHECKS = ("boot", "reboot", "image_size", "context", "rebase")
 """The checks the suites mark their tests with (@pytest.mark.check(NAME)) or read."""
 REQUIRED_CHECKS = ("image_size",)
 """Read whatever the matrix says: `ucvm-lab build` and suites/boot/test_image_size.py take

@@ -1,0 +1,220 @@
+"""Rebase: a VM in the field updates from one version to another and keeps its local changes.
+
+A cell boots FROM (matrix.yaml `checks.rebase.rebase_from`), makes the local changes a user
+makes (through the lab's command channel), finds the update (`ucvm-update --check`, exit 100),
+stages it (`--apply`, then `--check` says 110), reboots, and checks each rule of the rebase
+inside the guest, one Allure step per rule. A failed rule does not hide the others: all are
+checked, and the test fails at the end naming every one that failed.
+The rules and the fixture files the releases carry for them: README, "The update model".
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import allure
+import pytest
+
+from lab import matrix
+from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader
+from lab.build.osrepo.manifest import Snapshot
+from lab.build.osrepo.repository import Repository
+from lab.observe import BootRecord, observe_boot, update_findings
+from lab.services.repo import RepoServer
+from lab.targets.base import CommandResult, Instance, Target
+
+pytestmark = [pytest.mark.boot, pytest.mark.check("rebase")]
+
+FIXTURE = "/etc/ucvm-fixture"
+USR_FILE = "/usr/share/ucvm-fixture/usr-file"
+LOCAL_EDIT = "local-edit=1"
+UPDATE_AVAILABLE, UPDATE_STAGED = 100, 110
+# What the cell changes on FROM, one command each (a user at a shell would do the same).
+LOCAL_CHANGES = {
+    "edit a file the new release also changes": f"echo {LOCAL_EDIT} >>{FIXTURE}/changes.conf",
+    "edit a file no release changes": f"echo {LOCAL_EDIT} >>{FIXTURE}/stable.conf",
+    "delete a file no release changes": f"rm {FIXTURE}/deletable.conf",
+    "delete a file the new release changes": "rm /etc/motd",
+    "edit a file outside the configuration area": f"echo {LOCAL_EDIT} >>{USR_FILE}",
+    "add a user with files in /home and /var": (
+        "useradd -m -s /bin/bash alice && echo alice:rebase-test | chpasswd && "
+        "echo hers >/home/alice/notes && mkdir -p /var/lib/alice-data && "
+        "echo data >/var/lib/alice-data/db && chown -R alice: /home/alice /var/lib/alice-data"
+    ),
+}
+
+
+@dataclass
+class Rules:
+    """The rules checked after the update, each its own Allure step; failures collected."""
+
+    failed: list[str] = field(default_factory=list)
+
+    def check(self, name: str, verdict: Callable[[], str | None]) -> None:
+        """``verdict`` returns None when the rule holds, else what was found instead."""
+        with allure.step(name):
+            problem = verdict()
+            if problem:
+                self.failed.append(f"{name}: {problem}")
+                allure.attach(problem, "what was found", allure.attachment_type.TEXT)
+
+
+def shell(instance: Instance, command: str, timeout: float = 120) -> CommandResult:
+    return instance.run(command, timeout=timeout)
+
+
+def exit_code(instance: Instance, command: str) -> tuple[int, str]:
+    result = shell(instance, command, timeout=180)
+    return result.exit_code, result.output
+
+
+def cat(instance: Instance, path: str) -> str | None:
+    result = shell(instance, f"cat {shlex.quote(path)}")
+    return result.output if result.ok else None
+
+
+def boot_device_hash(instance: Instance) -> str:
+    result = shell(instance, "sha256sum $(findfs LABEL=UCVM_BOOT) | cut -d' ' -f1")
+    assert result.ok, result.output
+    return result.output.strip()
+
+
+def make_local_changes(instance: Instance) -> None:
+    for what, command in LOCAL_CHANGES.items():
+        with allure.step(f"local change: {what}"):
+            result = shell(instance, command)
+            assert result.ok, f"{what}: `{command}` failed: {result.output}"
+
+
+def notify_and_apply(instance: Instance, dest: Snapshot) -> None:
+    with allure.step("ucvm-update --check finds the update (exit 100) and notifies"):
+        code, output = exit_code(instance, "ucvm-update --check --notify")
+        assert code == UPDATE_AVAILABLE, f"exit {code}: {output}"
+        findings = update_findings(instance.current_boot_console())
+        assert findings and findings[-1]["status"] == "available", findings
+        assert findings[-1]["newest"] == dest.tag, findings
+    with allure.step(f"ucvm-update --apply --to {dest.tag} stages it"):
+        code, output = exit_code(instance, f"ucvm-update --apply --to {dest.tag}")
+        assert code == 0, f"exit {code}: {output}"
+        code, output = exit_code(instance, "ucvm-update --check")
+        assert code == UPDATE_STAGED, f"after --apply, --check exits {code}: {output}"
+
+
+def check_rules(
+    instance: Instance, second: BootRecord, source: Snapshot, dest: Snapshot, image_hash: str
+) -> list[str]:
+    rules = Rules()
+    changes = cat(instance, f"{FIXTURE}/changes.conf") or ""
+    new_copy = cat(instance, f"{FIXTURE}/changes.conf.ucvm-new")
+    rules.check(
+        "R1 changed locally and upstream: the local copy kept, upstream's beside it as .ucvm-new",
+        lambda: (
+            None
+            if LOCAL_EDIT in changes and new_copy == f"release={dest.tag}\n"
+            else f"changes.conf={changes!r}, .ucvm-new={new_copy!r}"
+        ),
+    )
+    stable = cat(instance, f"{FIXTURE}/stable.conf") or ""
+    stable_new = cat(instance, f"{FIXTURE}/stable.conf.ucvm-new")
+    rules.check(
+        "R2 changed locally only: kept, with no .ucvm-new",
+        lambda: None if LOCAL_EDIT in stable and stable_new is None else repr((stable, stable_new)),
+    )
+    deletable = cat(instance, f"{FIXTURE}/deletable.conf")
+    rules.check(
+        "R3 deleted locally, unchanged upstream: stays deleted",
+        lambda: None if deletable is None else f"it is back: {deletable!r}",
+    )
+    motd = cat(instance, "/etc/motd")
+    rules.check(
+        "R4 deleted locally, changed upstream: restored",
+        lambda: None if motd and dest.tag in motd else f"/etc/motd is {motd!r}",
+    )
+    usr = cat(instance, USR_FILE) or ""
+    rules.check(
+        "R6 the edit under /usr is dropped: the new release shows through",
+        lambda: None if usr == "usr=1\n" else f"{USR_FILE} is {usr!r}",
+    )
+    alice = shell(instance, "id -u alice && cat /home/alice/notes /var/lib/alice-data/db && "
+                            "stat -c %U /home/alice/notes /var/lib/alice-data/db && "
+                            "getent shadow alice | cut -d: -f2 | cut -c1-3")  # fmt: skip
+    rules.check(
+        "R7 the local user keeps her name, password and files",
+        lambda: (
+            None
+            if alice.ok
+            and "hers" in alice.output
+            and alice.output.count("alice") >= 2
+            and "$" in alice.output
+            else alice.output
+        ),
+    )
+    orphans = shell(instance, r"find / -xdev \( -nouser -o -nogroup \) -print | head -n 20")
+    rules.check(
+        "R9 no orphaned files",
+        lambda: None if orphans.ok and not orphans.output.strip() else orphans.output,
+    )
+    after = boot_device_hash(instance)
+    rules.check(
+        "R14 the boot device is unchanged (the loader update went to scratch)",
+        lambda: None if after == image_hash else f"{image_hash[:12]} -> {after[:12]}",
+    )
+    repo = second.phase("repo")
+    rebase = second.phase("rebase")
+    rules.check(
+        f"R15 {dest.tag} booted (tag and snapshot), units_failed=0, the rebase reported",
+        lambda: (
+            None
+            if second.os_version == dest.tag
+            and repo is not None
+            and repo.fields.get("snapshot") == dest.image_sha256[:12]
+            and second.ready_field("units_failed") == "0"
+            and rebase is not None
+            and rebase.fields.get("from") == source.tag
+            else second.phase_table()
+        ),
+    )
+    return rules.failed
+
+
+def test_rebase_carries_local_changes(
+    cell: matrix.Cell,
+    rebase_from: str,
+    target: Target,
+    boot_loader: BootLoader,
+    os_repo: Repository,
+    repo_server: RepoServer,
+    lab_matrix: matrix.Matrix,
+    attach_boot: Callable[[BootRecord | None, str, str], None],
+) -> None:
+    manifest = os_repo.manifest()
+    source, dest = manifest.resolve(rebase_from), manifest.resolve(cell.version)
+    if source.image_sha256 == dest.image_sha256:
+        pytest.fail(f"matrix.yaml: rebase from {rebase_from} to {cell.version} is no update")
+    budget = lab_matrix.checks["rebase"].boot_budget_s or lab_matrix.settings.boot_budget_s
+    image_format = target.format_for()
+    first = second = None
+    with target.launch(
+        boot_loader,
+        boot_args=[f"ucvm.version={rebase_from}"],
+        host_services={GUEST_REPO_ADDRESS: repo_server.port},
+    ) as instance:
+        try:
+            with allure.step(f"boot {source.tag}"):
+                first = observe_boot(instance, budget)
+                assert first.ready, first.summary()
+            image_hash = boot_device_hash(instance)
+            make_local_changes(instance)
+            notify_and_apply(instance, dest)
+            instance.reboot()
+            with allure.step(f"reboot into {dest.tag}"):
+                second = observe_boot(instance, budget)
+                assert second.ready, second.summary()
+            failed = check_rules(instance, second, source, dest, image_hash)
+            log = shell(instance, "cat /.ucvm/scratch/ucvm/rebase-*.log")
+            allure.attach(log.output, "rebase log", allure.attachment_type.TEXT)
+        finally:
+            attach_boot(second or first, instance.console(), image_format)
+    assert not failed, "rules that failed:\n" + "\n".join(failed)
