@@ -105,7 +105,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                     pytest.param(c, source, id=f"{c.target.name}-{source}-to-{c.version}",
                                  marks=[*host_group(c), *nightly_only(chosen, c)])
                     for c in cells
-                    for source in (chosen.rebase_from if chosen else ())
+                    for source in (chosen.sources_of(c.version) if chosen else ())
                 ],
             )  # fmt: skip
             return

@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -80,12 +81,16 @@ class Check:
     budget_mb: float | None = None
     versions: tuple[str, ...] | None = None  # None: every version of the matrix
     boot_budget_s: float | None = None  # None: settings.boot_budget_s
-    rebase_from: tuple[str, ...] = ()  # rebase: the versions a cell's version is reached from
+    pairs: tuple[tuple[str, str], ...] = ()  # rebase: (from, to) version pairs, each a cell
     targets: tuple[str, ...] | None = None  # None: every target of the matrix
     quick_targets: tuple[str, ...] | None = None  # None: all of them in the quick run
 
     def covers(self, version: str) -> bool:
         return self.versions is None or version in self.versions
+
+    def sources_of(self, version: str) -> list[str]:
+        """The versions a rebase cell of ``version`` starts from."""
+        return [source for source, dest in self.pairs if dest == version]
 
     def covers_target(self, name: str) -> bool:
         return self.targets is None or name in self.targets
@@ -208,12 +213,18 @@ class _TargetSchema(Schema):
         return settings
 
 
+class _PairSchema(Schema):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    source: Name = Field(alias="from")
+    to: Name
+
+
 class _CheckSchema(Schema):
     description: str
     budget_mb: PositiveNumber | None = None
     versions: Annotated[list[Name], Field(min_length=1)] | None = None
     boot_budget_s: PositiveNumber | None = None
-    rebase_from: Annotated[list[Name], Field(min_length=1)] | None = None
+    pairs: Annotated[list[_PairSchema], Field(min_length=1)] | None = None
     targets: Annotated[list[Name], Field(min_length=1)] | None = None
     quick_targets: list[Name] | None = None
 
@@ -335,6 +346,15 @@ def _override_message(error: ErrorDetails, overrides: Mapping[str, str]) -> str:
 # --------------------------------------------------------------------------- building the result
 
 
+def _check_versions(check: _CheckSchema) -> tuple[str, ...] | None:
+    """The versions a check covers: its `versions`, else the `to` of its pairs, else all."""
+    if check.versions:
+        return tuple(check.versions)
+    if check.pairs:
+        return tuple(dict.fromkeys(pair.to for pair in check.pairs))
+    return None
+
+
 def _build_matrix(
     path: Path, schema: _MatrixSchema, settings: _SettingsSchema, env: Mapping[str, str]
 ) -> Matrix:
@@ -348,9 +368,9 @@ def _build_matrix(
                 name,
                 check.description,
                 check.budget_mb,
-                tuple(check.versions) if check.versions else None,
+                _check_versions(check),
                 check.boot_budget_s,
-                tuple(check.rebase_from or ()),
+                tuple((pair.source, pair.to) for pair in check.pairs or ()),
                 tuple(check.targets) if check.targets else None,
                 tuple(check.quick_targets) if check.quick_targets is not None else None,
             )

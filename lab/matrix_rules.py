@@ -50,15 +50,27 @@ def _unknown_check_versions(document: Document) -> Iterator[Problem]:
     tree = document.tree
     checks = tree.get("checks") if isinstance(tree, dict) else None
     for name, check in (checks or {}).items():
-        for key in ("versions", "rebase_from"):
-            listed = check.get(key) if isinstance(check, dict) else None
-            for index, version in enumerate(listed if isinstance(listed, list) else []):
-                if str(version) not in versions:
-                    message = (
-                        f"check {name!r} names version {version!r}, which the top-level "
-                        f"`versions:` does not list; add it there or remove it here"
-                    )
-                    yield Problem(("checks", name, key, index), message)
+        for place, version in _check_version_names(check):
+            if str(version) not in versions:
+                message = (
+                    f"check {name!r} names version {version!r}, which the top-level "
+                    f"`versions:` does not list; add it there or remove it here"
+                )
+                yield Problem(("checks", name, *place), message)
+
+
+def _check_version_names(check: object) -> Iterator[tuple[tuple[str | int, ...], object]]:
+    """(place in the check, version) of each version a check names: `versions` and `pairs`."""
+    if not isinstance(check, dict):
+        return
+    listed = check.get("versions")
+    for index, version in enumerate(listed if isinstance(listed, list) else []):
+        yield ("versions", index), version
+    pairs = check.get("pairs")
+    for index, pair in enumerate(pairs if isinstance(pairs, list) else []):
+        for key in ("from", "to"):
+            if isinstance(pair, dict) and key in pair:
+                yield ("pairs", index, key), pair[key]
 
 
 def _unknown_check_targets(document: Document) -> Iterator[Problem]:
