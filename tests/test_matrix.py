@@ -338,6 +338,30 @@ BAD_CASES = [
         id="check-version-not-in-matrix",
     ),
     pytest.param(
+        "boot: {description: boots}",
+        "boot: {description: boots, pairs: [{from: '1.0', to: newest}]}",
+        10, "checks.boot.pairs[0].from",
+        "check 'boot' names version '1.0', which the top-level `versions:` does not list",
+        id="pair-version-not-in-matrix",
+    ),
+    pytest.param(
+        "boot: {description: boots}", "boot: {description: boots, pairs: [{from: previous}]}",
+        10, "checks.boot.pairs[0].to", "required key is missing",
+        id="pair-without-to",
+    ),
+    pytest.param(
+        "boot: {description: boots}", "boot: {description: boots, targets: [kvm, vmwar]}",
+        10, "checks.boot.targets[1]",
+        "check 'boot' names target 'vmwar', which `targets:` does not define "
+        "(did you mean vmware?)",
+        id="check-target-unknown",
+    ),
+    pytest.param(
+        "boot: {description: boots}", "boot: {description: boots, quick_targets: [kv]}",
+        10, "checks.boot.quick_targets[0]", "names target 'kv'",
+        id="check-quick-target-unknown",
+    ),
+    pytest.param(
         "[newest, previous]", "[newest, 'new est']",
         8, "versions[1]",
         "expected a name matching ^[A-Za-z0-9][A-Za-z0-9._-]*$; found string 'new est'",
