@@ -26,14 +26,15 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import libvirt
 from rich.console import Console
 from rich.table import Table
 from vms import (
+    BENCH_ERRORS,
     add_boot_options,
     destroy_leftovers,
     other_vms,
     parse_boot_options,
+    report_failure,
     signals_deferred,
     terminate,
 )
@@ -359,15 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 150)
     try:
         rows, loader = measure(args, console)
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/red]")
-        return 130
-    except TargetError as error:
-        console.print(f"[red]{error}[/red]")
-        return 2
-    except libvirt.libvirtError as error:
-        console.print(f"[red]libvirt: {error.get_error_message()}[/red]")
-        return 2
+    except (KeyboardInterrupt, *BENCH_ERRORS) as error:
+        return report_failure(console, error)
     console.print(results_table(rows, args.repeat))
     for row in rows:
         if row.skipped:

@@ -36,16 +36,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import libvirt
 from conventional import ConventionalImage, conventional_image
 from full_disk import FullDisk, FullDiskTarget
 from rich.console import Console
 from rich.table import Table
 from vms import (
+    BENCH_ERRORS,
     add_boot_options,
-    destroy_leftovers,
+    bench_run,
     other_vms,
     parse_boot_options,
+    report_failure,
     signals_deferred,
     terminate,
 )
@@ -53,11 +54,9 @@ from vms import (
 from lab.artifacts import file_digest
 from lab.build import releases, rootfs
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader, build, gzip_size
-from lab.build.osrepo.keys import RepoError
 from lab.build.osrepo.manifest import Snapshot
 from lab.build.osrepo.repository import Repository
 from lab.observe import BootRecord, observe_boot, settled_fetch_counts
-from lab.run import Run, new_run_id
 from lab.services.repo import RepoServer
 from lab.targets.base import TargetError
 from lab.targets.libvirt import LibvirtInstance, LibvirtTarget
@@ -635,8 +634,7 @@ def measure(args: argparse.Namespace, console: Console) -> tuple[list[Boot], Siz
         conventional = conventional_image(release)
     console.log(f"release {release.tag} ({release.branch}): {artifact.squashfs}, "
                 f"{conventional.qcow2}")  # fmt: skip
-    run = Run(new_run_id(), RUN_ROOT).hold()
-    try:
+    with bench_run(RUN_ROOT, console) as run:
         repository = Repository(run.dir / "osrepo")
         repository.init("ucvm-bench", default_branch=release.branch)
         snapshot = repository.publish(artifact.squashfs, release.tag, release.branch)
@@ -654,11 +652,6 @@ def measure(args: argparse.Namespace, console: Console) -> tuple[list[Boot], Siz
             )
             boots = run_rounds(target, loader, conventional, server, release.tag, args, console)
         return boots, sizes
-    finally:
-        leftovers = destroy_leftovers(run)
-        run.release()
-        if leftovers:
-            console.print(f"[red]destroyed domains left running: {', '.join(leftovers)}[/red]")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -667,15 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 150)
     try:
         boots, sizes = measure(args, console)
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/red]")
-        return 130
-    except (TargetError, RepoError, releases.ReleaseError, rootfs.RootfsError) as error:
-        console.print(f"[red]{error}[/red]")
-        return 2
-    except libvirt.libvirtError as error:
-        console.print(f"[red]libvirt: {error.get_error_message()}[/red]")
-        return 2
+    except (KeyboardInterrupt, *BENCH_ERRORS) as error:
+        return report_failure(console, error)
     console.print(results_table(boots, sizes, args.repeat))
     console.print(budget_table(budgets(boots, sizes)))
     console.print("Guest uptime at each marker, s (median):")

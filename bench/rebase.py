@@ -34,14 +34,12 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
-from vms import destroy_leftovers, signals_deferred, terminate
+from vms import BENCH_ERRORS, bench_run, report_failure, signals_deferred, terminate
 
 from lab.build import bootloader, releases, rootfs
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader, gzip_size
-from lab.build.osrepo.keys import RepoError
 from lab.build.osrepo.repository import Repository
 from lab.observe import observe_boot
-from lab.run import Run, new_run_id
 from lab.services.repo import RepoServer
 from lab.targets.base import Instance, TargetError
 from lab.targets.libvirt import LibvirtTarget
@@ -186,8 +184,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def measure(args: argparse.Namespace, console: Console) -> tuple[list[Reboot], BootLoader]:
-    run = Run(new_run_id(), RUN_ROOT).hold()
-    try:
+    with bench_run(RUN_ROOT, console) as run:
         repository = Repository(run.dir / "osrepo")
         loader = publish_everything(repository, console)
         target = LibvirtTarget(f"bench-{PROFILE}", PROFILES[PROFILE], {}, run, accel=args.accel)
@@ -212,11 +209,6 @@ def measure(args: argparse.Namespace, console: Console) -> tuple[list[Reboot], B
                                 + (f"ready in {reboot.host_s:.1f} s, {reboot.server_bytes:,} B"
                                    if reboot.ok else f"[red]{reboot.note}[/red]"))  # fmt: skip
         return reboots, loader
-    finally:
-        leftovers = destroy_leftovers(run)
-        run.release()
-        if leftovers:
-            console.print(f"[red]destroyed domains left running: {', '.join(leftovers)}[/red]")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,12 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 150)
     try:
         reboots, loader = measure(args, console)
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/red]")
-        return 130
-    except (TargetError, RepoError, releases.ReleaseError, rootfs.RootfsError) as error:
-        console.print(f"[red]{error}[/red]")
-        return 2
+    except (KeyboardInterrupt, *BENCH_ERRORS) as error:
+        return report_failure(console, error)
     console.print(image_budget_table(loader))
     console.print(results_table(reboots))
     return 0 if all(r.ok for r in reboots) else 1

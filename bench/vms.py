@@ -10,8 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
+from rich.console import Console
 
-from lab.run import Run
+from lab.build.osrepo.keys import RepoError
+from lab.build.releases import ReleaseError
+from lab.build.rootfs import RootfsError
+from lab.run import Run, new_run_id
+from lab.targets.base import TargetError
 from lab.targets.libvirt import LibvirtTarget
 from lab.targets.libvirt.host import connect, undefine
 
@@ -87,3 +92,34 @@ def parse_boot_options(
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return args
+
+
+# What a benchmark reports as a failure to measure (exit 2), not as a traceback.
+BENCH_ERRORS: tuple[type[Exception], ...] = (
+    TargetError, RepoError, ReleaseError, RootfsError, libvirt.libvirtError,
+)  # fmt: skip
+
+
+def report_failure(console: Console, error: BaseException) -> int:
+    """The exit code for ``error`` (130 interrupted, 2 otherwise), and its one line."""
+    if isinstance(error, KeyboardInterrupt):
+        console.print("[red]interrupted[/red]")
+        return 130
+    if isinstance(error, libvirt.libvirtError):
+        console.print(f"[red]libvirt: {error.get_error_message()}[/red]")
+        return 2
+    console.print(f"[red]{error}[/red]")
+    return 2
+
+
+@contextlib.contextmanager
+def bench_run(root: Path, console: Console) -> Iterator[Run]:
+    """A lab run of the benchmark's own; on the way out, no domain of it is left."""
+    run = Run(new_run_id(), root).hold()
+    try:
+        yield run
+    finally:
+        leftovers = destroy_leftovers(run)
+        run.release()
+        if leftovers:
+            console.print(f"[red]destroyed domains left running: {', '.join(leftovers)}[/red]")
