@@ -50,8 +50,9 @@ EVIDENCE: tuple[str, ...] = tuple(EVIDENCE_TITLES)
 # --- the labels ---------------------------------------------------------------------------------
 
 LABEL_PREFIX = "ucvm."
-BOOT_CHECK, CONTEXT_CHECK = "boot", "context"
-"""Values of the ``check`` label the report treats specially (the context column of boot)."""
+BOOT_CHECK, CONTEXT_CHECK, REBASE_CHECK = "boot", "context", "rebase"
+"""Values of the ``check`` label the report treats specially (the context and rebase columns
+of the boot table)."""
 CONSOLE_ATTACHMENT = "console.log"
 """The name of the attachment holding the guest's console; the table links to it."""
 
@@ -70,6 +71,9 @@ class Label(StrEnum):
     FAILED_PHASE = "failed_phase"  # the boot phase that failed
     TOOK_EFFECT = "context_took_effect"  # context steps that took effect, comma-separated
     MISSING = "context_missing"  # context steps that did not, comma-separated
+    REBASE_FROM = "rebase_from"  # check ``rebase``: the pair's FROM, as matrix.yaml names it
+    FAILED_RULES = "rebase_failed_rules"  # the rebase rules that failed (R1,R8), comma-separated
+    RULE_FAILURES = "rebase_failures"  # what each failed rule found, a (clipped) line each
 
     @property
     def key(self) -> str:
@@ -100,10 +104,12 @@ def cell_labels(
     evidence: str,
     tier: int,
     channel: str | None = None,
+    rebase_from: str | None = None,
 ) -> dict[str, str]:
     """The labels a cell test carries from its start (so that a skip still lands in its cell),
-    by their names on the wire. A platform or kind of evidence the report would refuse is
-    refused here, where the mistake is made."""
+    by their names on the wire; a rebase cell's also name the version it starts from. A
+    platform or kind of evidence the report would refuse is refused here, where the mistake is
+    made."""
     for label, value, allowed in (
         (Label.PLATFORM, platform, PLATFORMS),
         (Label.EVIDENCE, evidence, EVIDENCE),
@@ -120,6 +126,8 @@ def cell_labels(
     }
     if channel is not None:
         labels[Label.CHANNEL] = channel
+    if rebase_from is not None:
+        labels[Label.REBASE_FROM] = rebase_from
     return _on_the_wire(labels)
 
 
@@ -136,6 +144,32 @@ def context_labels(*, took_effect: Iterable[str], missing: Iterable[str]) -> dic
     return _on_the_wire(
         {Label.TOOK_EFFECT: ",".join(took_effect), Label.MISSING: ",".join(missing)}
     )
+
+
+RULE_FAILURE_CLIP = 240
+"""The longest line ``rebase_labels`` keeps of what a failed rule found (the footnote's text)."""
+
+
+def rebase_labels(source: str, failed_rules: Sequence[str]) -> dict[str, str]:
+    """What a rebase cell adds: the version it started from and the rules that failed.
+
+    Each of ``failed_rules`` is a rule's name ("R1") or a ``Rules.failed`` entry ("R1 changed
+    locally and upstream: ...: what was found"); the name is the text before the first space.
+    Entries longer than their name are kept too (their first line, clipped), for the footnote.
+    """
+    entries = [entry.strip() for entry in failed_rules]
+    if not source.strip() or not all(entries):
+        raise ValueError(f"rebase_labels({source!r}, {list(failed_rules)!r}): an empty name")
+    names = [entry.split(maxsplit=1)[0] for entry in entries]
+    details = [_clip(entry.splitlines()[0]) for entry in entries if len(entry.split()) > 1]
+    labels = {Label.REBASE_FROM: source, Label.FAILED_RULES: ",".join(names)}
+    if details:
+        labels[Label.RULE_FAILURES] = "\n".join(details)
+    return _on_the_wire(labels)
+
+
+def _clip(line: str) -> str:
+    return line if len(line) <= RULE_FAILURE_CLIP else line[: RULE_FAILURE_CLIP - 1] + "…"
 
 
 def _on_the_wire(labels: Mapping[Label, str]) -> dict[str, str]:
@@ -168,6 +202,9 @@ class Result:
     channel: str | None = None  # the contextualization channel (check ``context``)
     took_effect: tuple[str, ...] = ()  # context steps that took effect inside the guest
     missing: tuple[str, ...] = ()  # context steps that did not
+    rebase_from: str | None = None  # check ``rebase``: the version the cell started from
+    failed_rules: tuple[str, ...] = ()  # the rebase rules that failed, by name (R1, R8)
+    rule_failures: tuple[str, ...] = ()  # what they found, a line each ("R1 ...: found")
 
     @property
     def ran(self) -> bool:
@@ -183,8 +220,8 @@ class Result:
         return self.ran and not self.passed
 
     @property
-    def rerun_key(self) -> tuple[str, str, str, str | None]:
-        return (self.target, self.version, self.check, self.channel)
+    def rerun_key(self) -> tuple[str, str, str, str | None, str | None]:
+        return (self.target, self.version, self.check, self.channel, self.rebase_from)
 
     @property
     def skip_reason(self) -> str:
@@ -196,7 +233,14 @@ class Result:
         lines = self.message.strip().splitlines()
         return lines[0].strip() if lines else ""
 
+    @property
+    def pair(self) -> str:
+        """A rebase cell's ``FROM → TO`` (FROM unknown when the result does not label it)."""
+        return f"{self.rebase_from or '(from not labelled)'} → {self.version}"
+
     def describe(self) -> str:
+        if self.check == REBASE_CHECK:
+            return f"{self.target} {self.pair} {self.check}"
         channel = f" {self.channel}" if self.channel else ""
         return f"{self.target} {self.version} {self.check}{channel}"
 
@@ -219,8 +263,8 @@ def read_results(dirs: Sequence[Path]) -> list[Result]:
 
 
 def latest_results(results: Iterable[Result]) -> list[Result]:
-    """One result per (target, version, check, channel): the one with the newest ``stop``."""
-    newest: dict[tuple[str, str, str, str | None], Result] = {}
+    """One result per (target, version, check, channel, rebase_from): the newest ``stop``."""
+    newest: dict[tuple[str, str, str, str | None, str | None], Result] = {}
     for result in results:
         kept = newest.get(result.rerun_key)
         if kept is None or result.stop > kept.stop:
@@ -265,6 +309,13 @@ def _read_result(path: Path) -> Result | None:
         channel=labels.get(Label.CHANNEL) or None,
         took_effect=_steps(labels.get(Label.TOOK_EFFECT)),
         missing=_steps(labels.get(Label.MISSING)),
+        rebase_from=labels.get(Label.REBASE_FROM) or None,
+        failed_rules=_steps(labels.get(Label.FAILED_RULES)),
+        rule_failures=tuple(
+            line.strip()
+            for line in labels.get(Label.RULE_FAILURES, "").splitlines()
+            if line.strip()
+        ),
     )
 
 

@@ -38,6 +38,11 @@ def cell_labels(request: pytest.FixtureRequest) -> None:
         evidence=cell.target.evidence,
         tier=cell.target.tier,
         channel=request.getfixturevalue("channel") if "channel" in request.fixturenames else None,
+        rebase_from=(
+            request.getfixturevalue("rebase_from")
+            if "rebase_from" in request.fixturenames
+            else None
+        ),
     )
     for name, value in labels.items():
         allure.dynamic.label(name, value)

@@ -20,6 +20,7 @@ from lab.evidence import (
     cell_labels,
     context_labels,
     read_results,
+    rebase_labels,
 )
 from lab.targets.profiles import PROFILES
 
@@ -69,7 +70,34 @@ def test_the_labels_on_the_wire_are_the_ucvm_names():
         "ucvm.check", "ucvm.target", "ucvm.platform", "ucvm.version", "ucvm.evidence",
         "ucvm.tier", "ucvm.channel", "ucvm.accel", "ucvm.failed_phase",
         "ucvm.context_took_effect", "ucvm.context_missing",
+        "ucvm.rebase_from", "ucvm.rebase_failed_rules", "ucvm.rebase_failures",
     }  # fmt: skip
+
+
+def test_rebase_labels_take_the_rule_names_and_keep_what_each_rule_found():
+    found = "R8 no orphaned files: /home/alice/notes\n/var/lib/alice-data/db"
+    assert rebase_labels("previous", ["R1", found]) == {
+        "ucvm.rebase_from": "previous",
+        "ucvm.rebase_failed_rules": "R1,R8",
+        "ucvm.rebase_failures": "R8 no orphaned files: /home/alice/notes",  # its first line
+    }
+    assert rebase_labels("1.0", []) == {
+        "ucvm.rebase_from": "1.0",
+        "ucvm.rebase_failed_rules": "",
+    }
+    long = "R9 " + "x" * 1000
+    clipped = rebase_labels("newest", [long])["ucvm.rebase_failures"]
+    assert len(clipped) == evidence.RULE_FAILURE_CLIP and clipped.endswith("…")
+    assert clipped.startswith("R9 xx")
+    with pytest.raises(ValueError, match="an empty name"):
+        rebase_labels("newest", ["R1", " "])
+    with pytest.raises(ValueError, match="an empty name"):
+        rebase_labels("", [])
+    rebase_cell = cell_labels(
+        check="rebase", target="kvm", platform="KVM", version="newest", evidence="profile",
+        tier=1, rebase_from="previous",
+    )  # fmt: skip
+    assert rebase_cell["ucvm.rebase_from"] == "previous"
 
 
 @pytest.mark.parametrize(
@@ -127,6 +155,34 @@ def test_what_the_suites_write_the_report_reads_back(tmp_path: Path):
     )
     assert read.status == "failed" and read.stop == T0
     assert read.console == tmp_path / "console.txt"
+    assert (read.rebase_from, read.failed_rules, read.rule_failures) == (None, (), ())
+
+
+def test_a_rebase_result_reads_back_its_pair_and_failed_rules(tmp_path: Path):
+    failed = [
+        "R1 changed locally and upstream: kept, upstream's as .ucvm-new: .ucvm-new=None",
+        "R13 the boot loader (0.1 -> 0.2): a two-phase kexec boot exactly when it changes: []",
+    ]
+    labels = {
+        **cell_labels(
+            check="rebase", target="kvm", platform="KVM", version="newest", evidence="profile",
+            tier=1, rebase_from="1.0",
+        ),
+        **rebase_labels("1.0", failed),
+    }  # fmt: skip
+    result = {
+        "name": "test_rebase_carries_local_changes[kvm-1.0-to-newest]",
+        "status": "failed",
+        "stop": int(T0.timestamp() * 1000),
+        "labels": [{"name": name, "value": value} for name, value in labels.items()],
+    }
+    (tmp_path / "r-result.json").write_text(json.dumps(result))
+    [read] = read_results([tmp_path])
+    assert (read.check, read.rebase_from, read.version) == ("rebase", "1.0", "newest")
+    assert read.failed_rules == ("R1", "R13")
+    assert read.rule_failures == tuple(failed)
+    assert read.pair == "1.0 → newest"
+    assert read.describe() == "kvm 1.0 → newest rebase"
 
 
 def test_the_evidence_kinds_are_the_matrix_targets_kinds():

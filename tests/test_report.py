@@ -507,8 +507,12 @@ def context_notes(table, platform: str) -> list[str]:
 
 
 def markdown_context_cell(markdown: str, platform: str) -> str:
-    row = next(line for line in markdown.splitlines() if line.startswith(f"| {platform} |"))
-    return row.removesuffix(" |").split(" | ")[-1]
+    """The contextualization cell of a row (a rebase column may follow it)."""
+    lines = markdown.splitlines()
+    header = next(line for line in lines if line.startswith("| Platform |"))
+    column = header.removesuffix(" |").split(" | ").index("contextualization · profile run here")
+    row = next(line for line in lines if line.startswith(f"| {platform} |"))
+    return row.removesuffix(" |").split(" | ")[column]
 
 
 def test_context_labels_are_read(context_results):

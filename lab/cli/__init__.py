@@ -37,6 +37,7 @@ from lab.build import bootloader, rootfs
 from lab.build.releases import ReleaseError, load_releases
 from lab.cli.common import REPO, error_exit, os_problem, out, output_dir_problem
 from lab.cli.repo import add_repo_commands
+from lab.evidence import REBASE_CHECK
 from lab.packages import closed_list, debian, explain, index, solve
 from lab.packages.model import Repository, dpkg_compare
 from lab.report import publish
@@ -224,6 +225,10 @@ def write_report(results_dirs: list[Path], lab: matrix.Matrix) -> int:
             versions=lab.versions,
             known_issues_path=lab.gate.known_issues,
             planned=[(t.name, PROFILES[t.profile].platform, t.evidence) for t in lab.targets],
+            planned_rebase=[
+                (t.name, PROFILES[t.profile].platform, t.evidence, source, dest)
+                for t, source, dest in rebase_cells(lab)
+            ],
         )
     except publish.REPORT_ERRORS as error:
         out.print(f"[red]ucvm-lab report: {error}[/]")
@@ -233,6 +238,19 @@ def write_report(results_dirs: list[Path], lab: matrix.Matrix) -> int:
         f"Allure report: {paths.allure}"
     )
     return 0
+
+
+def rebase_cells(lab: matrix.Matrix) -> list[tuple[matrix.Target, str, str]]:
+    """The rebase cells suites/rebase runs: (target, FROM, TO) per target the check covers."""
+    check = lab.checks.get(REBASE_CHECK)
+    if check is None:
+        return []
+    return [
+        (target, source, dest)
+        for target in lab.targets
+        if check.covers_target(target.name)
+        for source, dest in check.pairs
+    ]
 
 
 def results_dirs(args: argparse.Namespace, lab: matrix.Matrix) -> list[Path]:
@@ -251,6 +269,10 @@ def cmd_gate(args: argparse.Namespace, lab: matrix.Matrix) -> int:
             required_tiers=lab.gate.required_tiers,
             allow_known_issues=lab.gate.allow_known_issues,
             planned=[(cell.target.name, cell.version, cell.target.tier) for cell in lab.cells()],
+            planned_rebase=[
+                (target.name, source, dest, target.tier)
+                for target, source, dest in rebase_cells(lab)
+            ],
         )
     except publish.REPORT_ERRORS as error:
         out.print(f"[red]ucvm-lab gate: {error}[/]")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from lab.evidence import Result, latest_results
+from lab.evidence import REBASE_CHECK, Result, latest_results
 from lab.known_issues import KnownIssue
 
 
@@ -35,14 +35,16 @@ def verdict(
     allow_known_issues: bool,
     known_issues: Sequence[KnownIssue],
     planned: Iterable[tuple[str, str, int]] = (),
+    planned_rebase: Iterable[tuple[str, str, str, int]] = (),
 ) -> GateVerdict:
-    """Judge the newest result of each (target, version, check) of the required tiers.
+    """Judge the newest result of each (target, version, check, rebase FROM) of the required tiers.
 
     A failed or broken result fails the gate; so does a skipped one (a required cell that did
     not run is not a pass); so does a pass with a known issue of kind "issue", unless
     ``allow_known_issues``. No result at all of a required tier fails the gate too, and so
     does a planned (target, version, tier) cell of a required tier that has no result (a
-    shard left out, a run cut short, a --targets selection).
+    shard left out, a run cut short, a --targets selection), or a planned rebase cell
+    (target, FROM, TO, tier) without a ``rebase`` result of that pair.
     """
     required = sorted(
         (result for result in latest_results(results) if result.tier in required_tiers),
@@ -51,12 +53,20 @@ def verdict(
     tiers = ", ".join(str(tier) for tier in sorted(required_tiers))
     if required_tiers and not required:
         return GateVerdict(False, [f"no result of required tier(s) {tiers}: nothing was proven"])
-    reported = {(result.target, result.version) for result in required}
-    reasons: list[str] = [
-        f"{target} · {version} (tier {tier}): no result; a required cell that did not report "
-        "is not a pass"
+    reported = {(r.target, r.version) for r in required if r.check != REBASE_CHECK}
+    rebased = {(r.target, r.rebase_from, r.version) for r in required if r.check == REBASE_CHECK}
+    unreported = [
+        f"{target} · {version} (tier {tier})"
         for target, version, tier in sorted(planned)
         if tier in required_tiers and (target, version) not in reported
+    ] + [
+        f"{target} · {source} → {dest} {REBASE_CHECK} (tier {tier})"
+        for target, source, dest, tier in sorted(planned_rebase)
+        if tier in required_tiers and (target, source, dest) not in rebased
+    ]
+    reasons = [
+        f"{cell}: no result; a required cell that did not report is not a pass"
+        for cell in unreported
     ]
     notes: list[str] = []
     for result in required:

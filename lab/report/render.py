@@ -22,11 +22,14 @@ from lab.report.table import (
     KNOWN_ISSUE,
     PARTIAL,
     PASS,
+    REBASE_TITLE,
     UNKNOWN,
     Cell,
     ContextCell,
     ContextEntry,
     Footnote,
+    RebaseCell,
+    RebaseEntry,
     Row,
     SupportTable,
 )
@@ -48,6 +51,12 @@ CONTEXT_NOTE = (
     "contextualization: booted here with user-data on each channel the platform hands it to "
     "the guest by (nocloud, config-drive, ec2-imds, ...), the newest result per target, version "
     "and channel; results on the real platform are footnotes."
+)
+REBASE_NOTE = (
+    "rebase: each rebase cell of matrix.yaml (target, FROM → TO) booted FROM here, made local "
+    "changes, applied the update and checked every rule inside the guest; ✓ only when every "
+    "cell of the platform passed, a footnote per rule that failed; results on the real "
+    "platform are footnotes."
 )
 
 
@@ -75,11 +84,16 @@ def _column_titles(table: SupportTable) -> list[tuple[str, str]]:
     titles = [(version, EVIDENCE_TITLES[evidence]) for version, evidence in table.columns]
     if table.has_context:
         titles.append((CONTEXT_TITLE, EVIDENCE_TITLES["profile"]))
+    if table.has_rebase:
+        titles.append((REBASE_TITLE, EVIDENCE_TITLES["profile"]))
     return titles
 
 
 def _notes_on_columns(table: SupportTable) -> str:
-    return f"{COLUMNS_NOTE} {CONTEXT_NOTE}" if table.has_context else COLUMNS_NOTE
+    notes = [COLUMNS_NOTE]
+    notes += [CONTEXT_NOTE] if table.has_context else []
+    notes += [REBASE_NOTE] if table.has_rebase else []
+    return " ".join(notes)
 
 
 def _built_line(table: SupportTable) -> str:
@@ -109,6 +123,8 @@ def render_markdown(table: SupportTable, *, link_base: Path) -> str:
         cells = [_md_cell(cell, link_base) for cell in row.cells]
         if row.context is not None:
             cells.append(_md_context_cell(row.context, link_base))
+        if row.rebase is not None:
+            cells.append(_md_context_cell(row.rebase, link_base))
         lines.append("| " + " | ".join([_md(row.platform), *cells]) + " |")
     lines += ["", *(f"- {symbol} {_md(text)}" for symbol, text in table.legend), ""]
     lines += [_md(_notes_on_columns(table)), "", *_md_footnotes(table.footnotes)]
@@ -130,14 +146,20 @@ def _md_entry(result: Result, link_base: Path, text: str | None = None) -> str:
     return f"{text} [{_md(CONSOLE_ATTACHMENT)}]({_href(result.console, link_base)})"
 
 
+def _md_labelled(result: Result | None, link_base: Path, text: str) -> str:
+    """An entry's text, and the console link when it has a result (a rebase entry may not)."""
+    return _md(text) if result is None else _md_entry(result, link_base, text)
+
+
 def _md_refs(numbers: Iterable[int]) -> str:
     return "".join(f"\\[{number}\\]" for number in numbers)
 
 
-def _md_context_cell(cell: ContextCell, link_base: Path) -> str:
+def _md_context_cell(cell: ContextCell | RebaseCell, link_base: Path) -> str:
+    """A contextualization or rebase cell: its symbol and date, then a line per entry."""
     head = f"{cell.symbol} {cell.date:%Y-%m-%d}" if cell.date else cell.symbol
     entries = [
-        _md_entry(entry.result, link_base, f"{entry.symbol} {entry.label}")
+        _md_labelled(entry.result, link_base, f"{entry.symbol} {entry.label}")
         + (f" {_md_refs(entry.notes)}" if entry.notes else "")
         for entry in cell.entries
     ]
@@ -233,6 +255,8 @@ def _html_row(row: Row, link_base: Path) -> str:
     cells = "".join(_html_cell(cell, link_base) for cell in row.cells)
     if row.context is not None:
         cells += _html_context_cell(row.context, link_base)
+    if row.rebase is not None:
+        cells += _html_context_cell(row.rebase, link_base)
     return f'<tr><th scope="row">{html.escape(row.platform)}</th>{cells}</tr>'
 
 
@@ -261,10 +285,13 @@ def _html_entry(result: Result, link_base: Path, label: str = "", refs: str = ""
     return f"<li{title}>{label or html.escape(_entry_text(result))}{link}{refs}</li>"
 
 
-def _html_context_cell(cell: ContextCell, link_base: Path) -> str:
+def _html_context_cell(cell: ContextCell | RebaseCell, link_base: Path) -> str:
+    """A contextualization or rebase cell: its symbol and date, then a list item per entry."""
     date = f" <time>{cell.date:%Y-%m-%d}</time>" if cell.date else ""
     entries = "".join(
         _html_entry(entry.result, link_base, _html_context_label(entry), _html_refs(entry.notes))
+        if entry.result is not None
+        else f"<li>{_html_context_label(entry)}{_html_refs(entry.notes)}</li>"
         for entry in cell.entries
     )
     items = f"<ul>{entries}</ul>" if entries else ""
@@ -274,7 +301,7 @@ def _html_context_cell(cell: ContextCell, link_base: Path) -> str:
     )
 
 
-def _html_context_label(entry: ContextEntry) -> str:
+def _html_context_label(entry: ContextEntry | RebaseEntry) -> str:
     symbol = f'<span class="symbol {SYMBOL_CLASSES[entry.symbol]}">{entry.symbol}</span>'
     return f"{symbol} {html.escape(entry.label)}"
 

@@ -4,7 +4,9 @@ A cell is ✓ only with evidence: a passed result, its date and its console log.
 nothing ran is ``?``, with a footnote saying why. Profile runs (here, on emulated hardware of
 the platform) and real runs (on the platform itself) are separate columns. The ``boot`` table
 ends with a contextualization column: one entry per channel of the platform's ``context``
-results (profile runs; real-platform ones are footnotes), ◐ when only some steps took effect.
+results (profile runs; real-platform ones are footnotes), ◐ when only some steps took effect,
+and a rebase column: one entry per rebase cell (target, FROM → TO) of the platform, planned in
+matrix.yaml or reported, ✓ only when every one of them passed, a footnote per failed rule.
 
 This module decides what each cell says; lab/report/render.py writes it as Markdown and HTML.
 The results come from lab/evidence.py's reader, the footnotes also from known-issues.yaml.
@@ -17,7 +19,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lab.evidence import BOOT_CHECK, CONTEXT_CHECK, EVIDENCE, PLATFORMS, Result, latest_results
+from lab.evidence import (
+    BOOT_CHECK,
+    CONTEXT_CHECK,
+    EVIDENCE,
+    PLATFORMS,
+    REBASE_CHECK,
+    Result,
+    latest_results,
+)
 from lab.known_issues import KnownIssue
 
 PASS, FAIL, KNOWN_ISSUE, UNKNOWN, PARTIAL = "✓", "✗", "⚡", "?", "◐"
@@ -31,6 +41,9 @@ CONTEXT_TITLE = "contextualization"
 CONTEXT_LEGEND = (PARTIAL, "partly: some steps took effect, see the footnote")
 NO_CONTEXT_RESULT = "no context result (not run)"
 NO_TARGET = "no target in matrix.yaml"
+REBASE_TITLE = "rebase"
+NO_REBASE_CELL = "no rebase cell in matrix.yaml"
+NO_REBASE_RESULT = "no rebase result (and the report was not given matrix.yaml's rebase cells)"
 
 
 # --- the table ----------------------------------------------------------------------------------
@@ -88,10 +101,38 @@ class ContextCell:
 
 
 @dataclass(frozen=True)
+class RebaseEntry:
+    """One rebase cell (target, FROM → TO): its newest result, or None if planned and unreported."""
+
+    target: str
+    pair: str  # "previous → newest"
+    result: Result | None
+    symbol: str
+    label: str
+    notes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class RebaseCell:
+    """A platform's rebase column: its profile-run entries; real-platform ones as notes."""
+
+    platform: str
+    symbol: str
+    entries: tuple[RebaseEntry, ...]
+    notes: tuple[int, ...]
+
+    @property
+    def date(self) -> datetime | None:
+        ran = (e.result.stop for e in self.entries if e.result is not None and e.result.ran)
+        return max(ran, default=None)
+
+
+@dataclass(frozen=True)
 class Row:
     platform: str
     cells: tuple[Cell, ...]
     context: ContextCell | None = None
+    rebase: RebaseCell | None = None
 
 
 @dataclass
@@ -113,6 +154,10 @@ class SupportTable:
         return any(row.context is not None for row in self.rows)
 
     @property
+    def has_rebase(self) -> bool:
+        return any(row.rebase is not None for row in self.rows)
+
+    @property
     def legend(self) -> tuple[tuple[str, str], ...]:
         return (*LEGEND, CONTEXT_LEGEND) if self.has_context else LEGEND
 
@@ -126,6 +171,12 @@ class SupportTable:
             raise KeyError(f"the {self.check!r} table has no {CONTEXT_TITLE} column")
         return context
 
+    def rebase_cell(self, platform: str) -> RebaseCell:
+        rebase = self.rows[PLATFORMS.index(platform)].rebase
+        if rebase is None:
+            raise KeyError(f"the {self.check!r} table has no {REBASE_TITLE} column")
+        return rebase
+
 
 def build_table(
     results: Iterable[Result],
@@ -135,18 +186,27 @@ def build_table(
     check: str = "boot",
     sources: Sequence[Path] = (),
     planned: Iterable[tuple[str, str, str]] | None = None,
+    planned_rebase: Iterable[PlannedRebase] | None = None,
     built_at: datetime | None = None,
 ) -> SupportTable:
     """The table of ``check``: a row per platform, two columns (profile, real) per version.
 
-    The ``boot`` table adds a contextualization column built from the ``context`` results.
+    The ``boot`` table adds a contextualization column built from the ``context`` results and
+    a rebase column from the ``rebase`` results (per pair, whatever the version columns), when
+    there are rebase results or ``planned_rebase`` is given (even empty: the column then says
+    that matrix.yaml has no rebase cell).
     ``planned``: optional (target, platform, evidence) triples from matrix.yaml; a cell with no
     result then says which planned targets did not report, instead of "no target in matrix.yaml".
+    ``planned_rebase``: the (target, platform, evidence, FROM, TO) rebase cells of matrix.yaml;
+    each one without a result is a ``?`` entry, and a platform without any says so.
     """
     latest = latest_results(results)
-    checks = (check, CONTEXT_CHECK) if check == BOOT_CHECK else (check,)
+    checks = (check, CONTEXT_CHECK, REBASE_CHECK) if check == BOOT_CHECK else (check,)
     chosen = [result for result in latest if result.check in checks]
-    shown = [result for result in chosen if result.version in versions]
+    rebase_results = [r for r in chosen if check == BOOT_CHECK and r.check == REBASE_CHECK]
+    per_version = [r for r in chosen if check != BOOT_CHECK or r.check != REBASE_CHECK]
+    shown = [result for result in per_version if result.version in versions]
+    with_rebase = check == BOOT_CHECK and (planned_rebase is not None or bool(rebase_results))
     plan = _plan(planned)
     builder = _CellBuilder(
         results=[result for result in shown if result.check == check],
@@ -158,12 +218,18 @@ def build_table(
         planned=plan,
         footnotes=builder.footnotes,  # one numbering, in reading order
     )
+    rebase = _RebaseCellBuilder(
+        results=rebase_results,
+        planned=None if planned_rebase is None else list(planned_rebase),
+        footnotes=builder.footnotes,
+    )
     columns = [(version, evidence) for version in versions for evidence in EVIDENCE]
     rows = [
         Row(
             platform,
             tuple(builder.cell(platform, v, e) for v, e in columns),
             context.cell(platform) if check == BOOT_CHECK else None,
+            rebase.cell(platform) if with_rebase else None,
         )
         for platform in PLATFORMS
     ]
@@ -176,7 +242,7 @@ def build_table(
         sources=list(sources),
         ignored=sorted(
             f"{result.describe()}: version {result.version!r} is not a column of the table"
-            for result in chosen
+            for result in per_version
             if result.version not in versions
         ),
     )
@@ -348,3 +414,102 @@ def _failure(result: Result) -> str:
     phase = f" in phase {result.failed_phase}" if result.failed_phase else ""
     message = result.first_message_line
     return f"{result.status}{phase}" + (f": {message}" if message else "")
+
+
+# --- the rebase column --------------------------------------------------------------------------
+
+PlannedRebase = tuple[str, str, str, str, str]
+"""A rebase cell of matrix.yaml: (target, platform, evidence, FROM, TO)."""
+_RebaseKey = tuple[str, str | None, str]  # (target, FROM, TO); FROM None: not labelled
+
+
+@dataclass
+class _RebaseCellBuilder:
+    """Rebase cells: an entry per (target, FROM → TO), planned or reported. Known issues are not
+    applied (they name no check); ✓ needs every entry passed: a skip or a missing result is ?."""
+
+    results: list[Result]
+    planned: list[PlannedRebase] | None
+    footnotes: _Footnotes
+
+    def cell(self, platform: str) -> RebaseCell:
+        mine = [result for result in self.results if result.platform == platform]
+        cells = self._cells(platform, [result for result in mine if result.evidence == "profile"])
+        several = len({target for target, _, _ in cells}) > 1
+        entries = tuple(self._entry(key, result, several) for key, result in cells.items())
+        notes = [] if entries else [self.footnotes.ref(self._missing_reason())]
+        notes += [
+            self.footnotes.ref(f"real platform: {result.target} · {result.pair}: {outcome}")
+            for result in sorted(mine, key=_rebase_order)
+            if result.evidence == "real"
+            for outcome in _rebase_outcome(result)
+        ]
+        symbol = _rebase_symbol([entry.symbol for entry in entries])
+        return RebaseCell(platform, symbol, entries, tuple(dict.fromkeys(notes)))
+
+    def _cells(self, platform: str, results: list[Result]) -> dict[_RebaseKey, Result | None]:
+        """The planned cells in matrix.yaml's order, then any other reported, sorted."""
+        reported = {(r.target, r.rebase_from, r.version): r for r in results}
+        cells: dict[_RebaseKey, Result | None] = {
+            (target, source, dest): reported.get((target, source, dest))
+            for target, where, evidence, source, dest in self.planned or ()
+            if (where, evidence) == (platform, "profile")
+        }
+        for result in sorted(results, key=_rebase_order):
+            cells.setdefault((result.target, result.rebase_from, result.version), result)
+        return cells
+
+    def _entry(self, key: _RebaseKey, result: Result | None, several: bool) -> RebaseEntry:
+        target, source, dest = key
+        pair = result.pair if result else f"{source} → {dest}"
+        label = f"{target} {pair}" if several else pair
+        if result is None:  # the boot cell of a lone target says the same: one footnote
+            text = f"no result from {target} (in matrix.yaml, but it did not run)"
+            return RebaseEntry(target, pair, None, UNKNOWN, label, (self.footnotes.ref(text),))
+        symbol = _rebase_entry_symbol(result)
+        if symbol == PASS:
+            return RebaseEntry(target, pair, result, symbol, label)
+        texts = (
+            [result.skip_reason]  # shared with the boot cells skipped for the same reason
+            if symbol == UNKNOWN
+            else [f"{target} · {pair}: {outcome}" for outcome in _rebase_outcome(result)]
+        )
+        notes = tuple(dict.fromkeys(self.footnotes.ref(text) for text in texts))
+        return RebaseEntry(target, pair, result, symbol, label, notes)
+
+    def _missing_reason(self) -> str:
+        return NO_REBASE_RESULT if self.planned is None else NO_REBASE_CELL
+
+
+def _rebase_order(result: Result) -> tuple[str, str, str]:
+    return (result.target, result.rebase_from or "", result.version)
+
+
+def _rebase_entry_symbol(result: Result) -> str:
+    """A failed rule is ✗ even on a result that says it passed: ✓ needs both."""
+    if not result.ran:
+        return UNKNOWN
+    return FAIL if result.failed or result.failed_rules else PASS
+
+
+def _rebase_symbol(symbols: Sequence[str]) -> str:
+    """✗ if any entry failed; ✓ only if there are entries and every one passed; else ?."""
+    if FAIL in symbols:
+        return FAIL
+    return PASS if symbols and all(symbol == PASS for symbol in symbols) else UNKNOWN
+
+
+def _rebase_outcome(result: Result) -> list[str]:
+    """What a rebase result says: a line per failed rule (what it found, when labelled)."""
+    if not result.ran:
+        return [f"not run: {result.skip_reason}"]
+    if result.failed_rules:
+        return [_rule_failure(result, name) for name in result.failed_rules]
+    if result.failed:
+        return [_failure(result)]
+    return [f"passed {result.stop:%Y-%m-%d}"]
+
+
+def _rule_failure(result: Result, name: str) -> str:
+    found = (line for line in result.rule_failures if line.split(maxsplit=1)[0] == name)
+    return next(found, f"rule {name} failed")
