@@ -122,6 +122,11 @@ class Instance(ABC):
     def reboot(self) -> None:
         raise TargetError(f"{type(self).__name__} cannot reboot an instance")
 
+    def power_cut(self) -> None:
+        """Cut the power and give it back: the guest stops at once, nothing synced or shut
+        down, and boots again; waits and host times then concern the new boot (a fault test)."""
+        raise TargetError(f"{type(self).__name__} cannot cut the power of an instance")
+
     # --- shared behaviour ------------------------------------------------------------------
     def current_boot_console(self) -> str:
         return self.console()[self._boot_offset :]

@@ -86,7 +86,8 @@ class LibvirtInstance(Instance):
         once the boot ends), the channel's key first: a guest shell that has not seen it yet
         (a new boot, a restarted shell) starts evaluating after it, one that has skips it."""
         nonce = os.urandom(4).hex()
-        end = re.compile(rf"__UCVM_RC_{nonce}=(\d+)")
+        # Up to the line's end: the status may arrive split over reads (100 as "1", then "00").
+        end = re.compile(rf"__UCVM_RC_{nonce}=(\d+)\r?\n")
         encoded = base64.b64encode(command.encode()).decode()
         channel = self._send(f'eval "$(echo {encoded} | base64 -d)"; echo __UCVM_RC_{nonce}=$?')
         received = b""
@@ -152,6 +153,14 @@ class LibvirtInstance(Instance):
             self._send("sync; reboot -f")
         except OSError:  # no channel: the guest never got that far, so press reset
             self._reset()
+
+    def power_cut(self) -> None:
+        """A power cut: a hard reset, with no sync and no shutdown in the guest (what it had
+        not written to its disks is lost; QEMU keeps what it had written), then the next boot."""
+        if self.domain is None:
+            raise TargetError(f"{self.name} is not running")
+        self.mark_new_boot()
+        self._reset()
 
     def _reset(self) -> None:
         if self.domain is None:
