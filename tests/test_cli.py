@@ -90,8 +90,9 @@ def test_gate_fails_when_a_tier_one_cell_fails(lab_dir: Path) -> None:
     matrix.write_text(
         "".join(
             line
-            for line in re.sub(r"(?ms)^  rebase:.*?(?=^targets:)", "\n", matrix.read_text())
-            .splitlines(keepends=True)
+            for line in re.sub(
+                r"(?ms)^  rebase:.*?(?=^targets:)", "\n", matrix.read_text()
+            ).splitlines(keepends=True)
             if not re.match(rf"\s+- {{name: ({'|'.join(without)}),", line)
             and not re.match(other_versions, line)
         ).replace("versions: [previous]", "versions: [newest]")  # the context check's
