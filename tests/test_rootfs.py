@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.build import bootloader, os_files, rootfs
-from lab.build.releases import ReleaseError, load_release_set, load_releases
+from lab.artifacts import ArtifactStore
+from lab.build import bootloader, fixture_debs, os_files, rootfs
+from lab.build.releases import Release, ReleaseError, load_release_set, load_releases
 from lab.observe import ContextStep, record_from_console
 from lab.packages import closed_list
 
@@ -83,9 +84,12 @@ def test_the_real_releases_file_loads() -> None:
     devel = [r.tag for r in releases.releases if r.branch == "devel"]
     assert prod[:3] == ["1.0", "1.1", "1.2"] and "2.0-dev" in devel
     assert releases.default.tag == prod[-1]
+    lists = {f"ucvm-os-{release.tag}.list" for release in releases.releases}
     for release in releases.releases:
         assert release.shopping_list.is_file()
-        assert release.shopping_list.name == f"ucvm-os-{release.tag}.list"
+        # a fault test's release (branch faults) reuses the list of the release it breaks
+        own = release.shopping_list.name == f"ucvm-os-{release.tag}.list"
+        assert own or (release.branch == "faults" and release.shopping_list.name in lists)
         assert "/etc/hostname" in release.overlay and "/etc/motd" in release.overlay
     # each release differs from the one before in packages and in configuration
     for old, new in zip(releases.releases, releases.releases[1:], strict=False):
@@ -125,6 +129,82 @@ def test_a_loader_the_lab_does_not_build_is_refused_naming_the_release(
         message
         == f"{tmp_path / 'releases.yaml'}:12:13: releases[1] (tag '2.0-dev').loader: {expected}"
     )
+
+
+def test_the_real_releases_ship_the_fixture_debs_the_rebase_suite_needs() -> None:
+    wants = {r.tag: r.fixture_debs for r in load_release_set(REPO / "releases.yaml").releases}
+    assert all(key in fixture_debs.FIXTURE_DEBS for keys in wants.values() for key in keys)
+    assert wants["1.0"] == wants["1.1"] == ()  # a cell installs ucvm-fixture-svc 1.0 there
+    assert wants["1.2"] == ("ucvm-fixture-svc=2.0",) and wants["2.0-dev"] == (
+        "ucvm-fixture-svc=3.0",
+    )
+
+
+def with_fixtures(value: str) -> str:
+    """GOOD with `fixture_debs: VALUE` on release 2.0-dev (line 12)."""
+    return GOOD.replace("    shopping_list: lists/b.list\n", "    shopping_list: lists/b.list\n"
+                        f"    fixture_debs: {value}\n")  # fmt: skip
+
+
+def test_a_release_installs_no_fixture_debs_unless_it_names_them(tmp_path: Path) -> None:
+    text = with_fixtures("[ucvm-fixture-local=1.0, ucvm-fixture-svc=2.0]")
+    first, second = load_release_set(write_releases(tmp_path, text)).releases
+    assert first.fixture_debs == ()
+    assert second.fixture_debs == ("ucvm-fixture-local=1.0", "ucvm-fixture-svc=2.0")
+
+
+SVC_KEYS = "ucvm-fixture-svc=1.0, ucvm-fixture-svc=2.0, ucvm-fixture-svc=3.0"
+
+
+@pytest.mark.parametrize(
+    ("value", "where", "expected"),
+    [
+        ("[ucvm-fixture-svc=9.9]", "12:20: releases[1] (tag '2.0-dev').fixture_debs[0]",
+         "'ucvm-fixture-svc=9.9' is not a fixture .deb the lab builds; expected name=version, "
+         f"one of: {SVC_KEYS} (FIXTURE_DEBS in lab/build/fixture_debs.py)"),
+        ("[ucvm-fixture-svc]", "12:20: releases[1] (tag '2.0-dev').fixture_debs[0]",
+         "'ucvm-fixture-svc' is not a fixture .deb the lab builds; expected name=version, "
+         f"one of: {SVC_KEYS} (FIXTURE_DEBS in lab/build/fixture_debs.py)"),
+        ("[openssh-server=1:9.2p1-2]", "12:20: releases[1] (tag '2.0-dev').fixture_debs[0]",
+         "'openssh-server=1:9.2p1-2' is not a fixture .deb the lab builds; expected name=version, "
+         f"one of: {', '.join(fixture_debs.FIXTURE_DEBS)} (FIXTURE_DEBS in "
+         "lab/build/fixture_debs.py)"),
+        ("ucvm-fixture-svc=2.0", "12:19: releases[1] (tag '2.0-dev').fixture_debs",
+         "expected a list; found string 'ucvm-fixture-svc=2.0'"),
+        ("[2.0]", "12:20: releases[1] (tag '2.0-dev').fixture_debs[0]",
+         "expected a string; found number 2.0 (put it in quotes to make it a string)"),
+        ("[ucvm-fixture-svc=2.0, ucvm-fixture-svc=3.0]",
+         "12:42: releases[1] (tag '2.0-dev').fixture_debs[1]",
+         "'ucvm-fixture-svc=3.0': the release already installs 'ucvm-fixture-svc=2.0'; "
+         "name one version of ucvm-fixture-svc"),
+    ],
+)  # fmt: skip
+def test_a_bad_fixture_deb_is_refused_at_its_place_naming_the_known_ones(
+    tmp_path: Path, value: str, where: str, expected: str
+) -> None:
+    (message,) = problems(tmp_path, with_fixtures(value))
+    assert message == f"{tmp_path / 'releases.yaml'}:{where}: {expected}"
+
+
+def test_the_fixture_debs_are_in_the_input_hash_and_the_record(tmp_path: Path) -> None:
+    text = with_fixtures("[ucvm-fixture-svc=2.0]")
+    plain, with_svc = load_release_set(write_releases(tmp_path, text)).releases
+    lists = rootfs.AptLists(tmp_path, (), {"Packages": "00"})
+    store = ArtifactStore(tmp_path / "store")
+    deb = fixture_debs.fixture_deb("ucvm-fixture-svc=2.0", store)
+    assert rootfs.release_inputs(plain, lists, 1, store)["fixture_debs"] == {}
+    inputs = rootfs.release_inputs(with_svc, lists, 1, store)
+    assert inputs["fixture_debs"] == {"ucvm-fixture-svc=2.0": sha256(deb)}
+    root = tmp_path / "root"
+    closed = tmp_path / "closed-list.txt"
+    closed.write_text("bash 5.2 amd64 pool/b.deb 00\n")
+    for release, line in ((plain, "fixtures="), (with_svc, "fixtures=ucvm-fixture-svc=2.0")):
+        os_files.write_record(root, release, closed, epoch=1795432957)
+        rootfs.write_fixtures_record(root, release)
+        assert (root / "etc/ucvm-release").read_text().splitlines()[-1] == line
+        assert list(os_files.read_record(root)) == [*RECORD_KEYS, "fixtures"]
+    rootfs.install_fixture_debs(root, plain, store, 1)  # none: nothing runs, nothing staged
+    assert not (root / "tmp").exists()
 
 
 def test_a_good_file_gives_releases(tmp_path: Path) -> None:
@@ -197,6 +277,55 @@ def test_an_overlay_path_must_be_absolute_plain_and_not_the_labs(
 def test_overlay_content_must_be_text(tmp_path: Path) -> None:
     (message,) = problems(tmp_path, GOOD.replace("/etc/motd: |\n        hello", "/etc/motd: 3"))
     assert ":7:18: releases[0] (tag '1.0').overlay./etc/motd: expected a string" in message
+    assert 'or a mapping {content: TEXT, mode: "0755"}; found integer 3' in message
+
+
+def with_overlay_file(*lines: str) -> str:
+    """GOOD with one more overlay file of release 1.0, /usr/sbin/init (line 9), given as a
+    mapping: ``lines`` are its keys (from line 10, column 9)."""
+    body = "".join(f"        {line}\n" for line in lines)
+    return GOOD.replace("        hello\n", f"        hello\n      /usr/sbin/init:\n{body}", 1)
+
+
+def test_an_overlay_file_may_name_its_mode(tmp_path: Path) -> None:
+    text = with_overlay_file('mode: "0755"', "content: |", "  #!/bin/sh", "  exit 1")
+    first, second = load_releases(write_releases(tmp_path, text))
+    assert first.overlay == {"/etc/motd": "hello\n", "/usr/sbin/init": "#!/bin/sh\nexit 1\n"}
+    assert first.overlay_modes == {"/usr/sbin/init": 0o755} and second.overlay_modes == {}
+    assert (first.overlay_mode("/usr/sbin/init"), first.overlay_mode("/etc/motd")) == (0o755, 0o644)
+
+
+def test_an_overlay_file_s_mapping_without_a_mode_is_0644(tmp_path: Path) -> None:
+    (first, _) = load_releases(write_releases(tmp_path, with_overlay_file("content: x")))
+    assert first.overlay["/usr/sbin/init"] == "x" and first.overlay_modes == {}
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (["mode: 0755", "content: x"],
+         'mode: expected the permission bits as three octal digits, in quotes, optionally after '
+         'a 0: e.g. "0755"; found integer 755 (put it in quotes: YAML reads 0755 as a number)'),
+        (['mode: "4755"', "content: x"], "found string '4755'"),  # setuid: not permission bits
+        (['mode: "0758"', "content: x"], "found string '0758'"),
+        (['mode: "rwx"', "content: x"], "found string 'rwx'"),
+        (['mode: "0755"'],
+         'content: required key is missing; write {content: TEXT, mode: "0755"}'),
+        (["content: 3"], "content: expected a string; found integer 3"),
+        (["contents: x"],
+         "unknown key 'contents' (did you mean content?) in the file's mapping; allowed keys: "
+         "content, mode"),
+        (["content: x", "owner: root"], "unknown key 'owner' in the file's mapping"),
+    ],
+)  # fmt: skip
+def test_a_bad_overlay_file_mapping_names_the_file_and_the_fix(
+    tmp_path: Path, lines: list[str], expected: str
+) -> None:
+    (message,) = problems(tmp_path, with_overlay_file(*lines))
+    assert message.startswith(
+        f"{tmp_path / 'releases.yaml'}:10:9: releases[0] (tag '1.0').overlay./usr/sbin/init: "
+    ), message
+    assert expected in message
 
 
 def test_the_default_branch_must_have_a_release(tmp_path: Path) -> None:
@@ -243,7 +372,7 @@ def test_a_mistyped_key_is_located_with_a_suggestion_and_the_key_it_lacks(tmp_pa
     assert unknown == (
         f"{path}:5:5: releases[0] (tag '1.0').shoping_list: unknown key 'shoping_list' "
         "(did you mean shopping_list?); allowed keys: tag, branch, shopping_list, description, "
-        "overlay, loader"
+        "overlay, loader, fixture_debs"
     )
 
 
@@ -709,6 +838,35 @@ def test_os_files_are_installed_with_their_modes(tmp_path: Path) -> None:
     assert len(os_files.tree_digest(OS_FILES)) == 64
 
 
+def overlay_release(modes: dict[str, int], shopping_list: Path = Path("x.list")) -> Release:
+    overlay = {"/usr/sbin/init": "#!/bin/sh\nexit 1\n", "/etc/motd": "hello\n"}
+    return Release("1.3-broken", "faults", shopping_list, overlay, overlay_modes=modes)
+
+
+def test_the_overlay_replaces_a_symlink_and_sets_each_file_s_mode(tmp_path: Path) -> None:
+    systemd = tmp_path / "usr/lib/systemd/systemd"
+    systemd.parent.mkdir(parents=True)
+    systemd.write_bytes(b"ELF")
+    (tmp_path / "usr/sbin").mkdir(parents=True)
+    (tmp_path / "usr/sbin/init").symlink_to("../lib/systemd/systemd")  # as systemd-sysv ships it
+    rootfs.install_overlay(tmp_path, overlay_release({"/usr/sbin/init": 0o755}))
+    init = tmp_path / "usr/sbin/init"
+    assert not init.is_symlink() and init.read_text() == "#!/bin/sh\nexit 1\n"
+    assert init.stat().st_mode & 0o7777 == 0o755
+    assert (tmp_path / "etc/motd").stat().st_mode & 0o7777 == 0o644
+    assert systemd.read_bytes() == b"ELF"  # the link was replaced, not written through
+
+
+def test_an_overlay_file_s_mode_is_an_input_of_the_release(tmp_path: Path) -> None:
+    lists, shopping_list = rootfs.AptLists(tmp_path, (), {}), tmp_path / "x.list"
+    shopping_list.write_text("systemd-sysv\n")
+    executable = overlay_release({"/usr/sbin/init": 0o755}, shopping_list)
+    executable_inputs = rootfs.release_inputs(executable, lists, 0)
+    plain = rootfs.release_inputs(overlay_release({}, shopping_list), lists, 0)
+    assert executable_inputs["overlay_modes"] == {"/usr/sbin/init": "0755"}
+    assert plain["overlay_modes"] == {} and plain["overlay"] == executable_inputs["overlay"]
+
+
 # --------------------------------------------------------------------------- pieces of the build
 
 
@@ -828,11 +986,18 @@ def test_the_default_release_builds_for_real() -> None:
     artifact = rootfs.build_release(release)
     root = artifact.root
     entries = closed_list.read_json(artifact.directory / "closed-list.json")
-    # dpkg's database is exactly the closed list
-    assert rootfs.package_mismatch(entries, rootfs.installed(root)) == []
+    # dpkg's database is exactly the closed list, plus the release's fixture .debs (installed)
+    fixtures = [fixture_debs.fixture(key) for key in release.fixture_debs]
+    packages = rootfs.installed(root)
+    assert [p for p in packages if p[0] in {f.name for f in fixtures}] == [
+        (f.name, f.version, "all", "ii") for f in fixtures
+    ]
+    rest = [p for p in packages if p[0] not in {f.name for f in fixtures}]
+    assert rootfs.package_mismatch(entries, rest) == []
     # the record
     record = os_files.read_record(root)
-    assert list(record) == RECORD_KEYS and record == artifact.record
+    assert list(record) == [*RECORD_KEYS, "fixtures"] and record == artifact.record
+    assert record["fixtures"] == ",".join(release.fixture_debs)
     assert record["release"] == release.tag and record["branch"] == release.branch
     assert record["shopping_list"] == release.shopping_list.name
     assert record["shopping_list_sha256"] == sha256(release.shopping_list)

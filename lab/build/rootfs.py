@@ -9,16 +9,18 @@ Each release has a shopping list and a small configuration overlay. It is built 
    for every entry, nothing else; dpkg's database is compared with the list afterwards). apt
    reads the same index files the solver read (copied in, `--skip=update`), and the .debs come
    from, and go back to, the artifact store's `apt-archives/`, so a rebuild downloads nothing;
-3. customise: the lab's own files and units, the release's overlay, the identity reset and the
-   record (lab.build.os_files: ucvm-ready, ucvm-channel, DHCP, an empty /etc/machine-id, no SSH
-   host keys, /etc/ucvm-release, ...), and the root password locked;
+3. customise: the release's fixture .debs (lab.build.fixture_debs, `chroot dpkg -i`), the lab's
+   own files and units, the release's overlay, the identity reset and the record
+   (lab.build.os_files: ucvm-ready, ucvm-channel, DHCP, an empty /etc/machine-id, no SSH host
+   keys, /etc/ucvm-release with `fixtures=`, ...), and the root password locked;
 4. clamp every mtime to SOURCE_DATE_EPOCH (the newest index's Date, unless set), so that
 5. the squashfs image (zstd) is byte-identical when nothing changed.
 
 Everything is cached in the ArtifactStore by the hash of all inputs: the shopping list, the
-overlay, os-files, the apt lists, this file and os_files.py, and the versions of mmdebstrap and
-squashfs-tools. The contract with the boot loader is docs/os-on-demand.md ("From /init to
-systemd"). The benchmarks' conventional full-disk image of a release is bench/conventional.py's.
+overlay, the fixture .debs' SHA-256, os-files, the apt lists, this file and os_files.py, and the
+versions of mmdebstrap and squashfs-tools. The contract with the boot loader is
+docs/os-on-demand.md ("From /init to systemd"). The benchmarks' conventional full-disk image
+of a release is bench/conventional.py's.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from typing import Any
 
 from lab import proc
 from lab.artifacts import ArtifactStore, file_digest
-from lab.build import os_files
+from lab.build import fixture_debs, os_files
 from lab.build.releases import Release
 from lab.packages import closed_list, debian, explain, solve
 from lab.packages.model import Package, Repository
@@ -50,6 +52,8 @@ SUITE = "bookworm"
 APT_LISTS = Path("/var/lib/apt/lists")
 APT_HELPER = "/usr/lib/apt/apt-helper"
 SQUASHFS_COMPRESSION = ("-comp", "zstd")
+CHROOT_PATH = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"  # dpkg wants ldconfig and start-stop-daemon
+FIXTURE_STAGE = "/tmp/ucvm-fixture-debs"  # in the root, while dpkg installs them
 
 
 class RootfsError(RuntimeError):
@@ -385,18 +389,58 @@ def chroot(root: Path, *command: str, epoch: int | None = None) -> str:
     return _run("chroot", root, *command, env=env)
 
 
+def install_fixture_debs(root: Path, release: Release, store: ArtifactStore, epoch: int) -> None:
+    """The release's fixture .debs, by `chroot ROOT dpkg -i` (their postinsts run there), then
+    checked in dpkg's database: each one installed (ii) at its version."""
+    if not release.fixture_debs:
+        return
+    stage = root / FIXTURE_STAGE.lstrip("/")
+    stage.mkdir(parents=True)
+    try:
+        debs = [fixture_debs.fixture_deb(key, store) for key in release.fixture_debs]
+        for deb in debs:
+            shutil.copyfile(deb, stage / deb.name)
+        chroot(root, "/usr/bin/env", CHROOT_PATH, "dpkg", "--log=/dev/null", "-i",
+               *(f"{FIXTURE_STAGE}/{deb.name}" for deb in debs), epoch=epoch)  # fmt: skip
+    finally:
+        shutil.rmtree(stage)
+    found = {name: (version, status) for name, version, _, status in installed(root)}
+    for spec in map(fixture_debs.fixture, release.fixture_debs):
+        if found.get(spec.name) != (spec.version, "ii"):
+            raise RootfsError(
+                f"fixture .deb {spec.key}: dpkg -i in {root} left {spec.name} as "
+                f"{found.get(spec.name, 'not installed')}; expected {spec.version} (ii)"
+            )
+
+
+def write_fixtures_record(root: Path, release: Release) -> None:
+    """`fixtures=name=version,...` (empty without any) appended to /etc/ucvm-release."""
+    record = root / os_files.RECORD.lstrip("/")
+    line = f"fixtures={','.join(release.fixture_debs)}\n"
+    os_files.install_file(root, os_files.RECORD, record.read_bytes() + line.encode())
+
+
+def install_overlay(root: Path, release: Release) -> None:
+    """The release's overlay files, owned by root, each with its mode (0644 unless its value
+    names one); a symlink at the path is replaced, never written through (/usr/sbin/init)."""
+    for path, content in sorted(release.overlay.items()):
+        os_files.install_file(root, path, content.encode(), release.overlay_mode(path))
+
+
 def customise(root: Path, release: Release, closed: Path, store: ArtifactStore, epoch: int) -> None:
-    """The lab's files, the release's overlay, the identity files, and the record."""
+    """The fixture .debs, the lab's files, the release's overlay, the identity files, and the
+    record."""
+    install_fixture_debs(root, release, store, epoch)
     os_files.install_os_files(root)
     os_files.install_file(root, "/etc/hostname", b"ucvm\n")
-    for path, content in sorted(release.overlay.items()):
-        os_files.install_file(root, path, content.encode())
+    install_overlay(root, release)
     os_files.reset_identity(root)
     os_files.remove_ssh_host_keys(root)
     chroot(root, "passwd", "--lock", "root", epoch=epoch)
     chroot(root, "systemctl", "enable", *os_files.units_to_enable(root), epoch=epoch)
     chroot(root, "systemctl", "mask", *os_files.UNITS_MASKED, epoch=epoch)
     os_files.write_record(root, release, closed, epoch)
+    write_fixtures_record(root, release)
 
 
 def clamp_mtimes(root: Path, epoch: int) -> int:
@@ -449,8 +493,11 @@ class ReleaseArtifact:
     info: dict[str, Any] = field(hash=False)  # build.json: sizes, counts, timings
 
 
-def release_inputs(release: Release, lists: AptLists, epoch: int) -> dict[str, Any]:
-    """Everything a release's root depends on; its hash names the artifact."""
+def release_inputs(
+    release: Release, lists: AptLists, epoch: int, store: ArtifactStore | None = None
+) -> dict[str, Any]:
+    """Everything a release's root depends on; its hash names the artifact. The fixture .debs
+    are built (once, in ``store``) for their hashes."""
     return {
         "rootfs": ROOTFS_VERSION,
         "code": [file_digest(Path(__file__)), file_digest(Path(os_files.__file__))],
@@ -458,6 +505,10 @@ def release_inputs(release: Release, lists: AptLists, epoch: int) -> dict[str, A
         "branch": release.branch,
         "shopping_list": [release.shopping_list.name, file_digest(release.shopping_list)],
         "overlay": release.overlay,
+        "overlay_modes": {path: f"{mode:04o}" for path, mode in release.overlay_modes.items()},
+        "fixture_debs": {
+            key: file_digest(fixture_debs.fixture_deb(key, store)) for key in release.fixture_debs
+        },
         "os_files": os_files.tree_digest(os_files.OS_FILES),
         "apt_lists": lists.digests,
         "source_date_epoch": epoch,
@@ -478,7 +529,7 @@ def build_release(release: Release, store: ArtifactStore | None = None) -> Relea
     def build(work: Path) -> None:
         build_root_into(work, release, lists, store, epoch)
 
-    directory = store.get("os-root", release_inputs(release, lists, epoch), build)
+    directory = store.get("os-root", release_inputs(release, lists, epoch, store), build)
     return release_artifact(directory)
 
 

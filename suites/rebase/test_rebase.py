@@ -5,7 +5,9 @@ makes (through the lab's command channel), finds the update (`ucvm-update --chec
 stages it (`--apply`, then `--check` says 110), reboots, and checks each rule of the rebase
 inside the guest, one Allure step per rule. A failed rule does not hide the others: all are
 checked, and the test fails at the end naming every one that failed.
-The rules and the fixture files the releases carry for them: README, "The update model".
+The rules and the fixture files the releases carry for them: README, "The update model". The
+local .debs (lab.build.fixture_debs) go in through the channel; the package and account rules
+(R8, R10-R12) are read by suites/rebase/guest.py.
 """
 
 from __future__ import annotations
@@ -13,17 +15,19 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import allure
 import pytest
 
-from lab import matrix
+from lab import evidence, matrix
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader
 from lab.build.osrepo.manifest import Snapshot
 from lab.build.osrepo.repository import Repository
 from lab.observe import BootRecord, observe_boot, update_findings
 from lab.services.repo import RepoServer
 from lab.targets.base import CommandResult, Instance, Target
+from suites.rebase import guest
 
 pytestmark = [pytest.mark.boot, pytest.mark.check("rebase")]
 
@@ -55,10 +59,18 @@ class Rules:
     def check(self, name: str, verdict: Callable[[], str | None]) -> None:
         """``verdict`` returns None when the rule holds, else what was found instead."""
         with allure.step(name):
-            problem = verdict()
+            try:
+                problem = verdict()
+            except Exception as error:  # a rule that cannot be checked fails; the rest go on
+                problem = f"could not be checked: {type(error).__name__}: {error}"
             if problem:
                 self.failed.append(f"{name}: {problem}")
                 allure.attach(problem, "what was found", allure.attachment_type.TEXT)
+
+    def not_applicable(self, name: str, why: str) -> None:
+        """A rule this pair has no case for: a passing step that says so."""
+        with allure.step(f"{name}: n/a"):
+            allure.attach(why, "why it does not apply", allure.attachment_type.TEXT)
 
 
 def shell(instance: Instance, command: str, timeout: float = 120) -> CommandResult:
@@ -81,11 +93,15 @@ def boot_device_hash(instance: Instance) -> str:
     return result.output.strip()
 
 
-def make_local_changes(instance: Instance) -> None:
+def make_local_changes(instance: Instance, source: Snapshot) -> guest.LocalState:
     for what, command in LOCAL_CHANGES.items():
         with allure.step(f"local change: {what}"):
             result = shell(instance, command)
             assert result.ok, f"{what}: `{command}` failed: {result.output}"
+    debs = guest.local_packages(source.tag)
+    with allure.step(f"local change: dpkg -i {', '.join(deb.key for deb in debs)}"):
+        guest.install_local_packages(instance, source.tag)
+    return guest.record_local_state(instance, debs)
 
 
 def notify_and_apply(instance: Instance, source: Snapshot, dest: Snapshot) -> None:
@@ -124,8 +140,57 @@ def kexec_verdict(second: BootRecord, source: Snapshot, dest: Snapshot) -> str |
     return None if start.fields.get("loader_version") == new else f"phase 2 ran {start.fields}"
 
 
+def check_account_rule(
+    rules: Rules, instance: Instance, local: guest.LocalState, source: Snapshot, dest: Snapshot
+) -> None:
+    name = "R8 the local user's ids the new release took moved, her files chowned, the idmap kept"
+    if not guest.collisions(local, dest.tag):
+        ids = f"uid {local.uid} or gid {local.gid}"
+        return rules.not_applicable(
+            name, f"{dest.tag} adds no account at {guest.LOCAL_USER}'s {ids}"
+        )
+    rules.check(name, lambda: guest.accounts_verdict(instance, local, source.tag, dest.tag))
+
+
+def check_package_rules(
+    rules: Rules, instance: Instance, local: guest.LocalState, dest: Snapshot
+) -> None:
+    log = shell(instance, f"cat {guest.REBASE_LOGS}").output
+    kept, replaced = guest.kept_and_replaced(local, dest.tag)
+    rules.check(
+        f"R10 the local packages kept (dpkg -s, dpkg -V, files): {guest.keys(kept) or 'none'}",
+        lambda: guest.kept_packages_verdict(instance, kept, log),
+    )
+    name = "R11 a local package the new release ships is the release's version, and logged"
+    if replaced:
+        verdict = partial(guest.replaced_packages_verdict, instance, replaced, dest.tag, log)
+        rules.check(f"{name}: {', '.join(replaced)}", verdict)
+    else:
+        shipped = guest.keys(guest.shipped(dest.tag)) or "no fixture package"
+        rules.not_applicable(name, f"{dest.tag} ships {shipped}; none was installed locally")
+    rules.check(
+        "R12 dpkg --audit is clean in the guest, and apt-get check passes on the host",
+        lambda: guest.database_verdict(instance, guest.fetch_file(instance, guest.STATUS)),
+    )
+
+
+def attach_package_evidence(instance: Instance, local: guest.LocalState) -> None:
+    idmap = shell(instance, f"cat {guest.IDMAP}")
+    allure.attach(idmap.output, "idmap", allure.attachment_type.TEXT)
+    after = guest.fetch_file(instance, guest.STATUS)
+    diff = guest.status_diff(local.status, after) if after else f"{guest.STATUS}: unreadable"
+    allure.attach(
+        diff, "dpkg status: FROM (with the local packages) -> TO", allure.attachment_type.TEXT
+    )
+
+
 def check_rules(
-    instance: Instance, second: BootRecord, source: Snapshot, dest: Snapshot, image_hash: str
+    instance: Instance,
+    second: BootRecord,
+    source: Snapshot,
+    dest: Snapshot,
+    image_hash: str,
+    local: guest.LocalState,
 ) -> list[str]:
     rules = Rules()
     changes = cat(instance, f"{FIXTURE}/changes.conf") or ""
@@ -173,11 +238,13 @@ def check_rules(
             else alice.output
         ),
     )
+    check_account_rule(rules, instance, local, source, dest)
     orphans = shell(instance, r"find / -xdev \( -nouser -o -nogroup \) -print | head -n 20")
     rules.check(
         "R9 no orphaned files",
         lambda: None if orphans.ok and not orphans.output.strip() else orphans.output,
     )
+    check_package_rules(rules, instance, local, dest)
     loaders = f"{source.loader or '0.1'} -> {dest.loader or '0.1'}"
     rules.check(
         f"R13 the boot loader ({loaders}): a two-phase kexec boot exactly when it changes",
@@ -233,15 +300,18 @@ def test_rebase_carries_local_changes(
                 first = observe_boot(instance, budget)
                 assert first.ready, first.summary()
             image_hash = boot_device_hash(instance)
-            make_local_changes(instance)
+            local = make_local_changes(instance, source)
             notify_and_apply(instance, source, dest)
             instance.reboot()
             with allure.step(f"reboot into {dest.tag}"):
                 second = observe_boot(instance, budget)
                 assert second.ready, second.summary()
-            failed = check_rules(instance, second, source, dest, image_hash)
-            log = shell(instance, "cat /.ucvm/scratch/ucvm/rebase-*.log")
+            failed = check_rules(instance, second, source, dest, image_hash, local)
+            log = shell(instance, f"cat {guest.REBASE_LOGS}")
             allure.attach(log.output, "rebase log", allure.attachment_type.TEXT)
+            attach_package_evidence(instance, local)
         finally:
             attach_boot(second or first, instance.console(), image_format)
+    for name, value in evidence.rebase_labels(rebase_from, failed).items():
+        allure.dynamic.label(name, value)
     assert not failed, "rules that failed:\n" + "\n".join(failed)
