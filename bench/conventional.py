@@ -73,7 +73,7 @@ def conventional_image(release: Release, store: ArtifactStore | None = None) -> 
     kernel_release = package.removeprefix("linux-image-")
     extra = (solve.Wanted(package, version), *map(solve.Wanted, CONVENTIONAL_EXTRAS))
     inputs = {
-        **release_inputs(release, lists, epoch),
+        **release_inputs(release, lists, epoch, store),
         "image": "conventional",
         "kernel": [package, version],
         "cmdline": CONVENTIONAL_CMDLINE,

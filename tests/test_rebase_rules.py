@@ -208,6 +208,21 @@ def test_the_lab_area_is_dropped_whole(rb: Rebase) -> None:
     assert not (rb.out / ".ucvm").exists()
 
 
+def test_temporary_files_and_account_backups_are_dropped(rb: Rebase) -> None:
+    for tree in (rb.base, rb.up):  # every release has both, empty
+        for empty in ("tmp", "var/tmp"):
+            (tree / empty).mkdir(parents=True, exist_ok=True)
+    rb.put(rb.local, "tmp/systemd-private-1/tmp/x", "x\n")
+    rb.put(rb.local, "var/tmp/systemd-private-2/tmp/y", "y\n")
+    rb.put(rb.local, "etc/subuid-", "alice:100000:65536\n")
+    rb.run("layers")
+    temporary = [line[:2] for line in rb.lines() if "tmp/" in line[1]]
+    assert temporary == [["drop", "/tmp/systemd-private-1"], ["drop", "/var/tmp/systemd-private-2"]]
+    assert rb.decision("/etc/subuid-")[0] == "drop"
+    assert not (rb.out / "tmp/systemd-private-1").exists()
+    assert not (rb.out / "var/tmp/systemd-private-2").exists()
+
+
 def test_equal_means_mode_and_owner_too(rb: Rebase) -> None:
     rb.everywhere("etc/mode.conf", "x\n", "x, upstream\n", None)
     rb.put(rb.local, "etc/mode.conf", "x\n", mode=0o600)  # chmod only
