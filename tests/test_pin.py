@@ -77,11 +77,11 @@ def test_the_same_request_again_follows_the_pin(guest: Guest) -> None:
 def test_a_changed_request_re_pins_in_a_new_generation(guest: Guest) -> None:
     pinned_at(guest, "1.0", requested="previous", generation="3")
     guest.smbios("11-0", smbios_oem_strings("ucvm.version=1.2"))
-    guest.file("scratch/ucvm/layers/3/upper").mkdir(parents=True)
+    guest.file("scratch/ucvm/layers/3/upper/root").mkdir(parents=True)  # a local change
     _, text = boot_repo(guest, 'prepare_layer; echo "generation=$GENERATION carried=$CARRIED"')
     fields = record_from_console(text).phases[0].fields
     assert (fields["tag"], fields["source"], fields["pinned"]) == ("1.2", "requested", "1.0")
-    assert "generation=4 carried=none" in text  # not carried over yet: said, not silent
+    assert "generation=4 carried=none" in text  # not rebased here: said, not silent
     assert guest.file("scratch/ucvm/layers/4/work").is_dir()
 
 
@@ -408,3 +408,56 @@ def test_a_trial_stays_a_trial_until_the_os_is_ready(guest: Guest) -> None:
     pin = read_pin(guest)
     assert (pin["tag"], pin["state"], pin["tries"]) == ("1.2", "trial", "1")
     assert pin["branch"] == "lts"  # the branch it follows, not where the tag was published
+
+
+def test_a_power_cut_right_after_promotion_does_not_promote_again(guest: Guest) -> None:
+    pinned_at(guest, "1.1", generation="2")
+    guest.file("scratch/ucvm/layers/2/upper/root").mkdir(parents=True)
+    stage(guest, "1.2")
+    guest.prints("boot_args; phase_pin")
+    prev = guest.file("scratch/ucvm/pin.prev").read_text()
+    stage(guest, "1.2")  # the removal of staged/ was lost with the power
+    guest.file("scratch/ucvm/pin").write_text(
+        guest.file("scratch/ucvm/pin").read_text().replace("tries=1", "tries=0")
+    )
+    guest.prints("boot_args; phase_pin")
+    pin = read_pin(guest)
+    assert (pin["tag"], pin["generation"], pin["state"]) == ("1.2", "3", "trial")
+    assert guest.file("scratch/ucvm/pin.prev").read_text() == prev  # the rollback point kept
+    assert not guest.file("scratch/ucvm/staged").exists()
+    assert guest.file("scratch/ucvm/layers/2/upper/root").is_dir()
+
+
+def test_a_loader_only_update_keeps_the_writable_layer(guest: Guest) -> None:
+    pinned_at(guest, "1.2", generation="2")
+    stage(guest, "1.2")
+    guest.file("scratch/ucvm/staged/pin").write_text(
+        guest.file("scratch/ucvm/staged/pin").read_text().replace("loader=0.1", "loader=0.2")
+    )
+    guest.prints("boot_args; phase_pin")
+    pin = read_pin(guest)
+    assert (pin["loader"], pin["generation"], pin["state"]) == ("0.2", "2", "trial")
+
+
+def test_a_staged_snapshot_the_staged_manifest_does_not_list_is_refused(guest: Guest) -> None:
+    pinned_at(guest, "1.1")
+    stage(guest, "1.2")
+    staged = guest.file("scratch/ucvm/staged/pin")
+    staged.write_text(staged.read_text().replace(sha("1.2.img"), sha("9.9.img")))
+    text = guest.prints("boot_args; phase_pin; phase_repo")
+    repo = record_from_console(text).phases[0].fields
+    assert (repo["tag"], repo["staged"]) == ("1.1", "refused")
+    assert "not in the manifest" in repo["staged_detail"]
+
+
+def test_generations_kept_across_a_gap_are_the_rollback_s_and_the_newest_below(
+    guest: Guest,
+) -> None:
+    for generation in ("1", "2", "4"):
+        guest.file(f"scratch/ucvm/layers/{generation}/upper").mkdir(parents=True)
+    pinned_at(guest, "1.2", requested="1.2", generation="5")
+    guest.file("scratch/ucvm/pin.prev").write_text("tag=1.0\ngeneration=2\n")
+    guest.cmdline = "console=ttyS0 ucvm.version=1.2"
+    boot_repo(guest, "prepare_layer")
+    layers = guest.file("scratch/ucvm/layers")
+    assert sorted(path.name for path in layers.iterdir()) == ["2", "4", "5"]

@@ -12,6 +12,7 @@ local .debs (lab.build.fixture_debs) go in through the channel; the package and 
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,9 +89,12 @@ def cat(instance: Instance, path: str) -> str | None:
 
 
 def boot_device_hash(instance: Instance) -> str:
-    result = shell(instance, "sha256sum $(findfs LABEL=UCVM_BOOT) | cut -d' ' -f1")
-    assert result.ok, result.output
-    return result.output.strip()
+    """The SHA-256 of the boot device (the image's boot partition, or the ISO's drive)."""
+    command = 'device=$(findfs LABEL=UCVM_BOOT) && [ -b "$device" ] && sha256sum "$device"'
+    result = shell(instance, command)
+    digest = result.output.split()[0] if result.ok and result.output.split() else ""
+    assert re.fullmatch(r"[0-9a-f]{64}", digest), f"no hash of the boot device: {result.output}"
+    return digest
 
 
 def make_local_changes(instance: Instance, source: Snapshot) -> guest.LocalState:
