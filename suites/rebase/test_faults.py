@@ -1,5 +1,7 @@
 """The update's faults (issue 12, "Bad input and faults"; docs/rebase-plan.md, section 6), each
-in a real kvm guest booted from its disk image against this run's OS repository.
+in a real guest of each quick target of the rebase check (kvm: booted from its disk image) that
+the run selects, against this run's OS repository. The nightly runs them; the default test run
+leaves them out (about 14 min of TCG, beyond its budget).
 
 - scratch full, then the repository unreachable (one guest): `ucvm-update --apply` refuses
   with "scratch full" (exit 1), then, the server stopped, `--check` and `--apply` exit 2
@@ -21,14 +23,16 @@ import re
 import shlex
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+import allure
 import pytest
 
 from lab import matrix
 from lab.build.bootloader import GUEST_REPO_ADDRESS, BootLoader
 from lab.build.osrepo.repository import Repository
+from lab.evidence import REBASE_CHECK
 from lab.observe import (
     FAILURE,
     LINE_START,
@@ -38,11 +42,8 @@ from lab.observe import (
     update_findings,
 )
 from lab.services.repo import RepoServer
-from lab.targets.base import CommandResult
-from lab.targets.libvirt import LibvirtInstance, LibvirtTarget
+from lab.targets.base import CommandResult, Instance, Target
 
-# Real guests, about 14 min of TCG: more than the default run can hold (README: under 25 min);
-# run by hand, or with -m nightly. lab.cli run (the nightly) runs suites/ only, so not there yet.
 pytestmark = [pytest.mark.boot, pytest.mark.nightly]
 
 FROM = "previous"  # the version each case boots first: the update to newest is available
@@ -80,9 +81,30 @@ SCRATCH_FULL = re.compile(rf"scratch full: need (\d+) MiB, (\d+) MiB free on {SC
 # --------------------------------------------------------------------------- fixtures
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A case per quick target of the rebase check that this run selects (--targets)."""
+    lab_matrix: matrix.Matrix = metafunc.config.ucvm_matrix  # type: ignore[attr-defined]
+    check = lab_matrix.checks.get(REBASE_CHECK)
+    selected = [name for name in metafunc.config.getoption("--targets").split(",") if name]
+    names = [
+        t.name
+        for t in lab_matrix.targets
+        if check and check.covers_target(t.name) and not check.nightly_only(t.name)
+        if not selected or t.name in selected
+    ]
+    metafunc.parametrize("fault_target_name", names)
+
+
 @pytest.fixture
-def kvm(make_local_target: Callable[[str, str], LibvirtTarget]) -> LibvirtTarget:
-    return make_local_target("rbfault", "kvm")
+def fault_target(fault_target_name: str, lab_targets: dict[str, Target]) -> Target:
+    """The case's target; one that cannot run here fails (a fault test does not skip)."""
+    chosen = lab_targets[fault_target_name]
+    ok, why = chosen.available()
+    if not ok:
+        pytest.fail(f"{fault_target_name} must run here for the rebase fault tests: {why}")
+    allure.dynamic.parent_suite("rebase faults")
+    allure.dynamic.tag(fault_target_name)
+    return chosen
 
 
 @pytest.fixture
@@ -97,24 +119,32 @@ def own_server(os_repo: Repository, tmp_path: Path) -> Iterator[RepoServer]:
         yield server
 
 
-@contextmanager
-def booted(
-    target: LibvirtTarget, loader: BootLoader, server: RepoServer, budget: float, *args: str
-) -> Iterator[tuple[LibvirtInstance, BootRecord]]:
-    """A guest launched with boot options ``args``, at `ready`; destroyed on leaving."""
-    services = {GUEST_REPO_ADDRESS: server.port}
-    with target.launch(loader, boot_args=list(args), host_services=services) as instance:
-        yield instance, ready_boot(instance, budget)
+Boot = Callable[..., AbstractContextManager[tuple[Instance, BootRecord]]]
+
+
+@pytest.fixture
+def boot(fault_target: Target, boot_loader: BootLoader, budget: float) -> Boot:
+    """``boot(server, *args)``: a guest of the case's target launched with boot options
+    ``args``, reaching ``server``, at `ready`; destroyed on leaving."""
+
+    @contextmanager
+    def booted(server: RepoServer, *args: str) -> Iterator[tuple[Instance, BootRecord]]:
+        services = {GUEST_REPO_ADDRESS: server.port}
+        launch = fault_target.launch(boot_loader, boot_args=list(args), host_services=services)
+        with launch as instance:
+            yield instance, ready_boot(instance, budget)
+
+    return booted
 
 
 # --------------------------------------------------------------------------- in the guest
 
 
-def tail(instance: LibvirtInstance) -> str:
+def tail(instance: Instance) -> str:
     return instance.current_boot_console()[-3000:]
 
 
-def ready_boot(instance: LibvirtInstance, budget: float) -> BootRecord:
+def ready_boot(instance: Instance, budget: float) -> BootRecord:
     record = observe_boot(instance, budget)
     assert record.ready, f"{record.phase_table()}\n{tail(instance)}"
     # What the channel held from before the boot (`reboot -f` says "Rebooting." there) comes
@@ -123,17 +153,17 @@ def ready_boot(instance: LibvirtInstance, budget: float) -> BootRecord:
     return record
 
 
-def sh(instance: LibvirtInstance, command: str, timeout: float = 120) -> CommandResult:
+def sh(instance: Instance, command: str, timeout: float = 120) -> CommandResult:
     return instance.run(command, timeout=timeout)
 
 
-def ok(instance: LibvirtInstance, command: str, timeout: float = 120) -> str:
+def ok(instance: Instance, command: str, timeout: float = 120) -> str:
     result = sh(instance, command, timeout)
     assert result.ok, f"{command!r} exited {result.exit_code}:\n{result.output}"
     return result.output.strip()
 
 
-def update(instance: LibvirtInstance, *args: str) -> CommandResult:
+def update(instance: Instance, *args: str) -> CommandResult:
     return sh(instance, f"ucvm-update {shlex.join(args)} 2>&1", APPLY_TIMEOUT_S)
 
 
@@ -146,17 +176,17 @@ def expect(result: CommandResult, code: int, *words: str) -> None:
     )
 
 
-def tree_hashes(instance: LibvirtInstance) -> str:
+def tree_hashes(instance: Instance) -> str:
     """Every file of the pin, staged/ and kexec/ with its hash (missing trees: nothing)."""
     return ok(instance, f"find {TREES} -type f 2>/dev/null | sort | xargs -r sha256sum; true")
 
 
-def pin_of(instance: LibvirtInstance) -> dict[str, str]:
+def pin_of(instance: Instance) -> dict[str, str]:
     lines = ok(instance, f"cat {UCVM}/pin").splitlines()
     return dict(line.split("=", 1) for line in lines if "=" in line)
 
 
-def present(instance: LibvirtInstance, *paths: str) -> list[str]:
+def present(instance: Instance, *paths: str) -> list[str]:
     """Those of ``paths`` that exist in the guest."""
     found = ok(instance, " ".join(f"{{ [ ! -e {p} ] || echo {p}; }};" for p in paths) + " true")
     return found.split()
@@ -166,7 +196,7 @@ def pin_identity(pin: dict[str, str]) -> dict[str, str | None]:
     return {key: pin.get(key) for key in ("tag", "snapshot", "branch", "loader", "generation")}
 
 
-def make_local_changes(instance: LibvirtInstance) -> str:
+def make_local_changes(instance: Instance) -> str:
     """The cases' local changes; returns LOCAL_STATE, which a rollback must keep."""
     for command in LOCAL_CHANGES:
         ok(instance, command)
@@ -180,7 +210,7 @@ def repo_fields(record: BootRecord) -> dict[str, str]:
     return repo.fields
 
 
-def flip_a_byte(instance: LibvirtInstance, path: str, offset: int = 4096) -> None:
+def flip_a_byte(instance: Instance, path: str, offset: int = 4096) -> None:
     """One bit of ``path`` at ``offset`` flipped in place (the same size, another hash)."""
     before = ok(instance, f"sha256sum <{path}")
     byte = int(ok(instance, f"od -An -tu1 -j {offset} -N1 {path}"))
@@ -193,14 +223,13 @@ def flip_a_byte(instance: LibvirtInstance, path: str, offset: int = 4096) -> Non
 
 
 def test_scratch_full_and_an_unreachable_repository_change_nothing(
-    kvm: LibvirtTarget,
-    boot_loader: BootLoader,
+    boot: Boot,
     os_repo: Repository,
     own_server: RepoServer,
     budget: float,
 ) -> None:
     source = os_repo.manifest().resolve(FROM)
-    with booted(kvm, boot_loader, own_server, budget, f"ucvm.version={FROM}") as (instance, first):
+    with boot(own_server, f"ucvm.version={FROM}") as (instance, first):
         assert first.os_version == source.tag, first.phase_table()
         before = tree_hashes(instance)
         repo_url = ok(instance, "sed -n 's/^UCVM_REPO=//p' /.ucvm/boot.env")
@@ -229,15 +258,14 @@ def test_scratch_full_and_an_unreachable_repository_change_nothing(
 
 
 def test_the_policy_stay_reports_the_update_and_refuses_to_apply_it(
-    kvm: LibvirtTarget,
-    boot_loader: BootLoader,
+    boot: Boot,
     os_repo: Repository,
     repo_server: RepoServer,
     budget: float,
 ) -> None:
     newest = os_repo.manifest().resolve("newest")
     args = (f"ucvm.version={FROM}", "ucvm.update=stay")
-    with booted(kvm, boot_loader, repo_server, budget, *args) as (instance, first):
+    with boot(repo_server, *args) as (instance, first):
         assert repo_fields(first).get("policy") == "stay", first.phase_table()
         before = tree_hashes(instance)
         expect(update(instance, "--check", "--notify"), AVAILABLE, "policy stay", newest.tag)
@@ -251,7 +279,7 @@ def test_the_policy_stay_reports_the_update_and_refuses_to_apply_it(
 
 
 def test_a_staged_loader_whose_hash_does_not_match_is_refused_and_the_old_pin_boots(
-    kvm: LibvirtTarget,
+    boot: Boot,
     boot_loader: BootLoader,
     os_repo: Repository,
     repo_server: RepoServer,
@@ -260,7 +288,7 @@ def test_a_staged_loader_whose_hash_does_not_match_is_refused_and_the_old_pin_bo
     manifest = os_repo.manifest()
     source, devel = manifest.resolve(FROM), manifest.resolve(DEVEL)
     assert devel.loader and devel.loader != boot_loader.version, "devel must want a new loader"
-    with booted(kvm, boot_loader, repo_server, budget, f"ucvm.version={FROM}") as (instance, _):
+    with boot(repo_server, f"ucvm.version={FROM}") as (instance, _):
         pin = pin_identity(pin_of(instance))
         expect(update(instance, "--apply", "--to", DEVEL), UP_TO_DATE, "reboot to apply")
         flip_a_byte(instance, f"{UCVM}/kexec/{devel.loader}/initrd")
@@ -279,8 +307,7 @@ def test_a_staged_loader_whose_hash_does_not_match_is_refused_and_the_old_pin_bo
 
 
 def test_a_release_that_never_boots_is_rolled_back_with_every_local_change(
-    kvm: LibvirtTarget,
-    boot_loader: BootLoader,
+    boot: Boot,
     os_repo: Repository,
     repo_server: RepoServer,
     budget: float,
@@ -288,7 +315,7 @@ def test_a_release_that_never_boots_is_rolled_back_with_every_local_change(
     manifest = os_repo.manifest()
     source, broken = manifest.resolve("newest"), manifest.resolve(BROKEN_BRANCH)
     assert broken.tag != source.tag and manifest.default_branch != BROKEN_BRANCH
-    with booted(kvm, boot_loader, repo_server, budget, "ucvm.version=newest") as (instance, _):
+    with boot(repo_server, "ucvm.version=newest") as (instance, _):
         local = make_local_changes(instance)
         layers = ok(instance, f"ls {UCVM}/layers")
         expect(update(instance, "--apply", "--to", broken.tag), UP_TO_DATE, "reboot to apply")
@@ -313,8 +340,7 @@ def test_a_release_that_never_boots_is_rolled_back_with_every_local_change(
 
 
 def test_a_power_cut_in_the_middle_of_a_rebase_rolls_back_and_loses_no_local_file(
-    kvm: LibvirtTarget,
-    boot_loader: BootLoader,
+    boot: Boot,
     os_repo: Repository,
     repo_server: RepoServer,
     budget: float,
@@ -322,7 +348,7 @@ def test_a_power_cut_in_the_middle_of_a_rebase_rolls_back_and_loses_no_local_fil
     manifest = os_repo.manifest()
     source, dest = manifest.resolve(FROM), manifest.resolve("newest")
     args = (f"ucvm.version={FROM}", f"ucvm.break={REBASE_BREAK}")
-    with booted(kvm, boot_loader, repo_server, budget, *args) as (instance, _):
+    with boot(repo_server, *args) as (instance, _):
         local = make_local_changes(instance)
         expect(update(instance, "--apply"), UP_TO_DATE, "reboot to apply")
         instance.reboot()
