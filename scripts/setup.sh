@@ -20,6 +20,8 @@ apt_packages=(
   libsodium-dev musl-tools                           # ucvm-blockd: Ed25519 + SHA-256, static, small (musl)
   openssh-client                                     # the context suite logs in as the user cloud-init made
   golang-go golang-github-vmware-govmomi-dev         # govmomi's vCenter simulator, for the VMware driver's tests
+  postgresql                                         # a real PostgreSQL server for the history's tests
+  chromium fonts-dejavu-core                         # the report's pages tested in a real browser
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
