@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -55,6 +55,16 @@ BOOT_CHECK, CONTEXT_CHECK, REBASE_CHECK = "boot", "context", "rebase"
 of the boot table)."""
 CONSOLE_ATTACHMENT = "console.log"
 """The name of the attachment holding the guest's console; the table links to it."""
+BOOT_RECORD_ATTACHMENT = "boot-record.json"
+"""The attachment holding a cell's boot record (lab.observe.BootRecord as JSON); its figures
+(``Result.figures``) are what the history, the plots and the gate compare."""
+READY_COUNTERS = ("cache_bytes", "fetched_bytes", "evicted_blocks", "units_failed")
+"""The counters of the `ready` marker that become figures."""
+CLOUD_INIT_COMPLAINTS = ("warning", "error", "critical")
+"""The statuses of a ``context step=cloud-init`` line: what cloud-init logged at this boot."""
+PHASE_FIGURE = "phase_s."
+"""The prefix of a phase's figure: ``phase_s.repo`` is the guest seconds from the marker
+before `repo` to `repo` (summed when a two-phase boot prints a phase twice)."""
 
 
 class Label(StrEnum):
@@ -205,6 +215,7 @@ class Result:
     rebase_from: str | None = None  # check ``rebase``: the version the cell started from
     failed_rules: tuple[str, ...] = ()  # the rebase rules that failed, by name (R1, R8)
     rule_failures: tuple[str, ...] = ()  # what they found, a line each ("R1 ...: found")
+    figures: Mapping[str, float] = field(default_factory=dict)  # see boot_figures
 
     @property
     def ran(self) -> bool:
@@ -316,7 +327,65 @@ def _read_result(path: Path) -> Result | None:
             for line in labels.get(Label.RULE_FAILURES, "").splitlines()
             if line.strip()
         ),
+        figures=_figures(path, data),
     )
+
+
+def boot_figures(record: Mapping[str, Any]) -> dict[str, float]:
+    """The figures of one boot record (BootRecord as a dict): ``ready_s`` (host seconds to
+    `ready`), ``guest_ready_s``, ``phase_s.NAME`` per phase, the `ready` marker's counters
+    (READY_COUNTERS), ``cloud_init_warnings`` and the suite's measurements. A figure the
+    record lacks (a boot that never got ready has no ``ready_s``) is absent, never 0."""
+    figures: dict[str, float] = {}
+    previous = 0.0
+    ready: Mapping[str, Any] | None = None
+    for phase in record.get("phases") or []:
+        guest_s = float(phase.get("guest_s") or 0.0)
+        key = PHASE_FIGURE + str(phase.get("name"))
+        figures[key] = figures.get(key, 0.0) + max(guest_s - previous, 0.0)
+        previous = guest_s
+        if phase.get("name") == "ready":
+            ready = phase
+    if ready is not None:
+        if ready.get("host_s") is not None:
+            figures["ready_s"] = float(ready["host_s"])
+        figures["guest_ready_s"] = float(ready.get("guest_s") or 0.0)
+        fields = ready.get("fields") or {}
+        for counter in READY_COUNTERS:
+            value = str(fields.get(counter, ""))
+            if value.isdigit():
+                figures[counter] = float(value)
+    steps = record.get("context_steps") or []
+    warnings = [
+        s
+        for s in steps
+        if s.get("step") == "cloud-init" and s.get("status") in CLOUD_INIT_COMPLAINTS
+    ]
+    if ready is not None:
+        figures["cloud_init_warnings"] = float(len(warnings))
+    for name, value in (record.get("measurements") or {}).items():
+        if isinstance(value, int | float):
+            figures[str(name)] = float(value)
+    return figures
+
+
+def _figures(path: Path, data: Mapping[str, Any]) -> dict[str, float]:
+    """The figures of the result's (last) boot record attachment; none without one."""
+    records = [
+        a for a in _attachments(data) if a.get("name") == BOOT_RECORD_ATTACHMENT and a.get("source")
+    ]
+    if not records:
+        return {}
+    source = path.parent / str(records[-1]["source"])
+    try:
+        record = json.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}  # a results directory copied without its attachments: no figures, not an error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResultsError(f"{source}: unreadable boot record of {path.name}: {error}") from error
+    if not isinstance(record, dict):
+        raise ResultsError(f"{source}: a boot record of {path.name} must be a JSON object")
+    return boot_figures(record)
 
 
 def _steps(value: str | None) -> tuple[str, ...]:

@@ -68,7 +68,9 @@ def attach_boot(boot_loader: BootLoader) -> Callable[[BootRecord | None, str, st
             for name, value in labels.items():
                 allure.dynamic.label(name, value)
             allure.attach(record.phase_table(), "phases", allure.attachment_type.TEXT)
-            allure.attach(record.to_json(), "boot-record.json", allure.attachment_type.JSON)
+            allure.attach(
+                record.to_json(), evidence.BOOT_RECORD_ATTACHMENT, allure.attachment_type.JSON
+            )
         image = boot_loader.manifest["images"][image_format]
         allure.attach(json.dumps(image, indent=2), "image", allure.attachment_type.JSON)
 

@@ -218,3 +218,43 @@ def test_the_report_imports_neither_the_matrix_nor_the_drivers():
         imported = imported_modules(source)
         assert of_the_lab(imported, "lab.matrix", "lab.targets", "lab.cli") == set(), source
     assert of_the_lab(imported_modules(report.parent / "known_issues.py"), "lab.report") == set()
+
+
+def test_a_results_figures_come_from_its_boot_record(tmp_path: Path):
+    """ready_s is the host's time to `ready`, each phase its guest seconds since the marker
+    before, the ready marker's counters and the suite's measurements are figures."""
+    from lab.observe import record_from_console
+
+    console = (
+        "ucvm: phase=start t=0.50\nucvm: phase=repo t=2.00\n"
+        'ucvm: context step=cloud-init status=warning detail="x"\n'
+        "ucvm: phase=ready t=9.50 os=1.2 cache_bytes=4096 fetched_bytes=8192 units_failed=1\n"
+    )
+    timeline = [(1.0 + i, line) for i, line in enumerate(console.splitlines())]
+    record = record_from_console(console, timeline)
+    record.measurements["cache_server_image_bytes"] = 8192
+    (tmp_path / "record.json").write_text(record.to_json())
+    result = {
+        "name": "test_boots[kvm-newest]",
+        "status": "passed",
+        "stop": int(T0.timestamp() * 1000),
+        "attachments": [{"name": evidence.BOOT_RECORD_ATTACHMENT, "source": "record.json"}],
+        "labels": [
+            {"name": name, "value": value}
+            for name, value in cell_labels(
+                check="boot", target="kvm", platform="KVM", version="newest",
+                evidence="profile", tier=1,
+            ).items()
+        ],
+    }  # fmt: skip
+    (tmp_path / "a-result.json").write_text(json.dumps(result))
+    [read] = read_results([tmp_path])
+    assert read.figures == {
+        "phase_s.start": 0.5, "phase_s.repo": 1.5, "phase_s.ready": 7.5,
+        "ready_s": 4.0, "guest_ready_s": 9.5,
+        "cache_bytes": 4096, "fetched_bytes": 8192, "units_failed": 1,
+        "cloud_init_warnings": 1, "cache_server_image_bytes": 8192,
+    }  # fmt: skip
+    (tmp_path / "record.json").write_text("{not json")
+    with pytest.raises(evidence.ResultsError, match="unreadable boot record"):
+        read_results([tmp_path])
