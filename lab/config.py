@@ -119,12 +119,23 @@ def read(
             f"was parsed); shorten it, or raise the limit with {MAX_BYTES_ENV}=BYTES"
         )
     try:
-        tree = YAML(typ="rt").load(text)
+        tree = _loader().load(text)
     except MarkedYAMLError as problem:
         raise error(_yaml_error_message(path, problem, yaml_label)) from problem
     except YAMLError as problem:
         raise error(f"{path}: not valid YAML: {problem}") from problem
     return Document(path, tree, item_key)
+
+
+def _loader() -> YAML:
+    """The round-trip loader, with timestamps kept as the text they are: a schema that wants a
+    day parses it and says where a bad one is (ruamel's own constructor raises a bare
+    ValueError for 2027-02-30)."""
+    yaml = YAML(typ="rt")
+    yaml.constructor.add_constructor(
+        "tag:yaml.org,2002:timestamp", lambda loader, node: str(loader.construct_scalar(node))
+    )
+    return yaml
 
 
 def _yaml_error_message(path: Path, error: MarkedYAMLError, label: str) -> str:

@@ -1,4 +1,9 @@
-"""known-issues.yaml: footnotes for the support table, validated with file:line:column errors.
+"""known-issues.yaml: footnotes for the support table and the gate's waivers, validated with
+file:line:column errors.
+
+An entry's scope is its platform and, when given, its target, check, channel, version and kind
+of evidence; ``expires:`` (YYYY-MM-DD) ends it: from that day on it applies to nothing (the
+table shows no ⚡ for it and the gate waives nothing with it), and the report says it expired.
 
 The file is configuration the user writes, named by matrix.yaml's ``gate.known_issues``: it is
 read and checked when the matrix loads (lab/targets/registry.py), so that a mistake in it stops
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,7 +27,10 @@ from pydantic_core import ErrorDetails
 from lab import config
 from lab.evidence import EVIDENCE, PLATFORMS
 
-KEYS = ("platform", "kind", "version", "evidence", "summary", "link")
+KEYS = (
+    "platform", "kind", "target", "check", "channel", "version", "evidence", "summary", "link",
+    "expires",
+)  # fmt: skip
 
 
 class KnownIssuesError(config.ConfigError):
@@ -35,21 +44,57 @@ class KnownIssue:
     platform: str
     summary: str
     kind: str = "issue"
+    target: str | None = None
+    check: str | None = None
+    channel: str | None = None
     version: str | None = None
     evidence: str | None = None
     link: str | None = None
+    expires: date | None = None
 
     @property
     def is_issue(self) -> bool:
         return self.kind == "issue"
 
-    def applies_to(self, platform: str, version: str, evidence: str) -> bool:
-        """True for cells of this platform, and of this version and evidence when given."""
+    def expired(self, today: date | None = None) -> bool:
+        """True from its ``expires`` day on (never without one)."""
+        return self.expires is not None and (today or date.today()) >= self.expires
+
+    def applies_to(
+        self,
+        platform: str,
+        version: str,
+        evidence: str,
+        *,
+        target: str | None = None,
+        check: str | None = None,
+        channel: str | None = None,
+        today: date | None = None,
+    ) -> bool:
+        """True for cells of this platform, and of this target, check, channel, version and
+        evidence when the entry names them; an expired entry applies to nothing. A cell that
+        does not say its target (or check, channel) is not in a scope that names one."""
         return (
-            self.platform == platform
+            not self.expired(today)
+            and self.platform == platform
             and self.version in (None, version)
             and self.evidence in (None, evidence)
+            and self.target in (None, target)
+            and self.check in (None, check)
+            and self.channel in (None, channel)
         )
+
+    def scope(self) -> str:
+        """The entry's scope as text: ``KVM · target kvm · check boot``."""
+        named = [
+            f"{key} {value}"
+            for key, value in (
+                ("target", self.target), ("check", self.check), ("channel", self.channel),
+                ("version", self.version), ("evidence", self.evidence),
+            )
+            if value is not None
+        ]  # fmt: skip
+        return " · ".join([self.platform, *named])
 
 
 def _non_empty(value: str) -> str:
@@ -69,12 +114,33 @@ class _EntrySchema(config.Schema):
 
     platform: str
     kind: Literal["issue", "note"] = "issue"
+    target: Text | None = None
+    check: Text | None = None
+    channel: Text | None = None
     version: Text | None = None
     evidence: str | None = None
     summary: Text
     link: Text | None = None
+    expires: date | None = None
 
-    @field_validator("version", "evidence", "link", mode="before")
+    @field_validator("expires", mode="before")
+    @classmethod
+    def _a_day(cls, value: Any) -> Any:
+        """A day as text (the lab's YAML loader keeps timestamps as text: lab/config.py)."""
+        if isinstance(value, datetime):
+            raise ValueError("expected a day (YYYY-MM-DD), not a time")
+        if isinstance(value, str):
+            try:
+                return date.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"expected a day YYYY-MM-DD; found {value!r}") from None
+        if not isinstance(value, date):
+            raise ValueError(f"expected a day YYYY-MM-DD; found {config.describe(value)}")
+        return value
+
+    @field_validator(
+        "target", "check", "channel", "version", "evidence", "link", "expires", mode="before"
+    )
     @classmethod
     def _given_means_a_value(cls, value: Any) -> Any:
         """An optional key that is there must say something: leave it out rather than null."""

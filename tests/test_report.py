@@ -769,8 +769,16 @@ ENTRY_0 = r"\[0\] \(platform 'KVM'\)"  # the key path of the first entry, named 
         ("platform: KVM\nsummary: s\n", r":1:1: expected a list of known issues"),
         (
             "- platform: KVM\n  summary: s\n- just text\n",
-            r":3:3: \[1\]: expected a mapping with the keys platform, kind, version, evidence, "
-            r"summary, link; found string 'just text'",
+            r":3:3: \[1\]: expected a mapping with the keys platform, kind, target, check, "
+            r"channel, version, evidence, summary, link, expires; found string 'just text'",
+        ),
+        (
+            "- platform: KVM\n  summary: s\n  expires: 2027-02-30\n",
+            rf":3:12: {ENTRY_0}\.expires: expected a day YYYY-MM-DD; found '2027-02-30'",
+        ),
+        (
+            "- platform: KVM\n  summary: s\n  expires: 2027-01-01T10:00:00\n",
+            rf":3:12: {ENTRY_0}\.expires: expected a day YYYY-MM-DD; found '2027-01-01T10:00:00'",
         ),
         ("- platform: KVM\n  summary: [unclosed\n", r"known-issues\.yaml:3:1: invalid YAML"),
         (
@@ -800,7 +808,8 @@ def test_known_issues_errors_are_all_given_at_once_in_file_order(tmp_path):
     where = tmp_path / "known-issues.yaml"
     assert caught.value.problems == (
         f"{where}:2:3: [0] (platform 'Xen').sumary: unknown key 'sumary' (did you mean "
-        "summary?); allowed keys: platform, kind, version, evidence, summary, link",
+        "summary?); allowed keys: platform, kind, target, check, channel, version, evidence, "
+        "summary, link, expires",
         f"{where}:4:12: [1] (platform 'KVM').summary: expected a string; found integer 3 "
         "(put it in quotes to make it a string)",
         f"{where}:5:9: [1] (platform 'KVM').kind: expected one of 'issue' or 'note'; "
@@ -937,3 +946,23 @@ def test_gate_fails_when_a_planned_required_cell_has_no_result(sample_results, k
     assert not result.passed
     assert any("openstack · newest (tier 1): no result" in reason for reason in result.reasons)
     assert not any("xen" in reason for reason in result.reasons)  # tier 3 does not gate
+
+
+def test_a_known_issue_scoped_to_a_target_and_check_marks_only_those_and_expires():
+    """An entry naming a target and check gives ⚡ only to a cell with a result of that
+    target and check; from its expires day on it gives nothing, and the gate no longer allows
+    it (the cell is then a plain pass)."""
+    from datetime import date, timedelta
+
+    result = make_result(target="kvm", platform="KVM", version="newest")
+    scoped = KnownIssue(platform="KVM", summary="slow", target="kvm", check="boot")
+    other = KnownIssue(platform="KVM", summary="other", target="kvm2", check="boot")
+    table = build_table([result], versions=["newest"], known_issues=[scoped, other])
+    assert table.cell("KVM", "newest", "profile").symbol == "⚡"
+    assert "slow" in [note.text for note in table.footnotes]
+    assert "other" not in [note.text for note in table.footnotes]
+    yesterday = date.today() - timedelta(days=1)
+    expired = KnownIssue(platform="KVM", summary="slow", target="kvm", expires=yesterday)
+    assert expired.expired() and not expired.applies_to("KVM", "newest", "profile", target="kvm")
+    table = build_table([result], versions=["newest"], known_issues=[expired])
+    assert table.cell("KVM", "newest", "profile").symbol == "✓"

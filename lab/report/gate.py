@@ -96,7 +96,15 @@ def _judge(
     issues = [
         issue.summary
         for issue in known_issues
-        if issue.is_issue and issue.applies_to(result.platform, result.version, result.evidence)
+        if issue.is_issue
+        and issue.applies_to(
+            result.platform,
+            result.version,
+            result.evidence,
+            target=result.target,
+            check=result.check,
+            channel=result.channel,
+        )
     ]
     if not issues:
         return [], []

@@ -288,7 +288,7 @@ class _CellBuilder:
                 key=lambda r: r.target,
             )
         )
-        issues = [issue for issue in self.known_issues if issue.applies_to(*place)]
+        issues = [issue for issue in self.known_issues if _applies(issue, place, results)]
         notes = self._skip_notes(results, platform, evidence) + [
             self.footnotes.ref(issue.summary, issue.link) for issue in issues
         ]
@@ -305,6 +305,16 @@ class _CellBuilder:
         if not targets:
             return NO_TARGET
         return f"no result from {', '.join(targets)} (in matrix.yaml, but it did not run)"
+
+
+def _applies(issue: KnownIssue, place: tuple[str, str, str], results: Sequence[Result]) -> bool:
+    """The issue's scope holds the cell: its platform, version and evidence, and one of the
+    cell's results when it names a target, check or channel."""
+    if issue.target is None and issue.check is None and issue.channel is None:
+        return issue.applies_to(*place)
+    return any(
+        issue.applies_to(*place, target=r.target, check=r.check, channel=r.channel) for r in results
+    )
 
 
 def _symbol(results: Sequence[Result], issues: Sequence[KnownIssue]) -> str:
