@@ -100,11 +100,25 @@ class Check:
         return self.quick_targets is not None and name not in self.quick_targets
 
 
+GATE_FIGURES = (
+    "ready_s", "guest_ready_s", "fetched_bytes", "cache_bytes", "units_failed",
+    "cloud_init_warnings", "image_bytes",
+)  # fmt: skip
+"""The figures a gate budget (``max_ratio``) may name, besides ``phase_s.NAME`` (a phase's
+seconds): lab/evidence.py's boot figures, and the boot loader image's compressed bytes."""
+PHASE_FIGURE_PREFIX = "phase_s."
+
+
 @dataclass(frozen=True)
 class Gate:
     required_tiers: tuple[int, ...]
     allow_known_issues: bool
     known_issues: Path  # absolute, resolved relative to the matrix file's directory
+    baseline_branch: str = "prod"  # the default baseline: this branch's newest gated release
+    candidate_branch: str = "testing"  # where `ucvm-lab release candidate` publishes
+    min_boots: int = 3  # boots per side and cell whose median the ratios compare
+    max_ratio: Mapping[str, float] = field(default_factory=dict, hash=False)  # figure: ratio
+    flaky_is_pass: bool = False  # a cell that failed, then passed its retry, counts as a pass
 
 
 @dataclass(frozen=True)
@@ -229,10 +243,36 @@ class _CheckSchema(Schema):
     quick_targets: list[Name] | None = None
 
 
+def _gate_figure(name: str) -> str:
+    phase = name.removeprefix(PHASE_FIGURE_PREFIX)
+    if name in GATE_FIGURES or (name.startswith(PHASE_FIGURE_PREFIX) and phase):
+        return name
+    expected = ", ".join(GATE_FIGURES)
+    raise ValueError(f"unknown figure {name!r}; expected one of: {expected}, or phase_s.PHASE")
+
+
+def _over_one(ratio: float) -> float:
+    if ratio < 1:
+        raise ValueError(
+            f"a ratio of candidate to baseline, at least 1 (1.25: 25% worse is allowed); "
+            f"found {ratio}"
+        )
+    return ratio
+
+
+GateFigure = Annotated[str, AfterValidator(_gate_figure)]
+Ratio = Annotated[float, Field(allow_inf_nan=False), AfterValidator(_over_one)]
+
+
 class _GateSchema(Schema):
     required_tiers: list[Tier]
     allow_known_issues: bool
     known_issues: str
+    baseline_branch: Name = "prod"
+    candidate_branch: Name = "testing"
+    min_boots: Annotated[int, Field(ge=1, le=20)] = 3
+    max_ratio: dict[GateFigure, Ratio] = Field(default_factory=dict)
+    flaky_is_pass: bool = False
 
 
 class _MatrixSchema(Schema):
@@ -380,6 +420,11 @@ def _build_matrix(
             required_tiers=tuple(schema.gate.required_tiers),
             allow_known_issues=schema.gate.allow_known_issues,
             known_issues=_beside(path, schema.gate.known_issues),
+            baseline_branch=schema.gate.baseline_branch,
+            candidate_branch=schema.gate.candidate_branch,
+            min_boots=schema.gate.min_boots,
+            max_ratio=dict(schema.gate.max_ratio),
+            flaky_is_pass=schema.gate.flaky_is_pass,
         ),
     )
 

@@ -110,6 +110,7 @@ def test_the_real_matrix_loads() -> None:
     assert matrix.gate.required_tiers == (1,)
     assert matrix.gate.known_issues == REAL_MATRIX.parent / "known-issues.yaml"
     assert matrix.gate.known_issues.is_file()
+    assert matrix.gate.max_ratio["ready_s"] > 1 and matrix.gate.min_boots >= 1
     assert matrix.checks["image_size"].budget_mb == 12.0
     assert matrix.checks["boot"].budget_mb is None
 
@@ -200,6 +201,7 @@ def test_the_real_matrix_takes_a_uri_from_the_environment() -> None:
 
 # --------------------------------------------------------------------------- bad input
 
+KNOWN_ISSUES_LINE = "known_issues: known-issues.yaml"  # the good matrix's last line
 # (text to replace, its replacement, line reported, key path reported, what the message says)
 BAD_CASES = [
     pytest.param(
@@ -444,6 +446,21 @@ BAD_CASES = [
         "known_issues: known-issues.yaml", "known_issues: known-isues.yaml",
         18, "gate.known_issues", "known-isues.yaml is not a file; create it",
         id="known-issues-missing",
+    ),
+    pytest.param(
+        KNOWN_ISSUES_LINE, KNOWN_ISSUES_LINE + "\n  max_ratio: {ready: 1.2}",
+        19, "gate.max_ratio.ready", "unknown figure 'ready'; expected one of: ready_s,",
+        id="gate-unknown-figure",
+    ),
+    pytest.param(
+        KNOWN_ISSUES_LINE, KNOWN_ISSUES_LINE + "\n  max_ratio: {ready_s: 0.8}",
+        19, "gate.max_ratio.ready_s", "at least 1 (1.25: 25% worse is allowed); found 0.8",
+        id="gate-ratio-below-one",
+    ),
+    pytest.param(
+        KNOWN_ISSUES_LINE, KNOWN_ISSUES_LINE + "\n  min_boots: 0",
+        19, "gate.min_boots", "greater than or equal to 1",
+        id="gate-no-boots",
     ),
 ]  # fmt: skip
 
