@@ -53,6 +53,8 @@ LABEL_PREFIX = "ucvm."
 BOOT_CHECK, CONTEXT_CHECK, REBASE_CHECK = "boot", "context", "rebase"
 """Values of the ``check`` label the report treats specially (the context and rebase columns
 of the boot table)."""
+SIDES = ("candidate", "baseline")
+"""The two sides of a gate run (``ucvm-lab gate --candidate``): each cell runs for both."""
 CONSOLE_ATTACHMENT = "console.log"
 """The name of the attachment holding the guest's console; the table links to it."""
 BOOT_RECORD_ATTACHMENT = "boot-record.json"
@@ -84,6 +86,9 @@ class Label(StrEnum):
     REBASE_FROM = "rebase_from"  # check ``rebase``: the pair's FROM, as matrix.yaml names it
     FAILED_RULES = "rebase_failed_rules"  # the rebase rules that failed (R1,R8), comma-separated
     RULE_FAILURES = "rebase_failures"  # what each failed rule found, a (clipped) line each
+    SIDE = "side"  # a gate run: candidate or baseline
+    ROUND = "round"  # a gate run: which of the side's boots of the cell (0, 1, ...)
+    INCOMPLETE = "incomplete"  # the infrastructure failed (not the appliance): why
 
     @property
     def key(self) -> str:
@@ -115,11 +120,13 @@ def cell_labels(
     tier: int,
     channel: str | None = None,
     rebase_from: str | None = None,
+    side: str | None = None,
+    round_: int | None = None,
 ) -> dict[str, str]:
     """The labels a cell test carries from its start (so that a skip still lands in its cell),
-    by their names on the wire; a rebase cell's also name the version it starts from. A
-    platform or kind of evidence the report would refuse is refused here, where the mistake is
-    made."""
+    by their names on the wire; a rebase cell's also name the version it starts from, and a
+    gate run's cell its side and round. A platform, kind of evidence or side the report would
+    refuse is refused here, where the mistake is made."""
     for label, value, allowed in (
         (Label.PLATFORM, platform, PLATFORMS),
         (Label.EVIDENCE, evidence, EVIDENCE),
@@ -138,7 +145,20 @@ def cell_labels(
         labels[Label.CHANNEL] = channel
     if rebase_from is not None:
         labels[Label.REBASE_FROM] = rebase_from
+    if side is not None:
+        if side not in SIDES:
+            raise ValueError(
+                f"label {Label.SIDE.key}={side!r}: expected one of: {', '.join(SIDES)}"
+            )
+        labels[Label.SIDE] = side
+        labels[Label.ROUND] = str(round_ or 0)
     return _on_the_wire(labels)
+
+
+def incomplete_labels(reason: str) -> dict[str, str]:
+    """What a cell adds when the infrastructure failed it (libvirtd died, the disk is full, the
+    emulator did not start): the result is incomplete, not a failure of the appliance."""
+    return _on_the_wire({Label.INCOMPLETE: _clip(reason.strip().splitlines()[0] or "unknown")})
 
 
 def boot_labels(*, accel: str, failed_phase: str | None) -> dict[str, str]:
@@ -216,6 +236,9 @@ class Result:
     failed_rules: tuple[str, ...] = ()  # the rebase rules that failed, by name (R1, R8)
     rule_failures: tuple[str, ...] = ()  # what they found, a line each ("R1 ...: found")
     figures: Mapping[str, float] = field(default_factory=dict)  # see boot_figures
+    side: str | None = None  # a gate run's side (SIDES); None outside a gate run
+    round: int = 0  # a gate run: which of the side's boots
+    incomplete: str | None = None  # why the infrastructure failed the cell (not a verdict)
 
     @property
     def ran(self) -> bool:
@@ -231,8 +254,12 @@ class Result:
         return self.ran and not self.passed
 
     @property
-    def rerun_key(self) -> tuple[str, str, str, str | None, str | None]:
-        return (self.target, self.version, self.check, self.channel, self.rebase_from)
+    def rerun_key(self) -> tuple[str, str, str, str | None, str | None, str | None, int]:
+        """What a rerun of the same cell shares (a gate run's rounds are distinct cells)."""
+        return (
+            self.target, self.version, self.check, self.channel, self.rebase_from, self.side,
+            self.round,
+        )  # fmt: skip
 
     @property
     def skip_reason(self) -> str:
@@ -274,8 +301,9 @@ def read_results(dirs: Sequence[Path]) -> list[Result]:
 
 
 def latest_results(results: Iterable[Result]) -> list[Result]:
-    """One result per (target, version, check, channel, rebase_from): the newest ``stop``."""
-    newest: dict[tuple[str, str, str, str | None, str | None], Result] = {}
+    """One result per ``rerun_key`` (a cell, and in a gate run its side and round): the newest
+    ``stop``."""
+    newest: dict[tuple[str, str, str, str | None, str | None, str | None, int], Result] = {}
     for result in results:
         kept = newest.get(result.rerun_key)
         if kept is None or result.stop > kept.stop:
@@ -328,7 +356,16 @@ def _read_result(path: Path) -> Result | None:
             if line.strip()
         ),
         figures=_figures(path, data),
+        side=_label_choice(path, labels, Label.SIDE, SIDES) if Label.SIDE in labels else None,
+        round=_round(path, labels.get(Label.ROUND, "0")),
+        incomplete=labels.get(Label.INCOMPLETE) or None,
     )
+
+
+def _round(path: Path, value: str) -> int:
+    if not value.isdigit():
+        raise ResultsError(f"{path}: label {Label.ROUND.key}={value!r}: expected 0, 1, 2, ...")
+    return int(value)
 
 
 def boot_figures(record: Mapping[str, Any]) -> dict[str, float]:

@@ -19,6 +19,7 @@ from lab.evidence import (
     boot_labels,
     cell_labels,
     context_labels,
+    incomplete_labels,
     read_results,
     rebase_labels,
 )
@@ -71,7 +72,33 @@ def test_the_labels_on_the_wire_are_the_ucvm_names():
         "ucvm.tier", "ucvm.channel", "ucvm.accel", "ucvm.failed_phase",
         "ucvm.context_took_effect", "ucvm.context_missing",
         "ucvm.rebase_from", "ucvm.rebase_failed_rules", "ucvm.rebase_failures",
+        "ucvm.side", "ucvm.round", "ucvm.incomplete",
     }  # fmt: skip
+
+
+def test_a_gate_runs_labels_read_back_with_side_round_and_incompleteness(tmp_path: Path):
+    labels = cell_labels(
+        check="boot", target="kvm", platform="KVM", version="1.3", evidence="profile",
+        tier=1, side="candidate", round_=2,
+    ) | incomplete_labels("libvirtd died\nmore")  # fmt: skip
+    assert labels["ucvm.side"] == "candidate" and labels["ucvm.round"] == "2"
+    assert labels["ucvm.incomplete"] == "libvirtd died"
+    with pytest.raises(
+        ValueError, match=r"ucvm\.side='both': expected one of: candidate, baseline"
+    ):
+        cell_labels(check="boot", target="kvm", platform="KVM", version="1.3",
+                    evidence="profile", tier=1, side="both")  # fmt: skip
+    result = {
+        "name": "t", "status": "broken", "stop": int(T0.timestamp() * 1000),
+        "labels": [{"name": name, "value": value} for name, value in labels.items()],
+    }  # fmt: skip
+    (tmp_path / "a-result.json").write_text(json.dumps(result))
+    [read] = read_results([tmp_path])
+    assert (read.side, read.round, read.incomplete) == ("candidate", 2, "libvirtd died")
+    second = dict(result, labels=[*result["labels"], {"name": "ucvm.round", "value": "x"}])
+    (tmp_path / "a-result.json").write_text(json.dumps(second))
+    with pytest.raises(evidence.ResultsError, match=r"ucvm\.round='x': expected 0, 1, 2"):
+        read_results([tmp_path])
 
 
 def test_rebase_labels_take_the_rule_names_and_keep_what_each_rule_found():
