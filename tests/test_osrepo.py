@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from lab.build.osrepo.keys import PublicKey, RepoError, SigningKey, default_key_path
-from lab.build.osrepo.manifest import Manifest
+from lab.build.osrepo.manifest import FORCED, Manifest
 from lab.build.osrepo.repository import Repository, default_repo_path
 from lab.run import Run, new_run_id
 from lab.services import repo as repo_service
@@ -874,3 +874,25 @@ def test_repo_serve_serves_until_interrupted(
     assert serve.wait(timeout=30) == 0
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0  # nginx is gone
+
+
+def test_a_promotion_moves_the_branch_and_records_its_evidence_in_one_write(
+    published: Repository,
+) -> None:
+    """`release promote`'s record: the branch and its promotion land in one signed manifest;
+    the record survives a later promotion, and a promotion of no tag is refused."""
+    before = published.manifest()
+    verdict_sha = "ab" * 32
+    promotion = published.promote("testing", "v2", verdict_sha)
+    after = published.manifest()
+    assert after.serial == before.serial + 1 and after.branches["testing"] == "v2"
+    assert after.promotions == [promotion] and not promotion.forced
+    assert after.promotions_of("v2", "testing") == [promotion]
+    forced = published.promote("prod", "v1", FORCED)
+    assert published.manifest().promotions == [promotion, forced] and forced.forced
+    assert f"promotion prod v1 {forced.timestamp} forced" in published.manifest_path.read_text()
+    with pytest.raises(RepoError, match="v9"):
+        published.promote("prod", "v9", FORCED)
+    with pytest.raises(RepoError, match="VERDICT_SHA256"):
+        published.promote("prod", "v1", "not-a-sha")
+    assert published.manifest().branches["prod"] == "v1"

@@ -292,7 +292,7 @@ def test_a_body_with_a_loader_parses() -> None:
         (LOADER, f"{LOADER}\n{SNAPSHOT.replace('v1', 'v2')}",
          "m line 8: snapshot lines come before the loader lines"),
         ("branch prod v1", "mirror prod", "m line 8: unknown record 'mirror': expected snapshot, "
-                                          "loader, branch, signature"),
+                                          "loader, branch, promotion, signature"),
     ],
 )  # fmt: skip
 def test_a_malformed_loader_record_names_the_line_and_what_was_expected(

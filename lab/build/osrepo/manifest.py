@@ -157,6 +157,39 @@ class Loader:
         )
 
 
+FORCED = "forced"
+"""A promotion's evidence when ``ucvm-lab release promote --force`` skipped the verdict."""
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """A branch moved to a tag by ``ucvm-lab release promote``, and on what evidence: the
+    sha256 of the gate verdict that passed for exactly that candidate, or ``forced``. The
+    guest's manifest reader skips the record (it reads snapshot, loader, branch)."""
+
+    branch: str
+    tag: str
+    timestamp: str
+    evidence: str  # a verdict file's sha256, or FORCED
+
+    def line(self) -> str:
+        return f"promotion {self.branch} {self.tag} {self.timestamp} {self.evidence}"
+
+    @classmethod
+    def from_fields(cls, fields: list[str]) -> Promotion:
+        branch, tag, timestamp, evidence = fields
+        return cls(
+            check_name("branch", branch),
+            check_name("tag", tag),
+            check_timestamp(timestamp),
+            evidence if evidence == FORCED else check_sha("VERDICT_SHA256", evidence),
+        )
+
+    @property
+    def forced(self) -> bool:
+        return self.evidence == FORCED
+
+
 def check_sha(what: str, value: str) -> str:
     if not SHA_RE.fullmatch(value):
         raise RepoError(f"{what} {value!r}: expected 64 lowercase hex digits")
@@ -200,6 +233,7 @@ class Manifest:
     snapshots: list[Snapshot] = field(default_factory=list)
     branches: dict[str, str] = field(default_factory=dict)  # branch name -> head tag
     loaders: list[Loader] = field(default_factory=list)  # in publish order
+    promotions: list[Promotion] = field(default_factory=list)  # the history, oldest first
 
     def render(self) -> str:
         """The manifest's text without its signature line."""
@@ -212,6 +246,7 @@ class Manifest:
             *(s.line() for s in self.snapshots),
             *(loader.line() for loader in self.loaders),
             *(f"branch {name} {tag}" for name, tag in self.branches.items()),
+            *(promotion.line() for promotion in self.promotions),
         ]
         return "\n".join(lines) + "\n"
 
@@ -242,6 +277,9 @@ class Manifest:
 
     def loader_versions(self) -> list[str]:
         return [x.version for x in self.loaders]
+
+    def promotions_of(self, tag: str, branch: str | None = None) -> list[Promotion]:
+        return [p for p in self.promotions if p.tag == tag and branch in (None, p.branch)]
 
     def heads(self) -> dict[str, list[str]]:
         """Tag -> the branches whose head it is."""
@@ -407,13 +445,22 @@ def parse_record(manifest: Manifest, line: str, line_no: int, source: str) -> No
         if not manifest.snapshot(tag):
             raise line_error(source, line_no, f"branch {name!r}: head {tag!r} is not a tag")
         manifest.branches[name] = tag
+    elif keyword == "promotion":
+        if len(fields) != 4:
+            raise line_error(
+                source, line_no, f"expected 'promotion BRANCH TAG TIMESTAMP EVIDENCE', got {line!r}"
+            )
+        promotion = check_line(source, line_no, Promotion.from_fields, fields)
+        if not manifest.snapshot(promotion.tag):
+            raise line_error(source, line_no, f"promotion of {promotion.tag!r}: not a tag")
+        manifest.promotions.append(promotion)
     elif keyword == "signature":
         raise line_error(source, line_no, "the signature line must be the last line")
     else:
         raise line_error(
             source,
             line_no,
-            f"unknown record {keyword!r}: expected snapshot, loader, branch, signature",
+            f"unknown record {keyword!r}: expected snapshot, loader, branch, promotion, signature",
         )
 
 

@@ -31,6 +31,7 @@ from lab.build.osrepo.manifest import (
     SNAPSHOTS,
     Loader,
     Manifest,
+    Promotion,
     Snapshot,
     check_name,
     check_timestamp,
@@ -346,6 +347,21 @@ class Repository:
                 branches = {**current.branches, name: tag}
                 self._write(key, current, current.snapshots, branches)
             return snapshot
+
+    def promote(self, branch: str, tag: str, evidence: str) -> Promotion:
+        """Move ``branch`` to ``tag`` and record why (a verdict's sha256, or FORCED), in one
+        atomic manifest write: the branch never moves without its record."""
+        with self._writing() as (key, current):
+            tag_of(current, tag)
+            check_new_names(current, branch=branch)
+            promotion = Promotion(branch, tag, utc_timestamp(), evidence)
+            promotion = Promotion.from_fields(promotion.line().split(" ")[1:])  # checked
+            branches = {**current.branches, branch: tag}
+            self._write(
+                key, replace(current, promotions=[*current.promotions, promotion]),
+                current.snapshots, branches,
+            )  # fmt: skip
+            return promotion
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
