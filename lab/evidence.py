@@ -53,6 +53,9 @@ LABEL_PREFIX = "ucvm."
 BOOT_CHECK, CONTEXT_CHECK, REBASE_CHECK = "boot", "context", "rebase"
 """Values of the ``check`` label the report treats specially (the context and rebase columns
 of the boot table)."""
+INFRASTRUCTURE_ERROR = "InfrastructureError"
+"""The name of the exception (lab.targets.base) the lab raises when its own machinery failed a
+cell; a broken result whose message starts with it is incomplete, not failed."""
 SIDES = ("candidate", "baseline")
 """The two sides of a gate run (``ucvm-lab gate --candidate``): each cell runs for both."""
 CONSOLE_ATTACHMENT = "console.log"
@@ -239,6 +242,7 @@ class Result:
     side: str | None = None  # a gate run's side (SIDES); None outside a gate run
     round: int = 0  # a gate run: which of the side's boots
     incomplete: str | None = None  # why the infrastructure failed the cell (not a verdict)
+    test_id: str = ""  # pytest's node id of the test that wrote it (a gate reruns by it)
 
     @property
     def ran(self) -> bool:
@@ -358,8 +362,31 @@ def _read_result(path: Path) -> Result | None:
         figures=_figures(path, data),
         side=_label_choice(path, labels, Label.SIDE, SIDES) if Label.SIDE in labels else None,
         round=_round(path, labels.get(Label.ROUND, "0")),
-        incomplete=labels.get(Label.INCOMPLETE) or None,
+        incomplete=labels.get(Label.INCOMPLETE) or _infrastructure(data),
+        test_id=_node_id(data),
     )
+
+
+def _node_id(data: Mapping[str, Any]) -> str:
+    """pytest's node id from allure-pytest's ``fullName`` (``suites.boot.test_boot#test_x``)
+    and ``name`` (``test_x[kvm-1.2]``): ``suites/boot/test_boot.py::test_x[kvm-1.2]``."""
+    module, _, _ = str(data.get("fullName") or "").partition("#")
+    name = str(data.get("name") or "")
+    if not module or not name:
+        return ""
+    return f"{module.replace('.', '/')}.py::{name}"
+
+
+def _infrastructure(data: Mapping[str, Any]) -> str | None:
+    """The reason of a result broken by INFRASTRUCTURE_ERROR (allure-pytest writes a broken
+    test's message as ``module.Class: text``), else None."""
+    if data.get("status") != "broken":
+        return None
+    message = str((data.get("statusDetails") or {}).get("message") or "")
+    name, _, reason = message.partition(": ")
+    if name.rpartition(".")[2] != INFRASTRUCTURE_ERROR:
+        return None
+    return _clip(reason.strip().splitlines()[0] if reason.strip() else INFRASTRUCTURE_ERROR)
 
 
 def _round(path: Path, value: str) -> int:

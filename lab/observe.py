@@ -13,7 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from lab.targets.base import Instance, InstanceGone, TargetError, WaitAborted, WaitTimeout
+from lab.targets.base import (
+    InfrastructureError,
+    Instance,
+    InstanceGone,
+    TargetError,
+    WaitAborted,
+    WaitTimeout,
+)
 
 # Markers count only at the start of a console line (the guest's own writer prints them so;
 # a value from user-data or metadata is quoted and escaped by the guest, so it can never start
@@ -285,6 +292,8 @@ def observe_boot(instance: Instance, budget_s: float) -> BootRecord:
         waited = "timeout"
     except InstanceGone:
         waited = "gone"
+    except InfrastructureError:
+        raise  # not the guest's doing: the cell is incomplete, not failed
     except TargetError as error:
         waited = str(error)
     record = record_from_console(

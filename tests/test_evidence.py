@@ -285,3 +285,30 @@ def test_a_results_figures_come_from_its_boot_record(tmp_path: Path):
     (tmp_path / "record.json").write_text("{not json")
     with pytest.raises(evidence.ResultsError, match="unreadable boot record"):
         read_results([tmp_path])
+
+
+def test_a_result_broken_by_the_infrastructure_is_incomplete(tmp_path: Path):
+    """allure-pytest writes a broken test's message as `module.Class: text`: the lab's
+    InfrastructureError makes the result incomplete; any other exception leaves it broken."""
+    labels = cell_labels(
+        check="boot", target="kvm", platform="KVM", version="1.2", evidence="profile", tier=1
+    )
+    cases = {
+        "a": ("lab.targets.base.InfrastructureError: no libvirt\nmore", "broken", "no libvirt"),
+        "b": ("lab.targets.base.TargetError: not running", "broken", None),
+        "c": ("lab.targets.base.InfrastructureError: x", "failed", None),
+    }
+    for name, (message, status, _) in cases.items():
+        result = {
+            "name": name, "status": status, "stop": int(T0.timestamp() * 1000),
+            "fullName": f"suites.boot.test_boot#{name}",
+            "statusDetails": {"message": message},
+            "labels": [{"name": k, "value": v} for k, v in labels.items()],
+        }  # fmt: skip
+        (tmp_path / f"{name}-result.json").write_text(json.dumps(result))
+    results = read_results([tmp_path])
+    read = {r.message: r.incomplete for r in results}
+    assert read == {message: expected for message, _, expected in cases.values()}
+    assert sorted(r.test_id for r in results) == [
+        f"suites/boot/test_boot.py::{name}" for name in "abc"
+    ]

@@ -46,6 +46,12 @@ class TargetError(RuntimeError):
     """A target could not do what was asked (launch, reboot, ...); the message says why."""
 
 
+class InfrastructureError(TargetError):
+    """The lab's own machinery failed, not the appliance (libvirtd gone, the emulator did not
+    start, the host's disk full): the cell is incomplete, and a gate retries it. The report
+    knows it by its name (lab.evidence.INFRASTRUCTURE_ERROR)."""
+
+
 class WaitTimeout(TargetError):
     """The awaited console line did not appear within its budget: the guest hangs."""
 

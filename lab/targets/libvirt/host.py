@@ -14,7 +14,7 @@ from pathlib import Path
 import libvirt
 
 from lab.run import RUN_ID, run_is_alive, sweep_files
-from lab.targets.base import TargetError
+from lab.targets.base import InfrastructureError
 from lab.targets.libvirt.domain import LAB_NS
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
@@ -24,7 +24,7 @@ def connect(uri: str) -> libvirt.virConnect:
     try:
         return libvirt.open(uri)
     except libvirt.libvirtError as error:
-        raise TargetError(
+        raise InfrastructureError(
             f"cannot connect to libvirt at {uri}: {error.get_error_message()}"
         ) from error
 

@@ -26,7 +26,7 @@ import libvirt
 
 from lab import proc
 from lab.services.metadata import MetadataService
-from lab.targets.base import CommandResult, Instance, TargetError, WaitTimeout
+from lab.targets.base import CommandResult, InfrastructureError, Instance, TargetError, WaitTimeout
 from lab.targets.libvirt.host import undefine
 from lab.targets.libvirt.network import GuestNetwork
 from lab.targets.profiles import Profile
@@ -79,7 +79,8 @@ class LibvirtInstance(Instance):
         try:
             return bool(self.domain.isActive())
         except libvirt.libvirtError as error:
-            raise TargetError(f"libvirt lost {self.name}: {error.get_error_message()}") from error
+            message = f"libvirt lost {self.name}: {error.get_error_message()}"
+            raise InfrastructureError(message) from error
 
     def run(self, command: str, timeout: float = 60) -> CommandResult:
         """Run a shell command in the guest over the second serial port (a shell /init starts

@@ -9,6 +9,7 @@ device exists but runs no normal guest. The result is cached per host boot.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import re
 import time
@@ -22,7 +23,7 @@ from filelock import FileLock
 
 from lab.build.bootloader import BootLoader
 from lab.run import Run
-from lab.targets.base import LaunchRequest, Target, TargetError
+from lab.targets.base import InfrastructureError, LaunchRequest, Target, TargetError
 from lab.targets.libvirt.delivery import UNDELIVERABLE, ContextDelivery
 from lab.targets.libvirt.disks import Media, boot_loader_media, make_private
 from lab.targets.libvirt.domain import channel_boot_args, domain_xml
@@ -198,5 +199,7 @@ class LibvirtTarget(Target[LibvirtInstance]):
     def _translate(self, error: BaseException, instance: LibvirtInstance) -> BaseException:
         if isinstance(error, libvirt.libvirtError):
             message = error.get_error_message()
-            return TargetError(f"{self.uri} could not start {instance.name}: {message}")
+            return InfrastructureError(f"{self.uri} could not start {instance.name}: {message}")
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return InfrastructureError(f"the host's disk is full: {error}")
         return error
