@@ -127,10 +127,13 @@ class Cell:
 
     target: Target
     version: str
+    side: str | None = None  # a gate run: candidate or baseline (lab.evidence.SIDES)
+    round: int = 0  # a gate run: which of the side's boots of this cell
 
     @property
     def id(self) -> str:
-        return f"{self.target.name}-{self.version}"
+        gate = f"-{self.side}{self.round}" if self.side else ""
+        return f"{self.target.name}-{self.version}{gate}"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from lab import runroot
 from lab.runroot import RunRootError
@@ -45,6 +45,9 @@ class Run:
     id: str
     root: Path
     _lock: IO[str] | None = field(default=None, repr=False)
+    held: list[Any] | None = field(default=None, repr=False)
+    """While a list (`--keep-failed`, conftest.py): the instances whose ``with`` block ended,
+    not destroyed yet; the end of the test keeps them (it failed) or destroys them."""
 
     @property
     def dir(self) -> Path:
@@ -87,12 +90,13 @@ class Run:
             json.dump(content, stream)
         os.replace(partial, self.dir / MARKER)  # workers of one run write the same content
 
-    def release(self) -> None:
-        """Let go of the run; the last process to let go removes its directory."""
+    def release(self, keep: bool = False) -> None:
+        """Let go of the run; the last process to let go removes its directory, unless
+        ``keep`` (it keeps instances: `ucvm-lab down RUN` or `ucvm-lab sweep` removes them)."""
         if self._lock:
             self._lock.close()
             self._lock = None
-            if not run_is_alive(self.dir) and run_dir_problem(self.dir) is None:
+            if not keep and not run_is_alive(self.dir) and run_dir_problem(self.dir) is None:
                 shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -157,13 +161,16 @@ class Survey:
     left_alone: list[tuple[Path, str]]
 
 
-def survey(root: Path) -> Survey:
-    """Raises RunRootError for a root the lab must not sweep (lab.runroot)."""
+def survey(root: Path, only: str | None = None) -> Survey:
+    """Raises RunRootError for a root the lab must not sweep (lab.runroot). ``only``: the
+    run of that id alone (`ucvm-lab down RUN`); the rest of the root is not looked at."""
     if not os.path.lexists(root):
         return Survey([], [])
     runroot.check(root)
     dead, left_alone = [], []
     for entry in sorted(root.iterdir()):
+        if only is not None and entry.name != only:
+            continue
         if ROOT_FILES.fullmatch(entry.name) and entry.is_file():
             continue
         found = run_dir_problem(entry)
@@ -174,13 +181,14 @@ def survey(root: Path) -> Survey:
     return Survey(dead, left_alone)
 
 
-def dead_run_dirs(root: Path) -> list[Path]:
-    return survey(root).dead
+def dead_run_dirs(root: Path, only: str | None = None) -> list[Path]:
+    return survey(root, only).dead
 
 
-def sweep_files(root: Path) -> list[str]:
-    """Remove dead runs' directories; one line per directory removed or left alone."""
-    found = survey(root)
+def sweep_files(root: Path, only: str | None = None) -> list[str]:
+    """Remove dead runs' directories (``only``: that run's); one line per directory removed
+    or left alone."""
+    found = survey(root, only)
     lines = []
     for run_dir in found.dead:
         shutil.rmtree(run_dir, ignore_errors=True)

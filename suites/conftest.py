@@ -1,11 +1,12 @@
 """Fixtures of the suites that boot cells (boot, rebase). Evidence for the report: every cell
 test carries the labels the support table is built from, and attaches its console, phase
-table and boot record."""
+table and boot record. With --keep-failed (`ucvm-lab run --keep-failed`), a failed cell's
+instances stay running (keep_failed)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import allure
 import pytest
@@ -16,9 +17,52 @@ from lab.build.osrepo.keys import RepoError
 from lab.build.osrepo.manifest import Snapshot
 from lab.build.osrepo.repository import Repository
 from lab.observe import BootRecord
+from lab.run import Run
 from lab.services.repo import RepoServer
-from lab.targets.base import Instance, Target
+from lab.targets import reach
+from lab.targets.base import Instance, Target, TargetError
 from lab.targets.profiles import PROFILES
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Mark an item whose setup or call failed, for keep_failed (its teardown reads it)."""
+    report = yield
+    if report.failed:  # type: ignore[attr-defined]
+        item.ucvm_failed = True  # type: ignore[attr-defined]
+    return report
+
+
+@pytest.fixture(autouse=True)
+def keep_failed(request: pytest.FixtureRequest) -> Iterator[None]:
+    """--keep-failed: a cell's instances are destroyed at the end of its test, not of their
+    ``with`` block (lab.run.Run.held); a failed cell's that still run are kept instead
+    (lab.targets.reach.keep), with this worker's repository server, until `ucvm-lab down RUN`
+    or `ucvm-lab sweep`. ``ucvm-lab run --keep-failed`` lists them at the end."""
+    if "cell" not in request.fixturenames or not request.config.getoption("--keep-failed"):
+        yield
+        return
+    run: Run = request.getfixturevalue("lab_run")
+    run.held = []
+    try:
+        yield
+    finally:
+        held, run.held = run.held, None
+        failed = getattr(request.node, "ucvm_failed", False)
+        for instance in held:
+            if failed and still_running(instance):
+                kept = getattr(request.config, "ucvm_kept", [])  # conftest.py's repo_server
+                kept.append(reach.keep(instance, run, request.node.nodeid))
+                request.config.ucvm_kept = kept  # type: ignore[attr-defined]
+            else:
+                instance.destroy()
+
+
+def still_running(instance: Instance) -> bool:
+    try:
+        return instance.is_running()
+    except TargetError:
+        return False
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +87,8 @@ def cell_labels(request: pytest.FixtureRequest) -> None:
             if "rebase_from" in request.fixturenames
             else None
         ),
+        side=cell.side,
+        round_=cell.round,
     )
     for name, value in labels.items():
         allure.dynamic.label(name, value)

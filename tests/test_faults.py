@@ -125,7 +125,11 @@ def test_the_sweeper_removes_what_a_killed_run_left(lab_matrix: matrix.Matrix) -
 
 def start_libvirtd() -> None:
     if subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode != 0:
-        start_libvirtd()
+        subprocess.run(["libvirtd", "-d"], check=True)
+        for _ in range(100):
+            if Path("/run/libvirt/libvirt-sock").exists():
+                break
+            time.sleep(0.1)
 
 
 @pytest.fixture

@@ -169,3 +169,27 @@ def test_results_outside_a_gate_run_or_the_required_tiers_are_not_judged():
     tier2 = dataclasses.replace(result("candidate"), tier=2)
     comparison = judge([outside, tier2])
     assert comparison.cells == [] and comparison.exit_code == INCOMPLETE
+
+
+def test_a_cell_neither_side_could_run_here_is_not_run_and_does_not_block():
+    skipped = [
+        dataclasses.replace(r, message="Skipped: guestinfo needs VMware Tools")
+        for r in both("skipped", "skipped", check="context", channel="guestinfo")
+    ]
+    comparison = judge([*both(), *skipped])
+    cells = {c.cell: c for c in comparison.cells}
+    assert cells["kvm context guestinfo"].outcome == Outcome.NOT_RUN
+    assert comparison.exit_code == PASSED
+    assert "  not run here: kvm context guestinfo: did not run: guestinfo needs VMware Tools" in (
+        comparison.lines()
+    )
+    assert judge(skipped).exit_code == INCOMPLETE  # nothing at all was judged
+    one_sided = [*both(), *skipped[1:], dataclasses.replace(skipped[0], status="passed")]
+    assert judge(one_sided).exit_code == INCOMPLETE
+
+
+def test_only_the_boot_cells_rounds_are_compared_as_figures():
+    reboot = [dataclasses.replace(r, check="reboot") for r in both() if r.round == 0]
+    comparison = judge([*both(), *reboot])
+    assert {f.cell for f in comparison.figures} == {"kvm boot"}
+    assert comparison.exit_code == PASSED

@@ -34,6 +34,8 @@ LAYERS: dict[str, int] = {
     "lab.matrix": 1,
     "lab.matrix_rules": 1,
     "lab.known_issues": 1,
+    # the run history: results (lab.evidence) in, a database; the command line wires it
+    "lab.history": 1,
     # what is built, then what runs it, then what reads it
     "lab.packages": 2,
     "lab.build": 3,
@@ -46,7 +48,7 @@ LAYERS: dict[str, int] = {
 # The report reads results (allure files) and the user's known issues; it must be writable
 # from results alone, so it imports neither the matrix nor what built or ran the cells.
 REPORT_MAY_NOT = ("lab.matrix", "lab.packages", "lab.build", "lab.services", "lab.targets",
-                  "lab.observe", "lab.cli")  # fmt: skip
+                  "lab.observe", "lab.cli", "lab.history")  # fmt: skip
 # What starts or serves at run time: none of it belongs in a builder.
 SERVING_NAMES = {"Popen", "HTTPServer", "ThreadingHTTPServer", "TCPServer", "socketserver",
                  "http.server", "listen", "serve_forever", "bind", "fork", "posix_spawn",

@@ -9,6 +9,7 @@ import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from lab.cli import write_report
 from lab.evidence import PLATFORMS, Result, ResultsError, read_results
 from lab.known_issues import KnownIssue, KnownIssuesError, load_known_issues
 from lab.report import publish
-from lab.report.allure_html import AllureError, generate_html
+from lab.report.allure_html import AllureError, Executor, executor_from_env, generate_html
 from lab.report.gate import verdict
 from lab.report.render import render_html, render_markdown, write_table
 from lab.report.table import (
@@ -966,3 +967,202 @@ def test_a_known_issue_scoped_to_a_target_and_check_marks_only_those_and_expires
     assert expired.expired() and not expired.applies_to("KVM", "newest", "profile", target="kvm")
     table = build_table([result], versions=["newest"], known_issues=[expired])
     assert table.cell("KVM", "newest", "profile").symbol == "✓"
+
+
+# --- plots in the pages, and the Allure report's panels and history ----------------------------
+
+
+def write_boot_result(
+    directory: Path, target: str, platform: str, *, ready_t: float, fetched: int, stop: datetime
+) -> None:
+    """A boot cell's allure result with a boot record from a real console (lab.observe)."""
+    from lab.observe import record_from_console
+
+    console = (
+        "ucvm: phase=start t=0.50\nucvm: phase=network t=2.00\nucvm: phase=repo t=3.00\n"
+        f"ucvm: phase=ready t={ready_t:.2f} cache_bytes=4096 fetched_bytes={fetched}\n"
+    )
+    timeline = [(1.0 + i, line) for i, line in enumerate(console.splitlines())]
+    uuid = f"{target}-{int(stop.timestamp())}"
+    record = record_from_console(console, timeline, accel="tcg")
+    (directory / f"{uuid}-record-attachment.json").write_text(record.to_json())
+    (directory / f"{uuid}-console-attachment.txt").write_text(console)
+    labels = {
+        "ucvm.check": "boot", "ucvm.target": target, "ucvm.platform": platform,
+        "ucvm.version": "newest", "ucvm.evidence": "profile", "ucvm.tier": "1",
+        "ucvm.accel": "tcg",
+    }  # fmt: skip
+    result = {
+        "name": f"test_boots[{target}-newest]",
+        "fullName": f"suites.boot.test_boot#test_boots[{target}-newest]",
+        "historyId": f"{target}-newest",
+        "status": "passed",
+        "start": int(stop.timestamp() * 1000) - 30_000,
+        "stop": int(stop.timestamp() * 1000),
+        "attachments": [
+            {"name": "console.log", "source": f"{uuid}-console-attachment.txt"},
+            {"name": "boot-record.json", "source": f"{uuid}-record-attachment.json"},
+        ],
+        "labels": [{"name": name, "value": value} for name, value in labels.items()],
+    }
+    (directory / f"{uuid}-result.json").write_text(json.dumps(result))
+
+
+@pytest.fixture
+def boot_results(tmp_path: Path) -> Path:
+    results = tmp_path / "boot-results"
+    results.mkdir()
+    write_boot_result(results, "kvm", "KVM", ready_t=9.5, fetched=8_192_000, stop=T0)
+    write_boot_result(results, "vmware", "VMware", ready_t=11.0, fetched=9_000_000, stop=T0)
+    return results
+
+
+def embedded_files(index: Path) -> dict[str, bytes]:
+    """The single-file report's embedded files (``d("path","base64")`` calls), decoded."""
+    found = re.findall(r'd\("([^"]+)","([A-Za-z0-9+/=]*)"\)', index.read_text())
+    return {name: base64.b64decode(payload) for name, payload in found}
+
+
+def embedded_json(index: Path, name: str) -> Any:
+    return json.loads(embedded_files(index)[name])
+
+
+def report_of(results: Path, out: Path, **kwargs: object) -> publish.ReportPaths:
+    return publish.write_report(
+        [results], out, versions=["newest"], known_issues_path=REPO / "known-issues.yaml",
+        planned=None, **kwargs,
+    )  # fmt: skip
+
+
+def test_the_pages_embed_the_plots_relative_with_alt_text(boot_results, tmp_path):
+    paths = report_of(boot_results, tmp_path / "out")
+    ready, fetched = paths.plots
+    assert ready.svg == tmp_path / "out" / "plots" / "ready-by-phase.svg" and ready.svg.is_file()
+    assert fetched.png is not None and fetched.png.is_file()
+    page = paths.html.read_text()
+    assert "<h2>Plots</h2>" in page
+    assert re.search(
+        r'<img src="plots/ready-by-phase\.svg" alt="Time to ready, by phase '
+        r"\(newest boot per cell, seconds\): vmware · newest · tcg [\d.]+ s; kvm",
+        page,
+    )
+    assert '<img src="plots/fetched-bytes.svg" alt="Bytes fetched per version' in page
+    markdown = paths.markdown.read_text()
+    assert "## Plots" in markdown
+    assert re.search(r"!\[Time to ready, by phase [^]]*\]\(plots/ready-by-phase\.svg\)", markdown)
+    assert "](plots/fetched-bytes.svg)" in markdown
+
+
+def test_without_boot_results_the_page_says_so_instead_of_an_empty_plot(context_results, tmp_path):
+    paths = report_of(context_results, tmp_path / "out")
+    page = paths.html.read_text()
+    assert '<p class="meta">Time to ready, by phase: no boot results.</p>' in page
+    assert "Bytes fetched per version: no boot results." in page
+    assert "<img" not in page and not (tmp_path / "out" / "plots" / "ready-by-phase.svg").exists()
+    assert "Time to ready, by phase: no boot results." in paths.markdown.read_text()
+    assert embedded_json(paths.allure, "widgets/globals.json") == {"errors": [], "attachments": []}
+
+
+def test_the_allure_report_has_the_environment_the_executor_and_the_plots(boot_results, tmp_path):
+    environment = {
+        "host": "lab-1", "CPUs": "2", "accelerator": "auto (asked for)",
+        "boot loader": "0.1, sha256 kernel 85667e6c initrd 40d1b2a4",
+        "matrix": "matrix.yaml, sha256 =:#!\\x", " odd key:=": "  μ  ",
+    }  # fmt: skip
+    github = {"GITHUB_RUN_ID": "77", "GITHUB_REPOSITORY": "lab/ucvm", "GITHUB_WORKFLOW": "nightly",
+              "GITHUB_RUN_NUMBER": "41"}  # fmt: skip
+    executor = executor_from_env(github, "1202183012ab12")
+    paths = report_of(boot_results, tmp_path / "out", environment=environment, executor=executor)
+    rows = embedded_json(paths.allure, "widgets/environment.json")
+    panel = {row["name"]: row["values"] for row in rows}
+    assert panel == {**{k: [v] for k, v in environment.items()}, "accelerator": ["tcg (2 results)"]}
+    assert embedded_json(paths.allure, "widgets/executors.json") == [{
+        "name": "GitHub Actions", "type": "github", "buildName": "nightly #41 (run 1202183012ab12)",
+        "buildUrl": "https://github.com/lab/ucvm/actions/runs/77", "url": "https://github.com",
+        "buildOrder": 1, "reportName": "ucvm-lab",
+    }]  # fmt: skip
+    attachments = embedded_json(paths.allure, "widgets/globals.json")["attachments"]
+    assert [(a["name"], a["type"]) for a in attachments] == [
+        ("Time to ready, by phase", "image/png"), ("Bytes fetched per version", "image/png"),
+    ]  # fmt: skip
+    files = embedded_files(paths.allure)
+    ready_png = paths.plots[0].png
+    assert ready_png is not None
+    assert files[f"data/attachments/{attachments[0]['source']}"] == ready_png.read_bytes()
+
+
+def test_allure_history_feeds_the_trend_across_reports_and_a_rebuild_adds_none(
+    boot_results, tmp_path
+):
+    history = tmp_path / "reports" / publish.ALLURE_HISTORY
+    out = tmp_path / "reports"
+
+    def trend(paths: publish.ReportPaths) -> list[int]:
+        points = embedded_json(paths.allure, "widgets/history-trend.json")
+        return [point["buildOrder"] for point in points]
+
+    executor = executor_from_env({}, "1202000000aaaa")
+    first = report_of(boot_results, out, history=history, executor=executor)
+    assert len(history.read_text().splitlines()) == 1 and trend(first) == [1]
+    rebuilt = report_of(boot_results, out, history=history, executor=executor)
+    assert len(history.read_text().splitlines()) == 1 and trend(rebuilt) == [1]
+    write_boot_result(boot_results, "kvm", "KVM", ready_t=9.0, fetched=1, stop=T0 + timedelta(1))
+    second = report_of(boot_results, out, history=history, executor=executor)
+    assert len(history.read_text().splitlines()) == 2 and trend(second) == [2, 1]
+    write_boot_result(boot_results, "kvm", "KVM", ready_t=9.0, fetched=1, stop=T0 + timedelta(2))
+    generate_html([boot_results], out / "limited", history=history, history_limit=1)
+    assert len(history.read_text().splitlines()) == 1  # historyLimit: the newest only
+
+
+def test_a_corrupt_allure_history_is_left_out_with_a_note_and_left_as_it_is(boot_results, tmp_path):
+    history = tmp_path / publish.ALLURE_HISTORY
+    history.write_text('{"uuid": "a"}\n{not json\n')
+    paths = report_of(boot_results, tmp_path / "out", history=history)
+    assert paths.allure.is_file() and history.read_text() == '{"uuid": "a"}\n{not json\n'
+    assert len(paths.notes) == 1
+    assert f"{history}:2: not a JSON line of Allure's history" in paths.notes[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, Executor("local", "local", "run R1")),
+        ({"CI": "false"}, Executor("local", "local", "run R1")),
+        ({"CI": "true"}, Executor("CI", "ci", "run R1")),
+        (
+            {"GITLAB_CI": "true", "CI_JOB_NAME": "nightly", "CI_JOB_ID": "9",
+             "CI_JOB_URL": "https://gitlab.example/lab/-/jobs/9",
+             "CI_SERVER_URL": "https://gitlab.example"},
+            Executor("GitLab CI", "gitlab", "nightly #9 (run R1)",
+                     "https://gitlab.example/lab/-/jobs/9", "https://gitlab.example"),
+        ),
+        (
+            {"JENKINS_URL": "https://ci.example/", "JOB_NAME": "ucvm", "BUILD_NUMBER": "3",
+             "BUILD_URL": "https://ci.example/job/ucvm/3/"},
+            Executor("Jenkins", "jenkins", "ucvm #3 (run R1)", "https://ci.example/job/ucvm/3/",
+                     "https://ci.example/"),
+        ),
+    ],
+)  # fmt: skip
+def test_the_executor_is_the_ci_job_from_its_variables_or_local(env, expected):
+    assert executor_from_env(env, "R1") == expected
+
+
+def test_the_executor_gives_only_web_links():
+    executor = executor_from_env({"CI_JOB_URL": "javascript:alert(1)", "CI_JOB_ID": "9"}, "R1")
+    assert "buildUrl" not in executor.as_json(build_order=1, report_name="x")
+
+
+def test_the_command_line_fills_the_environment_and_keeps_allure_history(boot_results, tmp_path):
+    text = (REPO / "matrix.yaml").read_text()
+    (tmp_path / "matrix.yaml").write_text(re.sub(r"(?m)^(\s+reports:).*$", r"\1 out", text))
+    shutil.copy(REPO / "known-issues.yaml", tmp_path)
+    lab = load_matrix(tmp_path / "matrix.yaml")
+    assert write_report([boot_results], lab, "1202183012ab12") == 0
+    index = tmp_path / "out" / "allure-report" / "index.html"
+    panel = {row["name"] for row in embedded_json(index, "widgets/environment.json")}
+    assert {"host", "CPUs", "accelerator", "QEMU", "libvirt", "boot loader", "matrix"} <= panel
+    [executor] = embedded_json(index, "widgets/executors.json")
+    assert "run 1202183012ab12" in executor["buildName"]  # local or a CI job, with the run
+    assert (tmp_path / "out" / publish.ALLURE_HISTORY).is_file()
+    assert (tmp_path / "out" / "plots" / "ready-by-phase.svg").is_file()

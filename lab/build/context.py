@@ -246,6 +246,10 @@ def ec2_domain_uuid(uuid: str) -> str:
 
 GUEST_IPV4 = "169.254.169.15"  # QEMU's user network (net=169.254.169.0/24) leases .15 first
 GUEST_NETWORK = "169.254.169.0/24"
+# A second guest address of the run's repository server, one that only user-data names
+# (cvmfs_server=169.254.169.101): the context suite's proof that the key took effect.
+# `ucvm-lab up` forwards it too, so that a context cell's user-data boots by hand as there.
+CONTEXT_REPO_ADDRESS = "169.254.169.101:80"
 EC2_AMI_ID = "ami-0ucvm000000000000"
 EC2_INSTANCE_TYPE = "t3.micro"
 EC2_REGION = "us-east-1"

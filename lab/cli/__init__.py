@@ -1,13 +1,22 @@
-"""ucvm-lab: build | targets | run | report | gate | sweep | solve | diff | repo.
+"""ucvm-lab: build | targets | run | up | down | report | gate | sweep | solve | diff | repo.
 
 ucvm-lab build                 build the boot loader in every format, its other versions
                                (kernel and initramfs), and the OS releases of releases.yaml
                                (each cached by input hash)
 ucvm-lab targets               every target, whether it can run here, and why not
-ucvm-lab run [--targets a,b] [--shard K/N] [-n WORKERS]
+ucvm-lab run [--targets a,b] [--shard K/N] [-n WORKERS] [--keep-failed]
                                run the suites over the matrix, then write the report
+                               (--keep-failed: failed cells' instances stay, listed)
+ucvm-lab up TARGET [--version V] [--user-data FILE] [--channel C]
+                               boot one cell's instance by hand, streaming its console,
+                               until Ctrl-C or `ucvm-lab down RUN` (lab/cli/up.py)
+ucvm-lab down RUN              destroy what run RUN (an `up`, a kept run) made
 ucvm-lab report [DIR ...]      support table + Allure HTML from allure-results dirs (CI shards)
 ucvm-lab gate [DIR ...]        the release verdict from the gate policy; exit 1 when it fails
+ucvm-lab history [CELL] [--runs] [--json]
+                               what changed since the previous run of the matrix, a cell's
+                               runs (kvm/newest/boot), the runs; `run`, `report` and ./test
+                               record into it (reports/history.sqlite, or UCVM_HISTORY_URL)
 ucvm-lab sweep                 remove what dead runs left (domains, files); what is not
                                a run of this lab is left alone and listed
 ucvm-lab solve LIST --index F [--index F ...] -o DIR [--engine highs|glpk]
@@ -24,23 +33,32 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
-from lab import matrix
-from lab.artifacts import file_digest
+from lab import matrix, proc
+from lab.artifacts import ArtifactStore, file_digest, input_key
 from lab.build import bootloader, rootfs
+from lab.build.kernel import KernelError
+from lab.build.osrepo.keys import default_key_path
 from lab.build.releases import ReleaseError, load_releases
 from lab.cli.common import REPO, error_exit, os_problem, out, output_dir_problem
+from lab.cli.gate import add_gate_options, add_release_commands, cmd_gate_candidate
+from lab.cli.history import add_history_command, begin_run, record_results, trend_series
 from lab.cli.repo import add_repo_commands
+from lab.cli.up import add_up_commands, list_kept
 from lab.evidence import REBASE_CHECK
 from lab.packages import closed_list, debian, explain, index, solve
 from lab.packages.model import Repository, dpkg_compare
 from lab.report import publish
+from lab.report.allure_html import executor_from_env
 from lab.run import Run, new_run_id
 from lab.runroot import RunRootError
 from lab.services.sweep import sweep as sweep_services
@@ -209,15 +227,24 @@ def cmd_run(args: argparse.Namespace, lab: matrix.Matrix) -> int:
     ]  # fmt: skip
     if chosen:
         command.append("--targets=" + ",".join(chosen))
+    if args.keep_failed:
+        command.append("--keep-failed")
     out.print(f"[bold]ucvm-lab run[/]: {' '.join(command[3:])}")
+    started = begin_run("nightly", run_id=new_run_id())  # the host before the guests start
     # not proc.run: pytest's output streams live to the user's terminal, it is not captured
-    tests = subprocess.run(command, cwd=REPO, env=os.environ | {"UCVM_RUN_ID": new_run_id()})
-    report = write_report([results], lab)  # failed cells are what a report is most wanted for
-    return tests.returncode or report
+    tests = subprocess.run(command, cwd=REPO, env=os.environ | {"UCVM_RUN_ID": started.run_id})
+    report = write_report([results], lab, started.run_id, trend=True)  # failed cells: a report
+    if args.keep_failed:
+        list_kept(lab.settings.run_root, started.run_id)
+    recorded = record_results("run", [results], lab, started)  # after: the report is safe
+    return tests.returncode or report or recorded
 
 
-def write_report(results_dirs: list[Path], lab: matrix.Matrix) -> int:
-    """The support table and the Allure report of ``results_dirs``, into the matrix's reports."""
+def write_report(
+    results_dirs: list[Path], lab: matrix.Matrix, run_id: str | None = None, *, trend: bool = False
+) -> int:
+    """The support table, its plots and the Allure report of ``results_dirs`` (of run
+    ``run_id``, else a report of its own), into the matrix's reports."""
     try:
         paths = publish.write_report(
             results_dirs,
@@ -229,15 +256,67 @@ def write_report(results_dirs: list[Path], lab: matrix.Matrix) -> int:
                 (t.name, PROFILES[t.profile].platform, t.evidence, source, dest)
                 for t, source, dest in rebase_cells(lab)
             ],
+            environment=report_environment(lab),
+            executor=executor_from_env(os.environ, run_id or new_run_id()),
+            history=lab.settings.reports / publish.ALLURE_HISTORY,
+            trends=trend_series(lab, results_dirs, run_id or "") if trend else None,
         )
     except publish.REPORT_ERRORS as error:
         out.print(f"[red]ucvm-lab report: {error}[/]")
         return 1
+    drawn = [plot.name for plot in paths.plots if plot.drawn]
     out.print(
         f"support table: {paths.markdown}\n               {paths.html}\n"
+        f"plots:         {', '.join(drawn) or 'none (no data)'} in {paths.markdown.parent}/plots\n"
         f"Allure report: {paths.allure}"
     )
+    for note in paths.notes:
+        out.print(f"[yellow]ucvm-lab report: {note}[/]")
     return 0
+
+
+def report_environment(lab: matrix.Matrix) -> dict[str, str]:
+    """Allure's Environment panel: this host, its tools, the boot loader and the matrix
+    (the report puts in the accelerators the results name instead of the one asked for)."""
+    packages = proc.package_versions("qemu-system-x86", "libvirt-daemon")
+    return {
+        "host": socket.gethostname(),
+        "CPUs": str(os.cpu_count() or "?"),
+        "accelerator": f"{lab.settings.accel} (matrix.yaml; no result names one)",
+        "QEMU": packages.get("qemu-system-x86", "not installed"),
+        "libvirt": packages.get("libvirt-daemon", "not installed"),
+        "host kernel": os.uname().release,
+        **loader_facts(),
+        "matrix": f"{lab.path.name}, sha256 {file_digest(lab.path)[:16]}",
+    }
+
+
+class BuiltOnly(ArtifactStore):
+    """The artifact store as it is: ``get`` finds what is built and builds nothing."""
+
+    def get(self, kind: str, inputs: dict[str, Any], build: Callable[[Path], None]) -> Path:
+        found = self.root / f"{kind}-{input_key(inputs)}"
+        if not (found / "inputs.json").exists():
+            raise LookupError(f"no {kind} is built for today's inputs")
+        return found
+
+
+def loader_facts() -> dict[str, str]:
+    """The kernel package and hashes of the boot loader today's inputs make, when it is built
+    (a run's guests booted it); nothing is built or fetched for a report."""
+    if not default_key_path().exists():  # bootloader.build would make the key
+        return {"boot loader": "not built here"}
+    try:
+        loader = bootloader.build(store=BuiltOnly())
+        manifest = loader.manifest
+        kernel = manifest["kernel"]
+    except (LookupError, KernelError, proc.CommandError, OSError, ValueError) as error:
+        return {"boot loader": f"not built here ({error})"}
+    return {
+        "kernel package": f"{kernel['package']} {kernel['version']}",
+        "boot loader": f"{loader.version}, sha256 kernel {manifest['vmlinuz_sha256'][:16]} "
+        f"initrd {manifest['initrd_sha256'][:16]}",
+    }
 
 
 def rebase_cells(lab: matrix.Matrix) -> list[tuple[matrix.Target, str, str]]:
@@ -258,10 +337,15 @@ def results_dirs(args: argparse.Namespace, lab: matrix.Matrix) -> list[Path]:
 
 
 def cmd_report(args: argparse.Namespace, lab: matrix.Matrix) -> int:
-    return write_report(results_dirs(args, lab), lab)
+    dirs = results_dirs(args, lab)
+    report = write_report(dirs, lab)
+    recorded = record_results("report", dirs, lab, begin_run("report", timed=False))
+    return report or recorded
 
 
 def cmd_gate(args: argparse.Namespace, lab: matrix.Matrix) -> int:
+    if args.candidate:
+        return cmd_gate_candidate(args, lab)
     try:
         verdict = publish.judge(
             results_dirs(args, lab),
@@ -419,6 +503,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "-n", "--workers", type=worker_count, default="2", help="pytest-xdist workers (default 2)"
     )
+    run.add_argument(
+        "--keep-failed",
+        action="store_true",
+        default=os.environ.get("UCVM_KEEP_FAILED", "") not in ("", "0"),
+        help="keep failed cells' instances running and list them (`ucvm-lab down RUN` ends them)",
+    )
     run.set_defaults(func=cmd_run)
     for name, func in (("report", cmd_report), ("gate", cmd_gate)):
         command = commands.add_parser(name)
@@ -426,6 +516,8 @@ def parser() -> argparse.ArgumentParser:
             "dirs", nargs="*", help="allure-results directories (default: the run's)"
         )
         command.set_defaults(func=func)
+        if name == "gate":
+            add_gate_options(command)
     commands.add_parser("sweep").set_defaults(func=cmd_sweep)
     solving = commands.add_parser("solve", help="shopping list -> closed package list")
     solving.add_argument("shopping_list")
@@ -450,6 +542,9 @@ def parser() -> argparse.ArgumentParser:
     change.add_argument("new")
     change.set_defaults(func=cmd_diff, needs_matrix=False)
     add_repo_commands(commands)
+    add_release_commands(commands)
+    add_up_commands(commands)
+    add_history_command(commands)
     return main
 
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from enum import StrEnum
 
-from lab.evidence import REBASE_CHECK, Result
+from lab.evidence import BOOT_CHECK, REBASE_CHECK, Result
 from lab.known_issues import KnownIssue
 
 PASSED, FAILED, INCOMPLETE = 0, 1, 2
@@ -54,6 +54,7 @@ class Outcome(StrEnum):
     FIXED = "FIXED"
     FLAKY = "flaky"
     INCOMPLETE = "incomplete"
+    NOT_RUN = "not run"  # skipped on both sides for the same reason: it cannot run here
 
 
 BLOCKING = (Outcome.REGRESSION, Outcome.ALWAYSFAIL)
@@ -172,7 +173,7 @@ class Comparison:
     def exit_code(self) -> int:
         if self.failures():
             return FAILED
-        if self.incomplete or not self.cells:
+        if self.incomplete or not any(c.outcome != Outcome.NOT_RUN for c in self.cells):
             return INCOMPLETE
         return PASSED
 
@@ -195,6 +196,9 @@ class Comparison:
             if c.waived_by
         ]
         lines += [f"  fixed: {c.cell}" for c in self.cells if c.outcome == Outcome.FIXED]
+        lines += [
+            f"  not run here: {c.cell}: {c.why}" for c in self.cells if c.outcome == Outcome.NOT_RUN
+        ]
         lines += [f"  figure: {f.line()}" for f in self.figures]
         lines += [f"  note: {note}" for note in self.notes]
         return lines
@@ -235,8 +239,8 @@ def compare(
     for key, of_cell in sorted(_by_cell(required).items()):
         cell = _judge_cell(key, of_cell, known_issues, today)
         cells.append(cell)
-        if cell.baseline is not None and cell.outcome in (Outcome.PASS, Outcome.FLAKY):
-            figures += _figures(cell.cell, of_cell, policy)  # a failed boot has no figures
+        if key[1] == BOOT_CHECK and cell.outcome in (Outcome.PASS, Outcome.FLAKY):
+            figures += _figures(cell.cell, of_cell, policy)  # the boot cells' rounds: N boots
     for figure, budget in sorted(policy.max_ratio.items()):
         values = {side: (extra_figures or {}).get(side, {}).get(figure) for side in SIDE_NAMES}
         if values["baseline"] is not None and values["candidate"] is not None:
@@ -308,6 +312,8 @@ def _judge_cell(
     one_sided = key[1] == REBASE_CHECK  # baseline → candidate: the update itself
     baseline, baseline_why = (None, "") if one_sided else side_state(sides["baseline"])
     outcome, why = _outcome(candidate, candidate_why, baseline, baseline_why)
+    if candidate == baseline == SideState.SKIPPED and candidate_why == baseline_why:
+        outcome, why = Outcome.NOT_RUN, candidate_why
     sample = results[0]
     cell = CellComparison(
         _cell_name(key), sample.platform, sample.tier, baseline, candidate, outcome, why

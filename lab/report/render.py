@@ -1,8 +1,9 @@
-"""The support-status table written out: GitHub-flavoured Markdown and one self-contained page.
+"""The support-status table written out: GitHub-flavoured Markdown and one page of HTML.
 
 lab/report/table.py decides what each cell says; this module only writes it down, escaping
 every text that came from a result or from known-issues.yaml, and linking each console log
-relative to the directory the files go to (so the directory can be published as it is).
+and each plot (lab/report/plots.py) relative to the directory the files go to (so the
+directory can be published as it is).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from string import Template
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from lab.evidence import CONSOLE_ATTACHMENT, EVIDENCE_TITLES, Result
@@ -33,6 +35,9 @@ from lab.report.table import (
     Row,
     SupportTable,
 )
+
+if TYPE_CHECKING:  # the plots module imports matplotlib; the page only links its files
+    from lab.report.plots import Plot
 
 SYMBOL_CLASSES = {
     PASS: "pass",
@@ -110,8 +115,9 @@ def _md(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
 
 
-def render_markdown(table: SupportTable, *, link_base: Path) -> str:
-    """GitHub-flavoured Markdown; links are relative to ``link_base`` (where the file goes)."""
+def render_markdown(table: SupportTable, *, link_base: Path, plots: Sequence[Plot] = ()) -> str:
+    """GitHub-flavoured Markdown; links are relative to ``link_base`` (where the file goes).
+    ``plots`` follow the table: an image each, or why it was not drawn."""
     header = ["Platform", *(f"{top} · {bottom}" for top, bottom in _column_titles(table))]
     lines = [
         f"# Support status: {_md(table.check)}",
@@ -129,7 +135,18 @@ def render_markdown(table: SupportTable, *, link_base: Path) -> str:
     lines += ["", *(f"- {symbol} {_md(text)}" for symbol, text in table.legend), ""]
     lines += [_md(_notes_on_columns(table)), "", *_md_footnotes(table.footnotes)]
     lines += [f"Not in the table: {_md(text)}\n" for text in table.ignored]
+    lines += _md_plots(plots, link_base)
     return "\n".join([*lines, _md(_built_line(table)), ""])
+
+
+def _md_plots(plots: Sequence[Plot], link_base: Path) -> list[str]:
+    lines = ["## Plots", ""] if plots else []
+    for plot in plots:
+        if plot.svg is None:
+            lines += [f"{_md(plot.title)}: {_md(plot.missing)}.", ""]
+        else:
+            lines += [f"![{_md(plot.alt)}]({_href(plot.svg, link_base)})", "", _md(plot.title), ""]
+    return lines
 
 
 def _md_cell(cell: Cell, link_base: Path) -> str:
@@ -207,6 +224,8 @@ td li .symbol { font-size: 1em; padding: 0 .2rem; border-radius: 3px; }
 .legend .symbol { display: inline-block; width: 1.6rem; text-align: center; border-radius: 3px; }
 .meta, .columns { color: #5f6368; }
 sup a { text-decoration: none; }
+.plots figure { margin: 1.2rem 0; } .plots img { max-width: 100%; height: auto; }
+.plots figcaption { color: #5f6368; }
 </style>
 </head>
 <body>
@@ -223,6 +242,7 @@ $legend
 <p class="columns">$columns</p>
 $footnotes
 $ignored
+$plots
 <p class="meta">$built</p>
 </body>
 </html>
@@ -230,8 +250,9 @@ $ignored
 )
 
 
-def render_html(table: SupportTable, *, link_base: Path) -> str:
-    """One self-contained page (inline CSS, no scripts); links are relative to ``link_base``."""
+def render_html(table: SupportTable, *, link_base: Path, plots: Sequence[Plot] = ()) -> str:
+    """One page (inline CSS, no scripts); links are relative to ``link_base``. ``plots``
+    follow the table: each SVG as an image with its alt text, or why it was not drawn."""
     esc = html.escape
     return _PAGE.substitute(
         title=esc(f"Support status: {table.check}"),
@@ -247,8 +268,26 @@ def render_html(table: SupportTable, *, link_base: Path) -> str:
         columns=esc(_notes_on_columns(table)),
         footnotes=_html_footnotes(table.footnotes),
         ignored="\n".join(f'<p class="meta">Not in the table: {esc(t)}</p>' for t in table.ignored),
+        plots=_html_plots(plots, link_base),
         built=esc(_built_line(table)),
     )
+
+
+def _html_plots(plots: Sequence[Plot], link_base: Path) -> str:
+    if not plots:
+        return ""
+    esc = html.escape
+    items = []
+    for plot in plots:
+        if plot.svg is None:
+            items.append(f'<p class="meta">{esc(plot.title)}: {esc(plot.missing)}.</p>')
+            continue
+        src = esc(_href(plot.svg, link_base))
+        items.append(
+            f'<figure id="plot-{esc(plot.name)}"><a href="{src}"><img src="{src}" '
+            f'alt="{esc(plot.alt)}"></a><figcaption>{esc(plot.title)}</figcaption></figure>'
+        )
+    return '<section class="plots">\n<h2>Plots</h2>\n' + "\n".join(items) + "\n</section>"
 
 
 def _html_row(row: Row, link_base: Path) -> str:
@@ -322,11 +361,14 @@ def _html_footnotes(footnotes: Sequence[Footnote]) -> str:
     return '<ol class="footnotes">\n' + "\n".join(items) + "\n</ol>"
 
 
-def write_table(table: SupportTable, out_dir: Path) -> tuple[Path, Path]:
-    """Write support-table.md and support-table.html into ``out_dir`` (links relative to it)."""
+def write_table(
+    table: SupportTable, out_dir: Path, plots: Sequence[Plot] = ()
+) -> tuple[Path, Path]:
+    """Write support-table.md and support-table.html into ``out_dir`` (links relative to it),
+    with ``plots`` after the table."""
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / "support-table.md"
     page = out_dir / "support-table.html"
-    markdown.write_text(render_markdown(table, link_base=out_dir), encoding="utf-8")
-    page.write_text(render_html(table, link_base=out_dir), encoding="utf-8")
+    markdown.write_text(render_markdown(table, link_base=out_dir, plots=plots), encoding="utf-8")
+    page.write_text(render_html(table, link_base=out_dir, plots=plots), encoding="utf-8")
     return markdown, page

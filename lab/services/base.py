@@ -49,10 +49,11 @@ class Service(ABC):
     def running(self) -> bool: ...
 
     @classmethod
-    def sweep(cls, run_root: Path) -> list[str]:
+    def sweep(cls, run_root: Path, only: str | None = None) -> list[str]:
         """Remove what services of this kind that dead runs under ``run_root`` started are
-        still running; one line per thing removed. By default nothing: a service that lives
-        in the lab's process, or a child that dies with it, leaves nothing to sweep."""
+        still running (``only``: that run's); one line per thing removed. By default nothing:
+        a service that lives in the lab's process, or a child that dies with it, leaves
+        nothing to sweep."""
         return []
 
     def __enter__(self) -> Self:

@@ -165,15 +165,16 @@ def nginx_conf(root: Path, run_dir: Path, host: str, port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def nginx_command(run_dir: Path) -> list[str]:
+def nginx_command(run_dir: Path, outlive: bool = False) -> list[str]:
     """nginx in the foreground; ``setpriv --pdeathsig`` ends it if the lab dies (the signal
-    comes when the *thread* that started it ends: start servers from the main thread)."""
+    comes when the *thread* that started it ends: start servers from the main thread), unless
+    it is to ``outlive`` the lab (a kept instance's; the sweeper kills it by its pid file)."""
     command = [
         NGINX, "-p", f"{run_dir.resolve()}/", "-c", str(run_dir.resolve() / CONF_FILE),
         "-e", str(run_dir.resolve() / ERROR_LOG), "-g", "daemon off;",
     ]  # fmt: skip
     setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", *command] if setpriv else command
+    return [setpriv, "--pdeathsig", "TERM", *command] if setpriv and not outlive else command
 
 
 def read_pid(pid_file: Path) -> int | None:
@@ -193,15 +194,23 @@ def process_alive(pid: int) -> bool:
 
 class RepoServer(ChildServer):
     """nginx serving a repository on ``host`` (127.0.0.1): a service, restartable (stop(),
-    then start() serves on the same port again). Its files live in ``run_dir``."""
+    then start() serves on the same port again). Its files live in ``run_dir``. With
+    ``outlive``, it does not end with the lab's process (`--keep-failed`: a kept instance's
+    server runs until `ucvm-lab down RUN` or `sweep`)."""
 
     NAME = "the repository server"
     STOP_BUDGET_S = STOP_TIMEOUT_S
 
     def __init__(
-        self, root: Path, run_dir: Path, host: str = "127.0.0.1", port: int | None = None
+        self,
+        root: Path,
+        run_dir: Path,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        outlive: bool = False,
     ) -> None:
         super().__init__()
+        self.outlive = outlive
         self.root = Path(root)
         self.run_dir = Path(run_dir)
         self.host = host
@@ -227,8 +236,8 @@ class RepoServer(ChildServer):
         return self.run_dir / ERROR_LOG
 
     @classmethod
-    def sweep(cls, run_root: Path) -> list[str]:
-        return sweep_servers(run_root)
+    def sweep(cls, run_root: Path, only: str | None = None) -> list[str]:
+        return sweep_servers(run_root, only)
 
     def _launch(self) -> None:
         """Start nginx, on the port it had before if it ran already (a guest keeps its URL)."""
@@ -263,7 +272,7 @@ class RepoServer(ChildServer):
         offset = self.error_log.stat().st_size if self.error_log.exists() else 0
         with (self.run_dir / "nginx.out").open("ab") as output:
             process = subprocess.Popen(
-                nginx_command(self.run_dir),
+                nginx_command(self.run_dir, self.outlive),
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
@@ -340,11 +349,11 @@ def nginx_of(pid: int, run_dir: Path) -> bool:
     return any(a.endswith(b"nginx") for a in argv) and any(a.startswith(inside) for a in argv)
 
 
-def sweep_servers(run_root: Path) -> list[str]:
-    """Kill the repository servers that dead runs under ``run_root`` left running (call it
-    before their files are swept: it finds them by their pid files)."""
+def sweep_servers(run_root: Path, only: str | None = None) -> list[str]:
+    """Kill the repository servers that dead runs under ``run_root`` (``only``: that run)
+    left running (call it before their files are swept: it finds them by their pid files)."""
     killed = []
-    for run_dir in dead_run_dirs(run_root):
+    for run_dir in dead_run_dirs(run_root, only):
         for pid_file in run_dir.rglob(PID_FILE):
             pid = read_pid(pid_file)
             if pid and process_alive(pid) and nginx_of(pid, pid_file.parent):

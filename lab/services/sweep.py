@@ -17,6 +17,6 @@ from lab.services.repo import RepoServer
 SERVICES: tuple[type[Service], ...] = (RepoServer, MetadataService, MotoServer, Vcsim)
 
 
-def sweep(run_root: Path) -> list[str]:
-    """One line per thing removed, service by service."""
-    return [line for service in SERVICES for line in service.sweep(run_root)]
+def sweep(run_root: Path, only: str | None = None) -> list[str]:
+    """One line per thing removed, service by service (``only``: of that run alone)."""
+    return [line for service in SERVICES for line in service.sweep(run_root, only)]

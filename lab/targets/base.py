@@ -186,6 +186,10 @@ class Instance(ABC):
         error: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        held = self.target.run.held
+        if held is not None:  # --keep-failed: the end of the test keeps or destroys it
+            held.append(self)
+            return
         self.destroy()
 
 

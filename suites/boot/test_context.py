@@ -35,8 +35,9 @@ pytestmark = [pytest.mark.boot, pytest.mark.check("context")]
 USER = "ucvm-tester"
 CHECK_FILE = "/etc/ucvm-lab/context-check"
 COMMAND_FILE = "/var/lib/ucvm-lab-runcmd"
-# Only the user-data names this address: a repo marker showing it proves cvmfs_server applied.
-CONTEXT_REPO_ADDRESS = "169.254.169.101:80"
+# Only the user-data names CONTEXT_REPO_ADDRESS: a repo marker showing it proves cvmfs_server
+# applied (lab.build.context, which `ucvm-lab up` forwards too).
+CONTEXT_REPO_ADDRESS = ctx.CONTEXT_REPO_ADDRESS
 SCRATCH_MIN_MB = 256  # the boot loader's default minimum: resize_rootfs=off makes exactly that
 
 

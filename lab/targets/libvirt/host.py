@@ -59,20 +59,23 @@ def lab_metadata(domain: libvirt.virDomain) -> dict[str, str]:
     return dict(ET.fromstring(text).attrib)
 
 
-def sweep(uri: str, run_root: Path) -> list[str]:
-    """Remove what no live run owns, among resources of runs under ``run_root``: domains of
-    dead runs, domains whose instance directory is gone (destroyed while libvirtd was away),
-    then dead runs' files. Domains of runs under another root are left alone."""
+def sweep(uri: str, run_root: Path, only: str | None = None) -> list[str]:
+    """Remove what no live run owns, among resources of runs under ``run_root`` (``only``:
+    of the run of that id alone): domains of dead runs, domains whose instance directory is
+    gone (destroyed while libvirtd was away), then dead runs' files. Domains of runs under
+    another root are left alone."""
     removed = []
     for domain in connect(uri).listAllDomains():
         metadata = lab_metadata(domain)
         if metadata.get("root") != str(run_root) or not RUN_ID.fullmatch(metadata.get("run", "")):
             continue
+        if only is not None and metadata["run"] != only:
+            continue
         run_dir = run_root / metadata["run"]
         if not run_is_alive(run_dir) or not (run_dir / domain.name()).exists():
             undefine(domain)
             removed.append(f"domain {domain.name()}")
-    return removed + sweep_files(run_root)  # "files DIR" and "left alone: PATH: why" lines
+    return removed + sweep_files(run_root, only)  # "files DIR", "left alone: PATH: why"
 
 
 def read_qemu_pid(name: str) -> int | None:

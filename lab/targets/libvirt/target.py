@@ -129,8 +129,11 @@ class LibvirtTarget(Target[LibvirtInstance]):
             kernel_args=PROBE_ARGS, accel="kvm", suffix="kvmprobe",
         )  # fmt: skip
         try:
-            with self.launch_request(request) as probe:
+            probe = self.launch_request(request)
+            try:
                 probe.wait_for(r"ucvm: phase=start", PROBE_BUDGET_S)
+            finally:
+                probe.destroy()  # now: a probe is no cell's, whatever --keep-failed holds
         except TargetError as error:
             return "tcg", f"KVM probe boot failed ({error}); using software emulation"
         return "kvm", "KVM probe boot printed its first marker"
