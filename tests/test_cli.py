@@ -201,6 +201,16 @@ def test_a_bad_solver_time_limit_is_refused_by_the_parser(limit: str) -> None:
     result = ucvm_lab("solve", "list", "--index", "x", "-o", "out", f"--time-limit={limit}")
     assert result.returncode == 2, result.stdout
     assert "argument --time-limit: " in result.stderr and "Traceback" not in result.stderr
+    assert f"'{limit}': expected a number of seconds > 0, e.g. 120" in result.stderr
+
+
+@pytest.mark.parametrize("ratio", ["1", "0.8", "nan", "inf", "lots"])
+def test_a_history_ratio_not_above_one_is_refused_by_the_parser(ratio: str) -> None:
+    result = ucvm_lab("history", f"--ratio={ratio}")
+    assert result.returncode == 2, result.stdout
+    assert f"argument --ratio: '{ratio}': expected a number > 1, e.g. 1.25 (by 25%)" in (
+        result.stderr
+    )
 
 
 def test_unknown_targets_are_refused_with_the_known_ones() -> None:

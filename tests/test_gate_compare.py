@@ -162,6 +162,7 @@ def test_the_image_bytes_come_from_outside_the_cells_and_the_verdict_is_json():
     data = json.loads(comparison.to_json())
     assert data["exit_code"] == FAILED and data["candidate"]["snapshot"] == "c" * 64
     assert data["figures"][0]["over"] is True
+    assert data["figures"][0]["max_ratio"] == 1.05 and "budget" not in data["figures"][0]
 
 
 def test_results_outside_a_gate_run_or_the_required_tiers_are_not_judged():

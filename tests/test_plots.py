@@ -10,6 +10,7 @@ import pytest
 
 from lab.evidence import Result
 from lab.report import plots
+from lab.report.compare import FigureComparison
 
 T0 = datetime(2025, 11, 24, 12, 0, tzinfo=UTC)
 PHASES = {"start": 0.5, "modules": 1.2, "network": 2.0, "scratch": 0.8, "repo": 1.0, "ready": 18.0}
@@ -147,28 +148,28 @@ def test_runs_are_sorted_by_time_and_labels_kept_in_the_order_given():
 def test_candidate_against_baseline_draws_the_budget_at_the_baseline_median_times_ratio(
     tmp_path: Path,
 ):
-    data: dict[tuple[str, str], plots.Comparison] = {
-        ("kvm boot", "ready_s"): ([28.0, 30.0, 29.0], [31.0, 30.0, 36.5], 1.25),
-        ("vmware boot", "ready_s"): ([30.0, 29.5, 31.0], [41.2, 39.8, 44.0], 1.25),
-        ("kvm boot", "fetched_bytes"): ([9.4e6, 9.4e6], [], 1.10),
-    }
-    kvm, vmware, fetched = plots.comparison_rows(data)
+    rows = [
+        FigureComparison("kvm boot", "ready_s", [28.0, 30.0, 29.0], [31.0, 30.0, 36.5], 1.25),
+        FigureComparison("vmware boot", "ready_s", [30.0, 29.5, 31.0], [41.2, 39.8, 44.0], 1.25),
+        FigureComparison("kvm boot", "fetched_bytes", [9.4e6, 9.4e6], [], 1.10),
+    ]
+    kvm, vmware, fetched = rows
     assert (kvm.baseline_median, kvm.candidate_median, kvm.budget) == (29.0, 31.0, 36.25)
-    assert (kvm.over_budget, vmware.over_budget, fetched.over_budget) == (False, True, None)
-    assert fetched.budget == pytest.approx(9.4e6 * 1.10)
-    assert vmware.text() == (
+    assert (kvm.over, vmware.over, fetched.over) == (False, True, False)
+    assert fetched.budget == pytest.approx(9.4e6 * 1.10) and fetched.ratio is None
+    assert plots.comparison_text(vmware) == (
         "vmware boot ready_s: baseline 30 s (29.5–31, 3 boots), candidate 41.2 s (39.8–44, "
         "3 boots); budget ×1.25 37.5 s: over budget"
     )
     assert plots.ratio_text(vmware) == " ×1.37 of ×1.25"
     assert plots.ratio_text(fetched) == " no candidate value"
-    plot = plots.comparison_plot(data, tmp_path)
+    plot = plots.comparison_plot(rows, tmp_path)
     assert plot.drawn and plot.svg == tmp_path / "candidate-vs-baseline.svg"
     assert plot.alt.startswith("Candidate against baseline: kvm boot ready_s: baseline 29 s")
     assert "no candidate value; budget ×1.1 10.3 MB: not judged" in plot.alt
     svg = plot.svg.read_text()
     assert "×1.37 of ×1.25" in svg and "fetched_bytes (MB)" in svg
-    empty = plots.comparison_plot({}, tmp_path)
+    empty = plots.comparison_plot([], tmp_path)
     assert not empty.drawn and not (tmp_path / "candidate-vs-baseline.svg").exists()
 
 

@@ -31,7 +31,6 @@ ucvm-lab repo init | publish IMAGE --tag T --branch B [--loader V] | tag EXISTIN
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import socket
 import subprocess
@@ -49,7 +48,7 @@ from lab.build import bootloader, rootfs
 from lab.build.kernel import KernelError
 from lab.build.osrepo.keys import default_key_path
 from lab.build.releases import ReleaseError, load_releases
-from lab.cli.common import REPO, error_exit, os_problem, out, output_dir_problem
+from lab.cli.common import REPO, error_exit, number_above, os_problem, out, output_dir_problem
 from lab.cli.gate import add_gate_options, add_release_commands, cmd_gate_candidate
 from lab.cli.history import add_history_command, begin_run, record_results, trend_series
 from lab.cli.repo import add_repo_commands
@@ -182,15 +181,8 @@ def worker_count(text: str) -> str:
     raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1, or auto")
 
 
-def seconds(text: str) -> float:
-    """argparse's type for a time limit: a finite number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds > 0, e.g. 120")
-    return value
+seconds = number_above(0, "a number of seconds", "120")
+"""argparse's type for a time limit: a finite number of seconds > 0."""
 
 
 def shard_targets(names: list[str], shard: tuple[int, int]) -> list[str]:

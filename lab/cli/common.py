@@ -6,7 +6,10 @@ on stderr and exits non-zero (2 for bad input); never a traceback.
 
 from __future__ import annotations
 
+import argparse
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -26,6 +29,24 @@ def os_problem(error: OSError) -> str:
 def error_exit(command: str, message: str, status: int) -> int:
     print(f"ucvm-lab {command}: {message}", file=sys.stderr)
     return status
+
+
+def number_above(bound: float, what: str, example: str) -> Callable[[str], float]:
+    """An argparse type: a finite number above ``bound``; anything else is
+    ``'TEXT': expected WHAT > BOUND, e.g. EXAMPLE``."""
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > bound):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected {what} > {bound:g}, e.g. {example}"
+            )
+        return value
+
+    return number
 
 
 def output_dir_problem(out_dir: Path, create: bool = True) -> str | None:

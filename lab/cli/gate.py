@@ -242,8 +242,7 @@ def cmd_gate_candidate(args: argparse.Namespace, lab: matrix.Matrix) -> int:
     verdict.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(verdict, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
     out.print(f"verdict: {verdict}", highlight=False)
-    figures = {(f.cell, f.figure): (f.baseline, f.candidate, f.budget) for f in comparison.figures}
-    plot = plots.comparison_plot(figures, lab.settings.reports / "plots")
+    plot = plots.comparison_plot(comparison.figures, lab.settings.reports / "plots")
     out.print(f"plot: {plot.svg if not plot.missing else plot.missing}", highlight=False)
     return comparison.exit_code
 

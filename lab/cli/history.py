@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from pathlib import Path
 from rich.table import Table
 
 from lab import matrix, proc
-from lab.cli.common import REPO, error_exit, out
+from lab.cli.common import REPO, error_exit, number_above, out
 from lab.evidence import BOOT_CHECK, Result, ResultsError, latest_results, read_results
 from lab.history.cells import pattern_problem
 from lab.history.compare import DEFAULT_RATIO, compare, show_value, still_failing
@@ -161,14 +160,8 @@ def earlier_points(
     ]
 
 
-def ratio_value(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 1):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number > 1 (1.25: by 25%)")
-    return value
+ratio_value = number_above(1, "a number", "1.25 (by 25%)")
+"""argparse's type for --ratio (a figure moved when new/old >= R or <= 1/R): above 1."""
 
 
 def count_value(text: str) -> int:

@@ -82,11 +82,13 @@ class Side:
 
 @dataclass
 class FigureComparison:
+    """One cell's figure: each side's value per boot, and the budget ratio (``max_ratio``)."""
+
     cell: str
     figure: str
     baseline: list[float]
     candidate: list[float]
-    budget: float
+    max_ratio: float  # the candidate's median may be this many times the baseline's
 
     @property
     def baseline_median(self) -> float | None:
@@ -106,8 +108,15 @@ class FigureComparison:
         return cand / base
 
     @property
+    def budget(self) -> float | None:
+        """The budget as a value of the figure: the baseline's median × ``max_ratio``."""
+        median = self.baseline_median
+        return None if median is None else median * self.max_ratio
+
+    @property
     def over(self) -> bool:
-        return self.ratio is not None and self.ratio > self.budget
+        """Over budget; False when a side has no value (nothing to judge: ``ratio`` is None)."""
+        return self.ratio is not None and self.ratio > self.max_ratio
 
     def line(self) -> str:
         """``kvm boot ready_s: 41.2 s [39.8–44.0] vs 30.1 s [29.5–31.0]: 1.37 > 1.25``."""
@@ -116,7 +125,7 @@ class FigureComparison:
         ratio_text = "∞" if ratio == float("inf") else f"{ratio:.2f}" if ratio else "-"
         return (
             f"{self.cell} {self.figure}: candidate {_spread(self.candidate)} vs baseline "
-            f"{_spread(self.baseline)}: ratio {ratio_text} (budget {self.budget:.2f}, {verdict})"
+            f"{_spread(self.baseline)}: ratio {ratio_text} (budget {self.max_ratio:.2f}, {verdict})"
         )
 
 
@@ -241,12 +250,12 @@ def compare(
         cells.append(cell)
         if key[1] == BOOT_CHECK and cell.outcome in (Outcome.PASS, Outcome.FLAKY):
             figures += _figures(cell.cell, of_cell, policy)  # the boot cells' rounds: N boots
-    for figure, budget in sorted(policy.max_ratio.items()):
+    for figure, max_ratio in sorted(policy.max_ratio.items()):
         values = {side: (extra_figures or {}).get(side, {}).get(figure) for side in SIDE_NAMES}
         if values["baseline"] is not None and values["candidate"] is not None:
             figures.append(FigureComparison(
                 "image", figure, [values["baseline"]] * policy.min_boots,
-                [values["candidate"]] * policy.min_boots, budget,
+                [values["candidate"]] * policy.min_boots, max_ratio,
             ))  # fmt: skip
     return Comparison(candidate, baseline, policy, cells, figures)
 
@@ -366,7 +375,7 @@ def _figures(cell: str, results: Sequence[Result], policy: Policy) -> list[Figur
     """Each budgeted figure of the cell: every passed round's value per side (a failed boot
     has no time to ready)."""
     comparisons = []
-    for figure, budget in sorted(policy.max_ratio.items()):
+    for figure, max_ratio in sorted(policy.max_ratio.items()):
         values = {
             side: [
                 r.figures[figure]
@@ -377,7 +386,7 @@ def _figures(cell: str, results: Sequence[Result], policy: Policy) -> list[Figur
         }
         if values["baseline"] or values["candidate"]:
             comparisons.append(
-                FigureComparison(cell, figure, values["baseline"], values["candidate"], budget)
+                FigureComparison(cell, figure, values["baseline"], values["candidate"], max_ratio)
             )
     return comparisons
 

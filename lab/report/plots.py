@@ -7,7 +7,7 @@ From a run's results (``result_plots``, the newest ``boot`` result of each cell)
 From plain data that other parts of the lab compute:
 - ``trend_plot``: a figure of each cell over the last nightlies (the history gives the points);
 - ``comparison_plot``: a candidate against its baseline per figure, with the budget drawn (the
-  gate gives the boots).
+  gate's comparison, lab/report/compare.py, gives the boots).
 
 A plot without data is not drawn: its ``Plot`` says why (``missing``), the page prints that
 instead of an empty axis, and the files an earlier run left under its name are removed. The
@@ -34,6 +34,7 @@ from matplotlib.lines import Line2D
 from matplotlib.typing import RcKeyType
 
 from lab.evidence import BOOT_CHECK, PHASE_FIGURE, PLATFORMS, Result, latest_results
+from lab.report.compare import FigureComparison
 
 READY_PLOT, FETCHED_PLOT = "ready-by-phase", "fetched-bytes"
 COMPARISON_PLOT = "candidate-vs-baseline"
@@ -293,71 +294,32 @@ def run_label(run: str | datetime) -> str:
     return f"{run:%Y-%m-%d %H:%M}" if isinstance(run, datetime) else run
 
 
-# --- from plain data: candidate against baseline -------------------------------------------------
-
-Comparison = tuple[Sequence[float], Sequence[float], float]
-"""(the baseline's values, the candidate's values (a value per boot), the budget ratio)."""
+# --- from the gate's comparison: candidate against baseline --------------------------------------
 
 
-@dataclass(frozen=True)
-class ComparisonRow:
-    """One cell's figure: both sides' boots and the budget (baseline median × ratio)."""
+def comparison_text(row: FigureComparison) -> str:
+    """The alt text of one cell's figure: both sides' medians and spread, and the budget."""
+    unit, scale = figure_unit(row.figure)
 
-    cell: str
-    figure: str
-    baseline: tuple[float, ...]
-    candidate: tuple[float, ...]
-    max_ratio: float
+    def side(name: str, values: Sequence[float], median: float | None) -> str:
+        if median is None:
+            return f"no {name} value"
+        spread = f"{min(values) / scale:.3g}–{max(values) / scale:.3g}"
+        return f"{name} {value_text(median, unit, scale)} ({spread}, {len(values)} boots)"
 
-    @property
-    def baseline_median(self) -> float | None:
-        return statistics.median(self.baseline) if self.baseline else None
-
-    @property
-    def candidate_median(self) -> float | None:
-        return statistics.median(self.candidate) if self.candidate else None
-
-    @property
-    def budget(self) -> float | None:
-        median = self.baseline_median
-        return None if median is None else median * self.max_ratio
-
-    @property
-    def over_budget(self) -> bool | None:
-        """None when a side has no value (nothing to judge)."""
-        budget, median = self.budget, self.candidate_median
-        return None if budget is None or median is None else median > budget
-
-    def text(self) -> str:
-        unit, scale = figure_unit(self.figure)
-
-        def side(name: str, values: tuple[float, ...], median: float | None) -> str:
-            if median is None:
-                return f"no {name} value"
-            spread = f"{min(values) / scale:.3g}–{max(values) / scale:.3g}"
-            return f"{name} {value_text(median, unit, scale)} ({spread}, {len(values)} boots)"
-
-        verdict = {None: "not judged", True: "over budget", False: "within budget"}
-        budget = "" if self.budget is None else f" {value_text(self.budget, unit, scale)}"
-        return (
-            f"{self.cell} {self.figure}: "
-            f"{side('baseline', self.baseline, self.baseline_median)}, "
-            f"{side('candidate', self.candidate, self.candidate_median)}; "
-            f"budget ×{self.max_ratio:g}{budget}: {verdict[self.over_budget]}"
-        )
-
-
-def comparison_rows(data: Mapping[tuple[str, str], Comparison]) -> list[ComparisonRow]:
-    """``data``: per (cell, figure) the baseline's values, the candidate's and the budget
-    ratio; in the order given."""
-    return [
-        ComparisonRow(cell, figure, tuple(baseline), tuple(candidate), float(ratio))
-        for (cell, figure), (baseline, candidate, ratio) in data.items()
-    ]
+    judged = "over budget" if row.over else "within budget"
+    verdict = "not judged" if row.ratio is None else judged  # a side has no value
+    budget = "" if row.budget is None else f" {value_text(row.budget, unit, scale)}"
+    return (
+        f"{row.cell} {row.figure}: "
+        f"{side('baseline', row.baseline, row.baseline_median)}, "
+        f"{side('candidate', row.candidate, row.candidate_median)}; "
+        f"budget ×{row.max_ratio:g}{budget}: {verdict}"
+    )
 
 
 def comparison_plot(
-    data: Mapping[tuple[str, str], Comparison],
+    rows: Sequence[FigureComparison],
     out_dir: Path,
     *,
     name: str = COMPARISON_PLOT,
@@ -365,8 +327,8 @@ def comparison_plot(
 ) -> Plot:
     """One panel per figure, a row per cell: each side's boots (dots), their spread (a line
     from the least to the most) and their median (a diamond), and the budget (a dashed line at
-    the baseline's median × the ratio). A candidate over budget is red."""
-    rows = comparison_rows(data)
+    the baseline's median × the ratio). A candidate over budget is red. ``rows``: the gate's
+    figures (lab/report/compare.py ``Comparison.figures``), in the order given."""
     if not rows:
         return not_drawn(out_dir, name, title, "no candidate and baseline figures")
     figures = unique(row.figure for row in rows)
@@ -379,12 +341,12 @@ def comparison_plot(
             comparison_panel(ax, figure, panel)
         fig.legend(handles=comparison_legend(), loc="outside lower center", ncols=4, frameon=False)
 
-    alt = f"{title}: " + summary(row.text() for row in rows)
+    alt = f"{title}: " + summary(comparison_text(row) for row in rows)
     height = 1.0 + sum(0.5 + 0.55 * len(panel) for panel in panels)
     return render(draw, (8.0, height), out_dir, name, title, alt)
 
 
-def comparison_panel(ax: Axes, figure: str, panel: Sequence[ComparisonRow]) -> None:
+def comparison_panel(ax: Axes, figure: str, panel: Sequence[FigureComparison]) -> None:
     unit, scale = figure_unit(figure)
     for i, row in enumerate(panel):
         sides = ((i - 0.18, row.baseline, OTHER), (i + 0.18, row.candidate, side_colour(row)))
@@ -406,11 +368,11 @@ def comparison_panel(ax: Axes, figure: str, panel: Sequence[ComparisonRow]) -> N
     ax.set_xlabel(f"{figure} ({unit})" if unit else figure)
 
 
-def side_colour(row: ComparisonRow) -> str:
-    return FAILED if row.over_budget else PALETTE[0]
+def side_colour(row: FigureComparison) -> str:
+    return FAILED if row.over else PALETTE[0]
 
 
-def ratio_text(row: ComparisonRow) -> str:
+def ratio_text(row: FigureComparison) -> str:
     """`` ×1.12 of ×1.25``: the medians' ratio against the budget ratio."""
     base, cand = row.baseline_median, row.candidate_median
     if base is None or cand is None:
